@@ -1,0 +1,16 @@
+"""infer: the public Python API of the inference stack.
+
+    cfg = infer.load_config("tiny")
+    params = infer.init_params(cfg, jax.random.PRNGKey(0))
+    result = infer.generate(params, cfg, [[1, 2, 3], [4, 5]], infer.SamplingParams(max_new_tokens=16))
+"""
+from infer.cache import init_cache
+from infer.config import ConfigError, ModelConfig, RopeScaling, load_config
+from infer.model import decode_step, extend, forward, prefill
+from infer.params import count_params, init_params, param_logical_axes
+
+__all__ = [
+    "ConfigError", "ModelConfig", "RopeScaling", "load_config",
+    "init_params", "param_logical_axes", "count_params",
+    "init_cache", "forward", "prefill", "decode_step", "extend",
+]
