@@ -8,9 +8,12 @@ from infer.cache import init_cache
 from infer.config import ConfigError, ModelConfig, RopeScaling, load_config
 from infer.model import decode_step, extend, forward, prefill
 from infer.params import count_params, init_params, param_logical_axes
+from infer.sampling import SamplingParams
+from infer.generate import GenerateResult, generate
 
 __all__ = [
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",
     "init_cache", "forward", "prefill", "decode_step", "extend",
+    "SamplingParams", "generate", "GenerateResult",
 ]
