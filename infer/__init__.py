@@ -11,7 +11,12 @@ from infer.params import count_params, init_params, param_logical_axes
 from infer.sampling import SamplingParams
 from infer.generate import GenerateResult, generate
 
+# Performance model and hardware profiles (roofline helper).
+from infer import roofline
+from infer.hardware import HardwareProfile, load_hardware
+
 __all__ = [
+    "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",
     "init_cache", "forward", "prefill", "decode_step", "extend",
