@@ -62,8 +62,8 @@ def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quanti
     split_lo = j * split_len
     s_begin = jnp.maximum(lo_ref[b], split_lo)
     s_end = jnp.minimum(hi_ref[b], split_lo + split_len)
-    first = s_begin // block_k
-    n_blocks = jnp.where(s_end > s_begin, (s_end + block_k - 1) // block_k - first, 0)
+    first = jax.lax.div(s_begin, block_k)  # non-negative: truncating division is floor division
+    n_blocks = jnp.where(s_end > s_begin, jax.lax.div(s_end + block_k - 1, block_k) - first, 0)
     q_GH = q_ref[...].astype(cdt)
     Gp, H = q_GH.shape
 
@@ -80,12 +80,12 @@ def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quanti
 
     def load_paged(start, pos_T):
         ppb = block_k // page_size
-        slot0 = start // page_size
+        slot0 = jax.lax.div(start, page_size)
         slots_M = slot0 + jnp.arange(ppb)
         in_table = (slots_M < table_len) if table_len % ppb else None
         ids_M = _load_rows(tables_ref.at[b, pl.ds(slot0, ppb)], in_table)
-        # table entries past the row's last page may be anything: read page 0 there (masked later)
-        ids_M = jnp.where(slots_M * page_size < s_end, ids_M, 0)
+        # table entries outside the row's visible pages may be anything (freed, -1): read page 0 there instead
+        ids_M = jnp.where((slots_M * page_size < s_end) & ((slots_M + 1) * page_size > s_begin), ids_M, 0)
         k_TH = k_ref[layer, ids_M, kh, :, :].reshape(block_k, H)
         v_TH = v_ref[layer, ids_M, kh, :, :].reshape(block_k, H)
         if not quantized:
