@@ -1,0 +1,1 @@
+"""Training a real model for the demo: corpus, tokenizer, data, train loop, distillation, evaluation."""
