@@ -1,6 +1,7 @@
 """The KV cache: an explicit pytree, passed into and returned from every step.
 
     {"k": [L, B, K, S, H], "v": [L, B, K, S, H], "lengths": [B] int32}
+    (dtype="int8" adds "k_scale", "v_scale": [L, B, K, S] float32)
 
 `lengths[b]` is the number of valid positions of row b. Rolling a row back
 (speculative decoding) only moves its length; stale entries past the length
@@ -25,11 +26,15 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype: Optional[
         raise ValueError(f"max_len: {max_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
     dt = jnp.dtype(dtype or cfg.dtype)
     shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
-    return {
+    cache = {
         "k": jnp.zeros(shape, dt),
         "v": jnp.zeros(shape, dt),
         "lengths": jnp.zeros((batch_size,), jnp.int32),
     }
+    if dt == jnp.int8:  # int8 cache: per-token, per-head float32 scales [L, B, K, S] (kv_write quantizes)
+        cache["k_scale"] = jnp.ones(shape[:-1], jnp.float32)
+        cache["v_scale"] = jnp.ones(shape[:-1], jnp.float32)
+    return cache
 
 
 def cache_logical_axes(cache: dict) -> dict:
