@@ -15,7 +15,11 @@ from infer.generate import GenerateResult, generate
 from infer import roofline
 from infer.hardware import HardwareProfile, load_hardware
 
+# Checkpoints: Hugging Face safetensors loading (checkpoints helper).
+from infer.hf_loader import CheckpointError, load_hf_checkpoint
+
 __all__ = [
+    "load_hf_checkpoint", "CheckpointError",
     "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",

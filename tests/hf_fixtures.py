@@ -1,0 +1,73 @@
+"""Tiny random-weight Hugging Face checkpoints built with `transformers` (test-only dependency).
+
+Every parameter is re-drawn at a scale where it matters (norm weights around 1,
+biases and q/k norms far from their zero/one init, embeddings N(0, 1)), so a
+dropped bias, an untied head or a wrong transpose changes the logits visibly.
+"""
+import os
+
+import torch
+
+V = 256  # vocab: every byte is a token (the byte-level tokenizer fallback fits)
+D, F, L = 64, 128, 2
+
+
+def _common(**kw):
+    base = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1,
+                eos_token_id=2, tie_word_embeddings=False)
+    base.update(kw)
+    return base
+
+
+# name -> (transformers config class name, model class name, config kwargs)
+ARCHS = {
+    # Llama 3 rope scaling with a small original context so it changes positions < 512; GQA (N=4, K=2).
+    "llama3_rope_gqa": ("LlamaConfig", "LlamaForCausalLM", _common(
+        rope_theta=50000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    # MHA (K = N), tied embeddings, linear rope scaling.
+    "llama_mha_tied_linear": ("LlamaConfig", "LlamaForCausalLM", _common(
+        num_key_value_heads=4, tie_word_embeddings=True, rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    # Mistral with a window much smaller than the prompt.
+    "mistral_window": ("MistralConfig", "MistralForCausalLM", _common(sliding_window=24, rope_theta=1e6)),
+    # Qwen2: q/k/v biases, MQA (K = 1), tied embeddings (as Qwen2.5-0.5B).
+    "qwen2_bias_mqa_tied": ("Qwen2Config", "Qwen2ForCausalLM", _common(
+        num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e6, use_sliding_window=False)),
+    # Qwen3: q/k RMSNorm, explicit head_dim (32 != hidden / heads = 16).
+    "qwen3_qknorm_headdim": ("Qwen3Config", "Qwen3ForCausalLM", _common(head_dim=32, rope_theta=1e6)),
+}
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * r)
+            elif name.endswith(".bias"):
+                p.copy_(0.5 * r)
+            elif "embed_tokens" in name:
+                p.copy_(r)
+            else:
+                p.copy_(r * p.shape[-1] ** -0.5)
+
+
+def build_model(arch: str, seed: int = 0, **overrides):
+    import transformers
+    cfg_cls, model_cls, kw = ARCHS[arch]
+    kw = dict(kw, **overrides)
+    cfg = getattr(transformers, cfg_cls)(**kw)
+    model = getattr(transformers, model_cls)._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    randomize_(model, seed)
+    return model.eval()
+
+
+def save(model, path: str, max_shard_size=None, dtype=None) -> str:
+    os.makedirs(path, exist_ok=True)
+    if dtype is not None:
+        model = model.to(dtype)
+    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(path, **kw)
+    return path
