@@ -31,6 +31,7 @@ from infer.model import forward
 from infer.params import count_params, init_params
 from infer.train import data
 from infer.train.config import RunConfig, load_run_config
+from infer.train.shipped import save_model
 
 
 def make_optimizer(tc) -> optax.GradientTransformation:
@@ -66,20 +67,6 @@ def _sum_loss(params, cfg, w_BT1):
     return _sum_loss_impl(forward(params, cfg, w_BT1[:, :-1]), w_BT1[:, 1:])
 
 
-def export_params(export_dir: str, cfg, params) -> None:
-    """Save inference parameters with the project's checkpoint format (infer.checkpoint) when present."""
-    try:
-        from infer.checkpoint import save_checkpoint
-    except ImportError:
-        save_checkpoint = None
-    if save_checkpoint is not None:
-        save_checkpoint(export_dir, cfg, params)
-        return
-    # Fallback layout: <dir>/config.json (ModelConfig fields) + <dir>/params (orbax StandardCheckpointer).
-    os.makedirs(export_dir, exist_ok=True)
-    with open(os.path.join(export_dir, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=1)
-    ocp.StandardCheckpointer().save(os.path.abspath(os.path.join(export_dir, "params")), params, force=True)
 
 
 def train_loop(rc: RunConfig, loss_fn: Callable, extra=None, init=None) -> dict:
@@ -130,7 +117,7 @@ def train_loop(rc: RunConfig, loss_fn: Callable, extra=None, init=None) -> dict:
         if done % tc.ckpt_every == 0 or done == tc.steps:
             mngr.save(done, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
     mngr.wait_until_finished()
-    export_params(tc.export_dir, cfg, params)
+    save_model(tc.export_dir, cfg, params)
     print(f"exported {tc.export_dir} ({(time.perf_counter() - t_start) / 60:.1f} min this session)", flush=True)
     return params
 

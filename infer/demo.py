@@ -1,0 +1,137 @@
+"""The main job: the shipped model completes Python code, streaming text, then the numbers.
+
+    python -m infer.demo                       # models/target (+ models/draft for speculative decoding)
+    python -m infer.demo --max-new-tokens 96 --k 4
+
+1. Streams greedy continuations of a few code prompts (host loop of one
+   prefill + cached decode steps, printing text as tokens arrive).
+2. Measures the batched on-device generate loop (warm, compiled): TTFT, latency
+   per token, throughput, for batch 1 and for all prompts at once.
+3. The same with speculative decoding (draft proposes k tokens, the target
+   verifies them in one pass): the draft acceptance rate, and a check that the
+   greedy output is identical to plain generation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infer.cache import init_cache
+from infer.generate import bucket, generate
+from infer.model import decode_step, prefill
+from infer.params import count_params
+from infer.sampling import SamplingParams
+from infer.speculative_generate import speculative_generate
+from infer.train.shipped import TOKENIZER_PATH, load_model, load_tokenizer
+
+PROMPTS = [
+    "def fibonacci(n):\n",
+    "import os\n\n\ndef list_python_files(root):\n    \"\"\"Return the .py files under root.\"\"\"\n",
+    "class Stack:\n    \"\"\"A last-in first-out stack.\"\"\"\n\n    def __init__(self):\n",
+    "    def __repr__(self):\n        return ",
+]
+
+
+class _TextStream:
+    """Prints the new suffix of the decoded text; holds back while it ends in an incomplete UTF-8 sequence."""
+
+    def __init__(self, tok):
+        self.tok, self.ids, self.shown = tok, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.shown = text[self.shown:], len(text)
+        return new
+
+
+def stream_greedy(params, cfg, tok, prompt_ids, max_new: int, out=sys.stdout):
+    """Greedy generation for one prompt, printing text per token; returns (ids, ttft_s, per-token latencies)."""
+    T = bucket(len(prompt_ids), minimum=16)
+    S = bucket(T + max_new)
+    tokens = np.zeros((1, T), np.int32)
+    tokens[0, :len(prompt_ids)] = prompt_ids
+    stream = _TextStream(tok)
+    t0 = time.perf_counter()
+    logits_BV, cache = prefill(params, cfg, tokens, np.array([len(prompt_ids)], np.int32), init_cache(cfg, 1, S))
+    nxt = int(jnp.argmax(logits_BV[0]))
+    ttft = time.perf_counter() - t0
+    ids, lat = [nxt], []
+    out.write(stream.push(nxt))
+    out.flush()
+    for _ in range(max_new - 1):
+        t = time.perf_counter()
+        logits_BV, cache = decode_step(params, cfg, np.array([nxt], np.int32), cache)
+        nxt = int(jnp.argmax(logits_BV[0]))
+        lat.append(time.perf_counter() - t)
+        ids.append(nxt)
+        out.write(stream.push(nxt))
+        out.flush()
+    return ids, ttft, lat
+
+
+def _row(label, m, extra=""):
+    print(f"{label:<34}{m['ttft_s'] * 1e3:>10.1f} ms{m['latency_s_per_token'] * 1e3:>12.2f} ms"
+          f"{m['tokens_per_s']:>12.1f} tok/s  {extra}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/target")
+    ap.add_argument("--draft", default="models/draft")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--k", type=int, default=4, help="draft tokens per target pass")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
+    a = ap.parse_args(argv)
+
+    tok = load_tokenizer(TOKENIZER_PATH)
+    cfg, params = load_model(a.model)
+    dcfg, dparams = load_model(a.draft)
+    print(f"target {a.model}: {count_params(params) / 1e6:.2f}M params | draft {a.draft}: "
+          f"{count_params(dparams) / 1e6:.2f}M params | backend {jax.default_backend()}")
+    prompts = [tok.encode(p).ids for p in PROMPTS]
+
+    # 1. Streaming text (warm the two step programs first so the stream shows steady-state speed).
+    with open("/dev/null", "w") as devnull:
+        for ids in prompts:  # one compile per prompt-length bucket
+            stream_greedy(params, cfg, tok, ids, 2, out=devnull)
+    print("\n=== streaming greedy completions (target) ===")
+    for text, ids in zip(PROMPTS, prompts):
+        print("-" * 60)
+        sys.stdout.write(text)
+        _, ttft, lat = stream_greedy(params, cfg, tok, ids, a.max_new_tokens)
+        print(f"\n[TTFT {ttft * 1e3:.1f} ms, {np.median(lat) * 1e3:.2f} ms/token median, host loop]")
+
+    # 2./3. Batched on-device loops, plain and speculative, warm.
+    sp = SamplingParams(temperature=0.0, max_new_tokens=a.max_new_tokens)
+
+    def timed(fn):
+        fn()  # compile
+        runs = [fn() for _ in range(a.repeats)]
+        return sorted(runs, key=lambda r: r.tokens_per_s)[len(runs) // 2]
+
+    print(f"\n=== on-device generate loop, greedy, {a.max_new_tokens} new tokens, median of {a.repeats} ===")
+    print(f"{'':<34}{'TTFT':>13}{'latency/token':>15}{'throughput':>18}")
+    for batch in (1, len(prompts)):
+        ps = prompts[:batch]
+        plain = timed(lambda: generate(params, cfg, ps, sp))
+        spec = timed(lambda: speculative_generate(params, cfg, dparams, dcfg, ps, sp, k=a.k))
+        same = all(x == y for x, y in zip(plain.tokens, spec.tokens))
+        _row(f"plain, batch {batch}", plain.metrics())
+        _row(f"speculative k={a.k}, batch {batch}", spec.metrics(),
+             f"accept {spec.mean_accepted / a.k:.1%}, {spec.tokens_per_target_pass:.2f} tok/pass, "
+             f"x{spec.tokens_per_s / plain.tokens_per_s:.2f}, same output: {same}")
+        print(f"{'':<34}acceptance by draft position: "
+              + ", ".join(f"{r:.2f}" for r in spec.acceptance_rate_by_position))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
