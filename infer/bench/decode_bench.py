@@ -1,0 +1,211 @@
+"""Experiment `kind: decode_bench`: real prefill and decode steps, measured beside the roofline prediction.
+
+Spec fields (configs/experiments/decode_bench*.yaml)::
+
+    model: llama3-8b               # configs/models name (random weights: speed does not depend on values)
+    model_overrides: {}            # ModelConfig fields to replace (e.g. n_kv_heads: 8)
+    dtype: bfloat16                # optional override of the config's dtype
+    attention_impl: null           # optional: reference | xla | pallas
+    batch_sizes: [1, 16, 64]
+    context_lens: [512, 2048]      # S: cached tokens when decoding; prompt length for TTFT
+    single_steps: 5                # individually timed (blocked) decode steps per round
+    decode_steps: 16               # one multi-step run per round (blocked once at the end)
+    warmup: 2                      # rounds discarded (compilation)
+    repeats: 3                     # rounds kept; medians over them
+    prefill_max_tokens: 16384      # TTFT measured only where B*S <= this
+    hardware: auto                 # datasheet profile by device kind; CPU: the probe's numbers
+    probe_bytes: 268435456         # read-bandwidth probe array size
+    probe_matmul: 4096             # matmul probe size (FLOP/s)
+    memory_fraction: 0.85          # skip (B, S) whose weights + KV exceed this share of device memory
+
+What is measured, per (B, S):
+- TTFT: `infer.prefill` of B prompts of S tokens into a fresh cache + argmax of the first token.
+- step: one `infer.decode_step` (cache donated), blocked on logits and cache; median.
+  Decode runs on a cache whose `lengths` are set to S directly (its contents do not change
+  the speed), so no long prefill is needed for large B.
+- multi: `decode_steps` steps back-to-back with on-device argmax feedback, blocked once;
+  per-token latency = time / steps, tokens/s = B · steps / time.
+- predictions: `infer.roofline` refined model on the hardware profile (the datasheet on
+  GPU/TPU; on CPU the probed read bandwidth and matmul FLOP/s), at the mean context of the run.
+- probes: read bandwidth (column sums of a large array: the decode access pattern), copy
+  bandwidth (y = x + 1, read + write; on CPU it pays page faults for fresh output pages, so it
+  is reported but not used), matmul FLOP/s in the model's dtype.
+- MBU = (weight + KV bytes of the step) / time / profile bandwidth; `mbu_probe` uses the
+  probed read bandwidth instead; MFU = step FLOPs / time / profile FLOP/s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infer import roofline as rl
+from infer.bench.device_probe import device_info, measure_bandwidth, measure_matmul_flops
+from infer.bench.experiment import parse_spec, positive_ints, require
+from infer.bench.timing import Timing, block, time_fn
+from infer.cache import init_cache
+from infer.config import load_config
+from infer.hardware import HardwareProfile, load_hardware, profile_for_device_kind
+from infer.model import decode_step, prefill
+from infer.params import init_params
+
+MARKDOWN_COLUMNS = (
+    "model", "K", "dtype", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms", "multi_ms_per_tok",
+    "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu", "mbu_probe", "mfu", "bound", "status",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeBenchSpec:
+    model: str
+    batch_sizes: Tuple[int, ...]
+    context_lens: Tuple[int, ...]
+    model_overrides: Optional[dict] = None
+    dtype: Optional[str] = None
+    attention_impl: Optional[str] = None
+    single_steps: int = 5
+    decode_steps: int = 16
+    warmup: int = 2
+    repeats: int = 3
+    prefill_max_tokens: int = 16384
+    hardware: str = "auto"
+    probe_bytes: int = 256 << 20
+    probe_matmul: int = 4096
+    memory_fraction: float = 0.85
+    seed: int = 0
+    name: str = "decode_bench"
+
+    def __post_init__(self):
+        n = self.name
+        positive_ints(self.batch_sizes, f"{n}.batch_sizes")
+        positive_ints(self.context_lens, f"{n}.context_lens")
+        for f in ("single_steps", "decode_steps", "repeats", "probe_bytes", "probe_matmul"):
+            require(getattr(self, f) >= 1, f"{n}.{f}", f"must be >= 1, got {getattr(self, f)}")
+        require(self.warmup >= 0, f"{n}.warmup", f"must be >= 0, got {self.warmup}")
+        require(self.prefill_max_tokens >= 0, f"{n}.prefill_max_tokens", "must be >= 0")
+        require(0 < self.memory_fraction <= 1, f"{n}.memory_fraction", f"must be in (0, 1], got {self.memory_fraction}")
+
+    def model_config(self):
+        overrides = dict(self.model_overrides or {})
+        if self.dtype is not None:
+            overrides["dtype"] = self.dtype
+        if self.attention_impl is not None:
+            overrides["attention_impl"] = self.attention_impl
+        return load_config(self.model, **overrides)
+
+
+def _synthetic_cache(cfg, B: int, S: int, max_len: int) -> dict:
+    """A cache that claims S valid positions per row (values are zeros: speed does not depend on them)."""
+    cache = init_cache(cfg, B, max_len)
+    cache["lengths"] = jnp.full((B,), S, jnp.int32)
+    return block(cache)
+
+
+def _time_decode(params, cfg, B: int, S: int, spec: DecodeBenchSpec):
+    """Medians of single blocked steps and of a multi-step run (seconds per step)."""
+    max_len = S + spec.single_steps + spec.decode_steps
+    step_samples, multi_samples = [], []
+    for r in range(spec.warmup + spec.repeats):
+        cache = _synthetic_cache(cfg, B, S, max_len)
+        tok_B = block(jnp.zeros((B,), jnp.int32))
+        for _ in range(spec.single_steps):
+            t0 = time.perf_counter()
+            logits_BV, cache = block(decode_step(params, cfg, tok_B, cache))
+            dt = time.perf_counter() - t0
+            if r >= spec.warmup:
+                step_samples.append(dt)
+            tok_B = block(jnp.argmax(logits_BV, axis=-1).astype(jnp.int32))
+        t0 = time.perf_counter()
+        for _ in range(spec.decode_steps):
+            logits_BV, cache = decode_step(params, cfg, tok_B, cache)
+            tok_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        block((tok_B, cache))
+        dt = time.perf_counter() - t0
+        if r >= spec.warmup:
+            multi_samples.append(dt / spec.decode_steps)
+        del cache
+    return Timing(tuple(step_samples)), Timing(tuple(multi_samples))
+
+
+def _time_prefill(params, cfg, B: int, S: int, spec: DecodeBenchSpec) -> Timing:
+    rng = np.random.default_rng(spec.seed)
+    tokens_BT = jnp.asarray(rng.integers(0, cfg.vocab_size, size=(B, S)), jnp.int32)
+    lengths_B = jnp.full((B,), S, jnp.int32)
+
+    def ttft(cache):
+        logits_BV, cache = prefill(params, cfg, tokens_BT, lengths_B, cache)
+        return jnp.argmax(logits_BV, axis=-1), cache
+
+    return time_fn(ttft, warmup=spec.warmup, repeats=spec.repeats, setup=lambda: (init_cache(cfg, B, S),))
+
+
+def _profiles(spec: DecodeBenchSpec, cfg, info: dict):
+    bw = measure_bandwidth(spec.probe_bytes, "read")
+    copy_bw = measure_bandwidth(spec.probe_bytes, "copy")
+    flops = measure_matmul_flops(spec.probe_matmul, cfg.dtype)
+    measured = HardwareProfile.measured(f"{info['device_kind']} (probe)", bw, flops, info["device_memory_bytes"])
+    if spec.hardware == "auto":
+        hw = profile_for_device_kind(info["device_kind"]) if info["backend"] != "cpu" else None
+    else:
+        hw = load_hardware(spec.hardware)
+    return (hw or measured), measured, copy_bw
+
+
+def run(spec: dict, out_dir: str) -> list:
+    s = parse_spec(DecodeBenchSpec, spec)
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    cfg = s.model_config()
+    info = device_info()
+    hw, measured, copy_bw = _profiles(s, cfg, info)
+    print(f"  device: {info['device_kind']}; probe: {measured.memory_bandwidth / 1e9:.1f} GB/s read, {copy_bw / 1e9:.1f} GB/s copy, "
+          f"{measured.peak_flops_bf16 / 1e12:.3f} TFLOP/s {cfg.dtype} matmul; "
+          f"profile for MBU: {hw.name} ({hw.source}, {hw.memory_bandwidth / 1e9:.1f} GB/s)", flush=True)
+    params = block(init_params(cfg, jax.random.PRNGKey(s.seed)))
+    budget = s.memory_fraction * info["device_memory_bytes"]
+    rows = []
+    for S in sorted(s.context_lens):
+        for B in sorted(s.batch_sizes):
+            max_len = S + s.single_steps + s.decode_steps
+            base = {"model": cfg.name, "K": cfg.n_kv_heads, "dtype": cfg.dtype, "attn": cfg.attention_impl,
+                    "B": B, "S": S, "hardware": hw.name, "hardware_source": hw.source,
+                    "probe_GB_s": measured.memory_bandwidth / 1e9, "probe_copy_GB_s": copy_bw / 1e9, "probe_TFLOP_s": measured.peak_flops_bf16 / 1e12}
+            need = rl.memory_bytes(cfg, B, max_len)
+            if max_len > cfg.max_seq_len:
+                rows.append({**base, "status": f"skipped: S+steps={max_len} > max_seq_len={cfg.max_seq_len}"})
+                continue
+            if need > budget:
+                rows.append({**base, "status": f"skipped: needs {need / 1e9:.1f} GB > {budget / 1e9:.1f} GB"})
+                continue
+            t_start = time.perf_counter()
+            row = dict(base)
+            if B * S <= s.prefill_max_tokens:
+                ttft = _time_prefill(params, cfg, B, S, s)
+                pre = rl.predict_prefill(cfg, hw, B, S)
+                row.update(ttft_ms=ttft.median_s * 1e3, ttft_pred_ms=pre.time * 1e3,
+                           ttft_mfu=rl.utilization(pre.cost, ttft.median_s, hw).mfu)
+            step, multi = _time_decode(params, cfg, B, S, s)
+            step_cost = rl.decode_cost(cfg, B, S + s.single_steps // 2)
+            multi_cost = rl.decode_cost(cfg, B, S + s.single_steps + s.decode_steps // 2)
+            u = rl.utilization(step_cost, step.median_s, hw)
+            row.update(
+                step_ms=step.median_s * 1e3, step_min_ms=step.min_s * 1e3,
+                step_pred_ms=step_cost.time(hw) * 1e3,
+                multi_ms_per_tok=multi.median_s * 1e3,
+                tok_s=B / multi.median_s, tok_s_pred=B / multi_cost.time(hw),
+                GB_s=u.achieved_bandwidth / 1e9, mbu=u.mbu,
+                mbu_probe=rl.utilization(step_cost, step.median_s, measured).mbu, mfu=u.mfu,
+                multi_mbu=rl.utilization(multi_cost, multi.median_s, hw).mbu,
+                bound=step_cost.bound(hw), step_bytes=step_cost.bytes, step_flops=step_cost.flops,
+                status="ok",
+            )
+            rows.append(row)
+            print(f"  B={B:<4} S={S:<6} step {row['step_ms']:.3f} ms (pred {row['step_pred_ms']:.3f}), "
+                  f"{row['tok_s']:.1f} tok/s, MBU {row['mbu']:.1%}"
+                  + (f", TTFT {row['ttft_ms']:.2f} ms" if "ttft_ms" in row else "")
+                  + f"  [{time.perf_counter() - t_start:.1f}s]", flush=True)
+    return rows

@@ -1,0 +1,149 @@
+"""The benchmark harness: timing helper, experiment specs, the runner, and both experiment kinds at tiny sizes.
+
+No test here asserts a speed; they check that the harness measures what it says it does.
+"""
+import importlib
+import json
+import os
+import time
+
+import pytest
+import yaml
+
+from infer import load_config
+from infer import roofline as rl
+from infer.bench import report
+from infer.bench.__main__ import main as bench_main
+from infer.bench.experiment import SpecError, discover, load_experiment, parse_spec
+from infer.bench.timing import Timing, time_fn
+
+
+def test_time_fn_discards_warmup_and_does_not_time_setup():
+    calls = {"fn": 0, "setup": 0}
+
+    def setup():
+        calls["setup"] += 1
+        time.sleep(0.2)
+        return (calls["setup"],)
+
+    def fn(i):
+        calls["fn"] += 1
+        time.sleep(0.01)
+        return i
+
+    t = time_fn(fn, warmup=2, repeats=3, setup=setup)
+    assert calls == {"fn": 5, "setup": 5}
+    assert t.n == 3
+    assert 0.01 <= t.median_s < 0.2  # the 200 ms setup is not in the samples
+    assert Timing((3.0, 1.0, 2.0)).median_s == 2.0
+    with pytest.raises(ValueError):
+        time_fn(fn, repeats=0)
+
+
+def _write(path, d):
+    with open(path, "w") as f:
+        yaml.safe_dump(d, f)
+    return str(path)
+
+
+def test_cpu_override_applies_only_on_cpu(tmp_path):
+    p = _write(tmp_path / "x.yaml", {"kind": "roofline_table", "models": ["llama2-7b"], "hardware": ["h100"],
+                                     "seq_lens": [1024], "batch_sizes": [64], "cpu": {"batch_sizes": [1]}})
+    assert load_experiment(p, "full").spec["batch_sizes"] == [64]
+    cpu = load_experiment(p, "cpu")
+    assert cpu.spec["batch_sizes"] == [1] and cpu.name == "x" and cpu.kind == "roofline_table"
+    bad = _write(tmp_path / "bad.yaml", {"kind": "roofline_table", "cpu": {"kind": "decode_bench"}})
+    with pytest.raises(SpecError, match="bad.cpu.kind"):
+        load_experiment(bad, "cpu")
+
+
+def test_parse_spec_names_the_bad_field():
+    from infer.bench.decode_bench import DecodeBenchSpec
+    ok = {"name": "e", "kind": "decode_bench", "model": "tiny", "batch_sizes": [1, 2], "context_lens": 8}
+    s = parse_spec(DecodeBenchSpec, ok)
+    assert s.batch_sizes == (1, 2) and s.context_lens == (8,)
+    with pytest.raises(SpecError, match=r"e\.batch_size: unknown field"):
+        parse_spec(DecodeBenchSpec, {**ok, "batch_size": [1]})
+    with pytest.raises(SpecError, match=r"e\.model: required"):
+        parse_spec(DecodeBenchSpec, {k: v for k, v in ok.items() if k != "model"})
+    with pytest.raises(SpecError, match=r"e\.repeats: expected an int"):
+        parse_spec(DecodeBenchSpec, {**ok, "repeats": "3"})
+    with pytest.raises(SpecError, match=r"e\.batch_sizes"):
+        parse_spec(DecodeBenchSpec, {**ok, "batch_sizes": [0]})
+
+
+@pytest.mark.parametrize("size", ["cpu", "full"])
+def test_shipped_experiments_parse(size):
+    paths = discover()
+    names = {os.path.basename(p) for p in paths}
+    assert {"roofline_llama2_13b_h100.yaml", "decode_bench.yaml"} <= names
+    specs = {"roofline_table": "RooflineTableSpec", "decode_bench": "DecodeBenchSpec"}
+    for p in paths:
+        e = load_experiment(p, size)
+        module = importlib.import_module(f"infer.bench.{e.kind}")
+        assert callable(module.run), e.kind
+        if e.kind in specs:
+            s = parse_spec(getattr(module, specs[e.kind]), e.spec)
+            if e.kind == "decode_bench":
+                load_config(s.model)
+
+
+def test_roofline_table_experiment_reproduces_the_lecture(tmp_path):
+    from infer.bench import roofline_table
+    e = load_experiment(os.path.join(os.path.dirname(discover()[0]), "roofline_llama2_13b_h100.yaml"), "cpu")
+    rows = roofline_table.run({**e.spec, "plots": False}, str(tmp_path))
+    by_case = {(r["K"], r["B"]): r for r in rows}
+    assert by_case[(40, 256)]["lecture_memory_GB"] * 1e9 == pytest.approx(240_779_264_000)
+    assert by_case[(40, 256)]["lecture_fits"] is False
+    assert by_case[(8, 256)]["lecture_tok_s"] == pytest.approx(13_068.16, abs=0.01)
+    assert by_case[(8, 64)]["lecture_latency_ms"] == pytest.approx(9.9740, abs=1e-4)
+
+
+def test_decode_bench_runs_and_predicts_with_the_roofline(tmp_path):
+    from infer.bench import decode_bench
+    spec = {"name": "t", "kind": "decode_bench", "model": "tiny", "batch_sizes": [2], "context_lens": [8, 600],
+            "single_steps": 2, "decode_steps": 2, "warmup": 1, "repeats": 1, "prefill_max_tokens": 16,
+            "probe_bytes": 1 << 20, "probe_matmul": 64}
+    rows = decode_bench.run(spec, str(tmp_path))
+    ok, skipped = rows
+    assert ok["status"] == "ok" and ok["B"] == 2 and ok["S"] == 8
+    assert ok["step_ms"] > 0 and ok["multi_ms_per_tok"] > 0 and ok["ttft_ms"] > 0
+    assert ok["tok_s"] == pytest.approx(2 / (ok["multi_ms_per_tok"] / 1e3))
+    # The prediction is the roofline's on the probed profile, at the run's mean context.
+    cost = rl.decode_cost(load_config("tiny"), 2, 8 + 1)
+    assert ok["step_bytes"] == cost.bytes
+    assert ok["mbu"] == pytest.approx(cost.bytes / (ok["step_ms"] / 1e3) / (ok["probe_GB_s"] * 1e9))
+    # S + steps beyond the model's max_seq_len (512) is reported, not crashed on.
+    assert skipped["S"] == 600 and skipped["status"].startswith("skipped")
+
+
+def test_runner_continues_past_a_failure_and_writes_results(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    _write(exp / "good.yaml", {"kind": "roofline_table", "models": ["tiny"], "hardware": ["h100"], "seq_lens": [64],
+                               "batch_sizes": [1, 2], "plots": False})
+    _write(exp / "broken.yaml", {"kind": "roofline_table", "models": ["tiny"], "hardware": ["h100"],
+                                 "seq_lens": [64], "batch_sizes": [1], "no_such_field": 1})
+    _write(exp / "missing_kind_module.yaml", {"kind": "no_such_bench"})
+    out = tmp_path / "out"
+    rc = bench_main(["--experiments", str(exp), "--out", str(out)])
+    assert rc == 1
+    good = json.loads((out / "good.json").read_text())
+    assert good["status"] == "ok" and len(good["rows"]) == 2 and good["device"]["jax_version"]
+    broken = json.loads((out / "broken.json").read_text())
+    assert broken["status"] == "failed" and "no_such_field" in broken["error"]
+    summary = (out / "summary.md").read_text()
+    assert "## good" in summary and "**FAILED**" in summary and "no_such_bench" in summary
+    # --only picks one experiment; it succeeds on its own.
+    assert bench_main(["--experiments", str(exp), "--out", str(tmp_path / "o2"), "--only", "good"]) == 0
+    assert sorted(os.listdir(tmp_path / "o2")) == ["good", "good.json", "summary.md"]
+    assert bench_main(["--experiments", str(exp), "--out", str(tmp_path / "o3"), "--only", "nothing"]) == 2
+
+
+def test_markdown_table_formats_rows():
+    rows = [{"a": 1234, "b": 0.5, "c": True}, {"a": 1, "d": None}]
+    t = report.markdown_table(rows, ["a", "b", "d"])
+    assert t.splitlines()[0] == "| a | b | d |"
+    assert t.splitlines()[2] == "| 1,234 | 0.5000 | — |"
+    assert report.markdown_table([]) == "_(no rows)_\n"
+
