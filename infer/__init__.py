@@ -17,9 +17,10 @@ from infer.hardware import HardwareProfile, load_hardware
 
 # Checkpoints: Hugging Face safetensors loading (checkpoints helper).
 from infer.hf_loader import CheckpointError, load_hf_checkpoint
+from infer.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
-    "load_hf_checkpoint", "CheckpointError",
+    "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint",
     "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",
