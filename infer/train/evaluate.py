@@ -93,6 +93,7 @@ def main(argv=None):
     ap.add_argument("--model", default="models/target")
     ap.add_argument("--slice", action="store_true", help="only the fixed slice models/val_slice.txt")
     ap.add_argument("--val-fraction", type=float, default=0.05)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--write-slice", action="store_true", help="(re)write models/val_slice.txt from the split")
     a = ap.parse_args(argv)
     tok = load_tokenizer(TOKENIZER_PATH)
@@ -110,6 +111,9 @@ def main(argv=None):
         out["byte_unigram_bits_per_byte"] = byte_unigram_bpb(train_texts, val_texts)
         out["ratio_to_unigram"] = out["bits_per_byte"] / out["byte_unigram_bits_per_byte"]
     print(json.dumps(out, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
