@@ -45,12 +45,17 @@ def bernstein_radius(p, n, m, delta=FALSE_FAILURE_PROB):
     return L / 3 + np.sqrt(L * L / 9 + 2 * L * n * p * (1 - p))
 
 
-def bernstein_statistic(counts, p_exact, delta=FALSE_FAILURE_PROB):
-    """max over cells of |count - N p| / t(p): <= 1 for a correct sampler except w.p. delta."""
+def bernstein_statistic(counts, p_exact, m=None, delta=FALSE_FAILURE_PROB):
+    """max over cells of |count - N p| / t(p): <= 1 for a correct sampler except w.p. delta.
+
+    m is the number of cells the union bound covers: counts.size by default; pass the total when
+    several families of cells (e.g. several marginals of the same samples) are tested together.
+    """
     counts = np.asarray(counts, np.float64).ravel()
     p_exact = np.asarray(p_exact, np.float64).ravel()
     n = counts.sum()
-    return float(np.max(np.abs(counts - n * p_exact) / bernstein_radius(p_exact, n, counts.size, delta)))
+    radius = bernstein_radius(p_exact, n, m or counts.size, delta)
+    return float(np.max(np.abs(counts - n * p_exact) / radius))
 
 
 # --------------------------------------------------------------------------------------------
