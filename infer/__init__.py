@@ -19,7 +19,13 @@ from infer.hardware import HardwareProfile, load_hardware
 from infer.hf_loader import CheckpointError, load_hf_checkpoint
 from infer.checkpoint import load_checkpoint, save_checkpoint
 
+# Speculative sampling (speculative helper). Note: the name infer.speculative_generate is the function;
+# import its module's other names with `from infer.speculative_generate import ...`.
+from infer import speculative
+from infer.speculative_generate import SpeculativeResult, speculative_generate
+
 __all__ = [
+    "speculative", "speculative_generate", "SpeculativeResult",
     "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint",
     "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
