@@ -24,8 +24,7 @@ def _ref(case, **kw):
                                       v_scale=case["v_scale"], **kw)
 
 
-@pytest.mark.parametrize("num_splits", [1, 3])
-def test_edge_lengths_and_stats(num_splits):
+def test_edge_lengths_and_stats(num_splits=3):  # one split per block; J = 1 runs in the other tests
     case = make_case(len(EDGE_LENGTHS), K=2, G=5, S=S, H=64, lengths=EDGE_LENGTHS, L=2)
     out, (m, l) = _run(case, layer=1, block_k=BK, num_splits=num_splits, return_stats=True)
     ref, (m_ref, l_ref) = _ref(case, layer=1, return_stats=True)
