@@ -107,7 +107,7 @@ def test_decode_bench_runs_and_predicts_with_the_roofline(tmp_path):
     rows = decode_bench.run(spec, str(tmp_path))
     ok, skipped = rows
     assert ok["status"] == "ok" and ok["B"] == 2 and ok["S"] == 8
-    assert ok["step_ms"] > 0 and ok["multi_ms_per_tok"] > 0 and ok["ttft_ms"] > 0
+    assert ok["step_ms"] > 0 and ok["multi_ms_per_tok"] > 0 and ok["ttft_ms"] > 0 and ok["gen_ms_per_tok"] > 0
     assert ok["tok_s"] == pytest.approx(2 / (ok["multi_ms_per_tok"] / 1e3))
     # The prediction is the roofline's on the probed profile, at the run's mean context.
     cost = rl.decode_cost(load_config("tiny"), 2, 8 + 1)

@@ -12,7 +12,8 @@ Spec fields (configs/experiments/decode_bench*.yaml)::
     decode_steps: 16               # one multi-step run per round (blocked once at the end)
     warmup: 2                      # rounds discarded (compilation)
     repeats: 3                     # rounds kept; medians over them
-    prefill_max_tokens: 16384      # TTFT measured only where B*S <= this
+    prefill_max_tokens: 16384      # TTFT (and generate) measured only where B*S <= this
+    generate: true                 # also time infer.generate (on-device loop) where TTFT is measured
     hardware: auto                 # datasheet profile by device kind; CPU: the probe's numbers
     probe_bytes: 268435456         # read-bandwidth probe array size
     probe_matmul: 4096             # matmul probe size (FLOP/s)
@@ -25,6 +26,9 @@ What is measured, per (B, S):
   the speed), so no long prefill is needed for large B.
 - multi: `decode_steps` steps back-to-back with on-device argmax feedback, blocked once;
   per-token latency = time / steps, tokens/s = B · steps / time.
+- gen: `infer.generate` (greedy, `decode_steps` new tokens, prompts of S tokens): its own TTFT
+  and per-token latency of the on-device `lax.while_loop` (its cache is bucketed to a power of
+  two >= S + steps, which the reference attention reads in full).
 - predictions: `infer.roofline` refined model on the hardware profile (the datasheet on
   GPU/TPU; on CPU the probed read bandwidth and matmul FLOP/s), at the mean context of the run.
 - probes: read bandwidth (column sums of a large array: the decode access pattern), copy
@@ -55,8 +59,9 @@ from infer.model import decode_step, prefill
 from infer.params import init_params
 
 MARKDOWN_COLUMNS = (
-    "model", "K", "dtype", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms", "multi_ms_per_tok",
-    "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu", "mbu_probe", "mfu", "bound", "status",
+    "model", "K", "dtype", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
+    "multi_ms_per_tok", "gen_ms_per_tok", "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu", "mbu_probe", "mfu",
+    "bound", "status",
 )
 
 
@@ -73,6 +78,7 @@ class DecodeBenchSpec:
     warmup: int = 2
     repeats: int = 3
     prefill_max_tokens: int = 16384
+    generate: bool = True
     hardware: str = "auto"
     probe_bytes: int = 256 << 20
     probe_matmul: int = 4096
@@ -144,6 +150,22 @@ def _time_prefill(params, cfg, B: int, S: int, spec: DecodeBenchSpec) -> Timing:
     return time_fn(ttft, warmup=spec.warmup, repeats=spec.repeats, setup=lambda: (init_cache(cfg, B, S),))
 
 
+def _time_generate(params, cfg, B: int, S: int, spec: DecodeBenchSpec):
+    """Medians of infer.generate's TTFT and per-token decode latency (seconds)."""
+    from infer.generate import generate
+    from infer.sampling import SamplingParams
+    rng = np.random.default_rng(spec.seed)
+    prompts = rng.integers(0, cfg.vocab_size, size=(B, S)).tolist()
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=spec.decode_steps)
+    ttft, per_tok = [], []
+    for r in range(spec.warmup + spec.repeats):
+        res = generate(params, cfg, prompts, sampling)
+        if r >= spec.warmup:
+            ttft.append(res.ttft_s)
+            per_tok.append(res.latency_s)
+    return Timing(tuple(ttft)), Timing(tuple(per_tok))
+
+
 def _profiles(spec: DecodeBenchSpec, cfg, info: dict):
     bw = measure_bandwidth(spec.probe_bytes, "read")
     copy_bw = measure_bandwidth(spec.probe_bytes, "copy")
@@ -172,6 +194,7 @@ def run(spec: dict, out_dir: str) -> list:
         for B in sorted(s.batch_sizes):
             max_len = S + s.single_steps + s.decode_steps
             base = {"model": cfg.name, "K": cfg.n_kv_heads, "dtype": cfg.dtype, "attn": cfg.attention_impl,
+                    "weights_MB": rl.param_bytes(cfg) / 1e6,
                     "B": B, "S": S, "hardware": hw.name, "hardware_source": hw.source,
                     "probe_GB_s": measured.memory_bandwidth / 1e9, "probe_copy_GB_s": copy_bw / 1e9, "probe_TFLOP_s": measured.peak_flops_bf16 / 1e12}
             need = rl.memory_bytes(cfg, B, max_len)
@@ -188,6 +211,9 @@ def run(spec: dict, out_dir: str) -> list:
                 pre = rl.predict_prefill(cfg, hw, B, S)
                 row.update(ttft_ms=ttft.median_s * 1e3, ttft_pred_ms=pre.time * 1e3,
                            ttft_mfu=rl.utilization(pre.cost, ttft.median_s, hw).mfu)
+                if s.generate and S + s.decode_steps <= cfg.max_seq_len:
+                    gen_ttft, gen_tok = _time_generate(params, cfg, B, S, s)
+                    row.update(gen_ttft_ms=gen_ttft.median_s * 1e3, gen_ms_per_tok=gen_tok.median_s * 1e3)
             step, multi = _time_decode(params, cfg, B, S, s)
             step_cost = rl.decode_cost(cfg, B, S + s.single_steps // 2)
             multi_cost = rl.decode_cost(cfg, B, S + s.single_steps + s.decode_steps // 2)
