@@ -18,6 +18,8 @@ from infer.hardware import HardwareProfile, load_hardware
 # Checkpoints: Hugging Face safetensors loading (checkpoints helper).
 from infer.hf_loader import CheckpointError, load_hf_checkpoint
 from infer.checkpoint import load_checkpoint, save_checkpoint
+from infer.tokenizer import load_tokenizer
+from infer.text import TextStream, generate_text
 
 # Speculative sampling (speculative helper). Note: the name infer.speculative_generate is the function;
 # import its module's other names with `from infer.speculative_generate import ...`.
@@ -27,6 +29,7 @@ from infer.speculative_generate import SpeculativeResult, speculative_generate
 __all__ = [
     "speculative", "speculative_generate", "SpeculativeResult",
     "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint",
+    "load_tokenizer", "generate_text", "TextStream",
     "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",

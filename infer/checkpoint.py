@@ -121,3 +121,16 @@ def load_checkpoint(path: str, device=None) -> Tuple[ModelConfig, dict]:
             raise CheckpointError(f"{params_dir}: cannot restore the weights, the checkpoint is damaged or "
                                   f"incomplete ({type(e).__name__}: {str(e)[:500]})") from None
     return cfg, params
+
+
+def load_model_dir(path: str, dtype=None) -> Tuple[ModelConfig, dict]:
+    """Either kind of checkpoint directory: ours (model_config.json) or Hugging Face (config.json)."""
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        cfg, params = load_checkpoint(path)
+        if dtype is not None and dtype != cfg.dtype:
+            cfg = cfg.replace(dtype=dtype)
+            params = jax.tree_util.tree_map(lambda x: x.astype(cfg.jnp_dtype), params)
+        return cfg, params
+    from infer.hf_loader import load_hf_checkpoint
+    return load_hf_checkpoint(path, dtype=dtype)

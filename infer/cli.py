@@ -23,6 +23,12 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-impl", default=None, choices=["reference", "xla", "pallas"])
+    # Text generation from real weights (infer/text_cli.py).
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint dir (Hugging Face config.json + *.safetensors, or infer.save_checkpoint)")
+    p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
 
 
 def _print_metrics(result, cfg_name: str, batch: int) -> None:
@@ -35,6 +41,9 @@ def _print_metrics(result, cfg_name: str, batch: int) -> None:
 
 
 def cmd_generate(args) -> int:
+    if args.checkpoint is not None or args.prompt is not None:
+        from infer.text_cli import cmd_generate_text
+        return cmd_generate_text(args)
     import infer
     from infer.generate import generate
     from infer.sampling import SamplingParams
