@@ -3,8 +3,8 @@
     python -m infer.demo                       # models/target (+ models/draft for speculative decoding)
     python -m infer.demo --max-new-tokens 96 --k 4
 
-1. Streams greedy continuations of a few code prompts (host loop of one
-   prefill + cached decode steps, printing text as tokens arrive).
+1. Streams greedy continuations of a few code prompts (infer.text.TextStream:
+   prefill + cached decode steps, text printed as tokens arrive).
 2. Measures the batched on-device generate loop (warm, compiled): TTFT, latency
    per token, throughput, for batch 1 and for all prompts at once.
 3. The same with speculative decoding (draft proposes k tokens, the target
@@ -18,16 +18,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from infer.cache import init_cache
-from infer.generate import bucket, generate
-from infer.model import decode_step, prefill
+from infer.generate import generate
 from infer.params import count_params
 from infer.sampling import SamplingParams
 from infer.speculative_generate import speculative_generate
-from infer.train.shipped import TOKENIZER_PATH, load_model, load_tokenizer
+from infer.text import TextStream
+from infer.train.shipped import load_model, load_text_tokenizer
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -37,44 +34,13 @@ PROMPTS = [
 ]
 
 
-class _TextStream:
-    """Prints the new suffix of the decoded text; holds back while it ends in an incomplete UTF-8 sequence."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.shown = tok, [], 0
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        new, self.shown = text[self.shown:], len(text)
-        return new
-
-
-def stream_greedy(params, cfg, tok, prompt_ids, max_new: int, out=sys.stdout):
-    """Greedy generation for one prompt, printing text per token; returns (ids, ttft_s, per-token latencies)."""
-    T = bucket(len(prompt_ids), minimum=16)
-    S = bucket(T + max_new)
-    tokens = np.zeros((1, T), np.int32)
-    tokens[0, :len(prompt_ids)] = prompt_ids
-    stream = _TextStream(tok)
-    t0 = time.perf_counter()
-    logits_BV, cache = prefill(params, cfg, tokens, np.array([len(prompt_ids)], np.int32), init_cache(cfg, 1, S))
-    nxt = int(jnp.argmax(logits_BV[0]))
-    ttft = time.perf_counter() - t0
-    ids, lat = [nxt], []
-    out.write(stream.push(nxt))
-    out.flush()
-    for _ in range(max_new - 1):
-        t = time.perf_counter()
-        logits_BV, cache = decode_step(params, cfg, np.array([nxt], np.int32), cache)
-        nxt = int(jnp.argmax(logits_BV[0]))
-        lat.append(time.perf_counter() - t)
-        ids.append(nxt)
-        out.write(stream.push(nxt))
+def stream(params, cfg, tok, prompt: str, max_new: int, out=sys.stdout) -> dict:
+    """Greedy text for one prompt, written as it is produced (infer.text.TextStream); returns its metrics."""
+    ts = TextStream(params, cfg, tok, prompt, SamplingParams(temperature=0.0, max_new_tokens=max_new), warmup=True)
+    for piece in ts:
+        out.write(piece)
         out.flush()
-    return ids, ttft, lat
+    return ts.metrics()
 
 
 def _row(label, m, extra=""):
@@ -91,23 +57,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     a = ap.parse_args(argv)
 
-    tok = load_tokenizer(TOKENIZER_PATH)
+    tok = load_text_tokenizer()
     cfg, params = load_model(a.model)
     dcfg, dparams = load_model(a.draft)
     print(f"target {a.model}: {count_params(params) / 1e6:.2f}M params | draft {a.draft}: "
           f"{count_params(dparams) / 1e6:.2f}M params | backend {jax.default_backend()}")
-    prompts = [tok.encode(p).ids for p in PROMPTS]
+    prompts = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
 
-    # 1. Streaming text (warm the two step programs first so the stream shows steady-state speed).
-    with open("/dev/null", "w") as devnull:
-        for ids in prompts:  # one compile per prompt-length bucket
-            stream_greedy(params, cfg, tok, ids, 2, out=devnull)
+    # 1. Streaming text (TextStream compiles for the prompt's shape bucket before its clock starts).
     print("\n=== streaming greedy completions (target) ===")
-    for text, ids in zip(PROMPTS, prompts):
+    for text in PROMPTS:
         print("-" * 60)
         sys.stdout.write(text)
-        _, ttft, lat = stream_greedy(params, cfg, tok, ids, a.max_new_tokens)
-        print(f"\n[TTFT {ttft * 1e3:.1f} ms, {np.median(lat) * 1e3:.2f} ms/token median, host loop]")
+        m = stream(params, cfg, tok, text, a.max_new_tokens)
+        print(f"\n[TTFT {m['ttft_s'] * 1e3:.1f} ms, {m['latency_s_per_token'] * 1e3:.2f} ms/token, "
+              f"{m['tokens_per_s']:.1f} tok/s; host loop, one token per step]")
 
     # 2./3. Batched on-device loops, plain and speculative, warm.
     sp = SamplingParams(temperature=0.0, max_new_tokens=a.max_new_tokens)

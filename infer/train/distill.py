@@ -40,12 +40,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Distil the draft model from the target.")
     ap.add_argument("--config", default="draft", help="configs/train/<name>.yaml or a path")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps")
+    ap.add_argument("--run-dir", default=None, help="override train.run_dir")
+    ap.add_argument("--export-dir", default=None, help="override train.export_dir")
+    ap.add_argument("--teacher", default=None, help="override distill.teacher")
     a = ap.parse_args(argv)
     rc = load_run_config(a.config)
     if rc.distill is None:
         raise SystemExit(f"{a.config}: no `distill` section (teacher path, temperature, loss weights)")
-    if a.steps is not None:
-        rc = dataclasses.replace(rc, train=dataclasses.replace(rc.train, steps=a.steps))
+    over = {k: v for k, v in (("steps", a.steps), ("run_dir", a.run_dir), ("export_dir", a.export_dir)) if v is not None}
+    if over:
+        rc = dataclasses.replace(rc, train=dataclasses.replace(rc.train, **over))
+    if a.teacher is not None:
+        rc = dataclasses.replace(rc, distill=dataclasses.replace(rc.distill, teacher=a.teacher))
     tcfg, tparams = load_model(rc.distill.teacher)
     if tcfg.vocab_size != rc.model.vocab_size:
         raise SystemExit(f"model.vocab_size: draft {rc.model.vocab_size} != teacher {tcfg.vocab_size}")
