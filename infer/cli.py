@@ -29,6 +29,11 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
+    # Speculative sampling (infer/speculative_generate.py), random weights only.
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--draft-config", default=None, help="speculative: draft model config (random weights, same vocab)")
+    d.add_argument("--draft-layers", type=int, default=None, help="speculative: draft = the target's first N layers")
+    p.add_argument("--speculative-k", type=int, default=4, help="speculative: draft tokens per target pass")
 
 
 def _print_metrics(result, cfg_name: str, batch: int) -> None:
@@ -41,6 +46,9 @@ def _print_metrics(result, cfg_name: str, batch: int) -> None:
 
 
 def cmd_generate(args) -> int:
+    if (args.checkpoint is not None or args.prompt is not None) and (args.draft_config or args.draft_layers):
+        raise ValueError("--draft-config/--draft-layers: speculative generation from the CLI uses random weights "
+                         "only; drop --checkpoint/--prompt or the draft option")
     if args.checkpoint is not None or args.prompt is not None:
         from infer.text_cli import cmd_generate_text
         return cmd_generate_text(args)
@@ -58,11 +66,24 @@ def cmd_generate(args) -> int:
                         max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(f"{cfg.name or args.config}: {infer.count_params(params):,} parameters (random), "
           f"prompt lengths {lens}; warming up (compiling)...", flush=True)
-    generate(params, cfg, prompts, sp)
-    result = generate(params, cfg, prompts, sp)
+    run = lambda: generate(params, cfg, prompts, sp)
+    if args.draft_config is not None or args.draft_layers is not None:
+        from infer.speculative_generate import speculative_generate, truncated_draft
+        if args.draft_layers is not None:
+            dparams, dcfg = truncated_draft(params, cfg, args.draft_layers)
+        else:
+            dcfg = infer.load_config(args.draft_config, **overrides)
+            dparams = infer.init_params(dcfg, jax.random.PRNGKey(args.seed + 1))
+        run = lambda: speculative_generate(params, cfg, dparams, dcfg, prompts, sp, args.speculative_k)
+    run()
+    result = run()
     for i, toks in enumerate(result.tokens):
         print(f"prompt {i} (len {lens[i]}): {toks[:16]}{' ...' if len(toks) > 16 else ''}")
     _print_metrics(result, cfg.name or args.config, args.batch)
+    if hasattr(result, "accept_hist"):
+        print(f"{'speculative k':<28}{result.k:>14}")
+        print(f"{'tokens per target pass':<28}{result.tokens_per_target_pass:>14.3f}")
+        print(f"{'P(draft i accepted)':<28}  {[round(a, 3) for a in result.acceptance_rate_by_position]}")
     return 0
 
 

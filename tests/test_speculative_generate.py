@@ -213,3 +213,11 @@ def test_statistical_test_rejects_a_biased_rule(pair):
     res = _sample_first_tokens(pair, sp, accept_rule=biased_accept)
     stat = distribution_statistic(res.tokens, exact_target_joint(pair[0], pair[1], sp))
     assert stat > 1.0, f"the test did not detect the biased rule (statistic {stat:.2f} <= 1)"
+
+
+def test_cli_speculative_options(capsys):
+    from infer.cli import main
+    assert main(["generate", "--config", "tiny", "--checkpoint", "/nonexistent", "--draft-layers", "1"]) == 2
+    assert "random weights only" in capsys.readouterr().err
+    assert main(["generate", "--config", "tiny", "--draft-config", "small"]) == 2
+    assert "draft_cfg.vocab_size" in capsys.readouterr().err
