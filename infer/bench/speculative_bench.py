@@ -30,7 +30,9 @@ Rows: one `plain` row (infer.generate on the target) and one row per k.
   stop or max_new_tokens cut the round short); accept_by_pos = P(draft i accepted), i = 0..k-1
   (definitions: infer/speculative_generate.py).
 - greedy_match: at temperature 0, whether the speculative tokens equal plain generate's
-  (they must: a correctness check on every run); null otherwise.
+  (a correctness check on every run; in float32 they must. In bf16 the k+1-token verify pass and
+  the 1-token decode step round differently, so a near-tie argmax can legitimately flip and
+  the two greedy outputs diverge from there); null otherwise.
 With random weights the draft rarely agrees with the target, so acceptance (and any speedup)
 is low; name a trained target/draft pair with the checkpoint fields for meaningful numbers.
 """
