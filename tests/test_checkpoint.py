@@ -37,16 +37,15 @@ def test_round_trip_is_bit_exact_and_carries_the_config(cfg, tmp_path):
     assert cfg2 == cfg
     assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(params)
     jax.tree_util.tree_map(_bits_equal, params, params2)
-    tokens = np.arange(12, dtype=np.int32)[None] % cfg.vocab_size
-    _bits_equal(infer.forward(params, cfg, tokens), infer.forward(params2, cfg2, tokens))
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     cfg = _cfg()
     path = str(tmp_path_factory.mktemp("saved") / "ck")
-    infer.save_checkpoint(path, cfg, infer.init_params(cfg, jax.random.PRNGKey(0)))
-    return cfg, path
+    params = infer.init_params(cfg, jax.random.PRNGKey(0))
+    infer.save_checkpoint(path, cfg, params)
+    return cfg, path, params
 
 
 def _copy(path, tmp_path):
@@ -104,8 +103,7 @@ def _edit_config(path, **changes):
 
 
 def test_config_weights_shape_mismatch_names_tensor_and_shapes(saved, tmp_path):
-    cfg, path = saved
-    p = _copy(path, tmp_path)
+    p = _copy(saved[1], tmp_path)
     _edit_config(p, d_ff=64)
     with pytest.raises(infer.CheckpointError) as e:
         infer.load_checkpoint(p)
@@ -124,10 +122,11 @@ def test_config_weights_tree_and_dtype_mismatch(saved, tmp_path):
 
 
 def test_save_refuses_params_that_do_not_match_cfg_and_existing_dirs(saved, tmp_path):
-    cfg, path = saved
-    params = infer.init_params(cfg.replace(d_ff=40), jax.random.PRNGKey(0))
+    cfg, path, params = saved
+    params = jax.tree_util.tree_map(lambda x: x, params)
+    params["layers"]["mlp"]["down"]["kernel"] = np.zeros((2, 40, 32), np.dtype("bfloat16"))
     msg = r"'layers/mlp/down/kernel': shape mismatch: params have \[2, 40, 32\], config implies \[2, 48, 32\]"
     with pytest.raises(infer.CheckpointError, match=msg):
         infer.save_checkpoint(str(tmp_path / "bad"), cfg, params)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        infer.save_checkpoint(path, cfg, infer.init_params(cfg, jax.random.PRNGKey(1)))
+        infer.save_checkpoint(path, cfg, saved[2])

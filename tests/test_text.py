@@ -95,13 +95,15 @@ def test_cli_streams_text_from_a_checkpoint(ckpt, capsys):
         assert word in out
 
 
-def test_cli_reads_our_orbax_checkpoint_with_byte_tokenizer(tmp_path, capsys):
-    cfg = infer.ModelConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=32,
-                            max_seq_len=128, dtype="float32")
-    import jax
-    infer.save_checkpoint(str(tmp_path / "ck"), cfg, infer.init_params(cfg, jax.random.PRNGKey(0)))
-    assert main(["generate", "--checkpoint", str(tmp_path / "ck"), "--prompt", "hé", "--max-new-tokens", "5"]) == 0
-    assert "throughput" in capsys.readouterr().out
+def test_cli_reads_our_orbax_checkpoint_with_byte_tokenizer(ckpt, tmp_path, capsys):
+    _, _, cfg, params, _ = ckpt
+    infer.save_checkpoint(str(tmp_path / "ck"), cfg, params)  # no tokenizer.json: the byte-level fallback
+    prompt = "hé, Grüße aus Köln 世界 🙂 the quick fox"  # 48 bytes: same shape buckets as above, no recompile
+    assert main(["generate", "--checkpoint", str(tmp_path / "ck"), "--prompt", prompt, "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    byte_tok = load_tokenizer(str(tmp_path / "ck"))
+    expected = generate_text(params, cfg, byte_tok, prompt, SamplingParams(temperature=0.0, max_new_tokens=12)).text
+    assert out.startswith(expected) and "throughput" in out
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
