@@ -155,6 +155,9 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
         _fail("quantization_config", "quantized checkpoints are not supported; load full-precision weights")
     if d.get("attn_logit_softcapping") is not None or d.get("final_logit_softcapping") is not None:
         _fail("attn_logit_softcapping", "logit soft-capping is not part of the supported architectures")
+    rp = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
+    if float(d.get("partial_rotary_factor", rp.get("partial_rotary_factor", 1.0)) or 1.0) != 1.0:
+        _fail("partial_rotary_factor", "partial rotary embeddings are not supported (RoPE covers all of head_dim)")
     if int(d.get("pretraining_tp", 1) or 1) != 1:
         _fail("pretraining_tp", "only pretraining_tp=1 is supported")
 

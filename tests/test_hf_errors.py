@@ -69,6 +69,7 @@ def _cfg(**kw):
     (_cfg(sliding_window=16), "sliding_window"),
     (_cfg(quantization_config={"quant_method": "gptq"}), "quantization_config"),
     (_cfg(num_hidden_layers=None), "num_hidden_layers: missing"),
+    (_cfg(partial_rotary_factor=0.5), "partial_rotary_factor"),
     (_cfg(model_type="qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=1),
      "per-layer mix of sliding and full attention"),
 ])

@@ -101,6 +101,20 @@ def test_greedy_generate_matches_transformers(ckpt):
     assert ours.tokens[0] == ref_new
 
 
+def test_qwen2_sliding_window_on_every_layer_matches_transformers(tmp_path):
+    """use_sliding_window with max_window_layers=0: transformers slides every layer; so must we."""
+    model = hf.build_model("qwen2_bias_mqa_tied", seed=6, use_sliding_window=True, sliding_window=20,
+                           max_window_layers=0)
+    cfg, params = infer.load_hf_checkpoint(hf.save(model, str(tmp_path / "q2w")), dtype="float32")
+    assert cfg.sliding_window == 20
+    ids = _tokens(80, 5)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(np.asarray(infer.forward(params, cfg, ids.astype(np.int32))) - ref).max() <= ATOL
+    full = np.asarray(infer.forward(params, cfg.replace(sliding_window=None), ids.astype(np.int32)))
+    assert np.abs(full - ref).max() > 100 * ATOL  # the window changes the logits: the check above is not vacuous
+
+
 def test_sharded_checkpoint_loads_the_same_params(tmp_path):
     model = hf.build_model("llama3_rope_gqa", seed=5)
     whole = hf.save(model, str(tmp_path / "whole"))
