@@ -78,6 +78,16 @@ def validate_prompts(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new
                              f"cache (max_seq_len={cfg.max_seq_len}); shorten the prompt or max_new_tokens")
 
 
+def pack_prompts(prompts: Sequence[Sequence[int]], B: int, T: int):
+    """Right-pad prompts into tokens [B, T], lengths [B] and active [B]; padding rows hold one dummy token."""
+    tokens = np.zeros((B, T), np.int32)
+    lengths = np.ones((B,), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = p
+        lengths[i] = len(p)
+    return tokens, lengths, np.arange(B) < len(prompts)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "S"))
 def _start(params, cfg, tokens_BT, lengths_B, samp, seed_key, S):
     B = tokens_BT.shape[0]
@@ -124,12 +134,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     T = bucket(max(len(p) for p in prompts), minimum=16, cap=cfg.max_seq_len)
     max_out = bucket(sampling.max_new_tokens, minimum=16)
     S = bucket(T + max_out, cap=cfg.max_seq_len)
-    tokens = np.zeros((B, T), np.int32)
-    lengths = np.ones((B,), np.int32)  # padding rows hold one dummy token and stay inactive
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-        lengths[i] = len(p)
-    active = np.arange(B) < n_real
+    tokens, lengths, active = pack_prompts(prompts, B, T)
     samp = sampling.arrays(B)
     seed_key = jax.random.PRNGKey(sampling.seed)
 

@@ -55,7 +55,7 @@ from infer import sampling as S_
 from infer import speculative as SP
 from infer.cache import init_cache
 from infer.config import ModelConfig
-from infer.generate import GenerateResult, bucket, validate_prompts
+from infer.generate import GenerateResult, bucket, pack_prompts, validate_prompts
 from infer.model import _extend
 from infer.sampling import SamplingParams
 
@@ -252,12 +252,7 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
     T = bucket(P, minimum=16, cap=cap)
     max_out = bucket(sampling.max_new_tokens, minimum=16)
     S = bucket(max(T + max_out, P + sampling.max_new_tokens + k), cap=cap)
-    tokens = np.zeros((B, T), np.int32)
-    lengths = np.ones((B,), np.int32)  # padding rows hold one dummy token and stay inactive
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-        lengths[i] = len(p)
-    active = np.arange(B) < n_real
+    tokens, lengths, active = pack_prompts(prompts, B, T)
     samp = sampling.arrays(B)
     seed_key = jax.random.PRNGKey(sampling.seed)
 
