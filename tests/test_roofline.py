@@ -98,6 +98,14 @@ def test_kv_bytes_per_token_equal_cache_pytree(overrides):
     assert rl.memory_bytes(cfg, B, S) == rl.param_bytes(cfg) + rl.kv_cache_bytes(cfg, B, S)
 
 
+def test_int8_kv_bytes_per_token_equal_the_int8_cache_pytree():
+    cfg = load_config("tiny")
+    B, S = 3, 20
+    cache = init_cache(cfg, B, S, dtype="int8")
+    kv_nbytes = sum(int(cache[n].nbytes) for n in cache if n != "lengths")
+    assert rl.kv_bytes_per_token(cfg, "int8") * B * S == kv_nbytes
+
+
 def test_kv_formats():
     cfg = load_config("llama3-8b")
     L, K, H = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
