@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo demo-random test bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -11,8 +11,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-# The main job: generate with the demo model and print TTFT / latency / throughput.
+# The main job: the shipped trained model (models/) completes code prompts, streaming text, then prints
+# TTFT / latency / throughput, plain and with speculative decoding (shipped draft) and its acceptance rate.
 demo: $(BIN)/.installed
+	$(BIN)/python -m infer.demo --max-new-tokens 64
+
+# The same metrics with random weights of any config (no checkpoint needed).
+demo-random: $(BIN)/.installed
 	$(BIN)/python -m infer generate --config small --max-new-tokens 64
 
 # The test suite (CPU; Pallas kernels in interpret mode).
