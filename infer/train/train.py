@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Callable
@@ -40,6 +39,9 @@ def make_optimizer(tc) -> optax.GradientTransformation:
     decay_mask = lambda params: jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
     return optax.chain(optax.clip_by_global_norm(tc.clip_norm),
                        optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
+
+
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 
 def lm_loss(params, cfg, windows_BT1):
@@ -92,7 +94,7 @@ def train_loop(rc: RunConfig, loss_fn: Callable, extra=None, init=None) -> dict:
     def step_fn(params, opt_state, windows, extra):
         loss, grads = jax.value_and_grad(loss_fn)(params, windows, extra)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, _global_norm(grads)
 
     log_path = os.path.join(tc.run_dir, "log.jsonl")
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, mininterval=5, desc=rc.name)
