@@ -65,34 +65,40 @@ class SamplingParams:
         }
 
 
+def _sorted_keep(scaled_BV, samp: dict):
+    """Top-k then top-p (renormalised after top-k) membership [B, V], via one descending sort."""
+    V = scaled_BV.shape[-1]
+    # Sort descending; stable argsort on -x keeps lower ids first among ties.
+    order_BV = jnp.argsort(-scaled_BV, axis=-1, stable=True)
+    sorted_BV = jnp.take_along_axis(scaled_BV, order_BV, axis=-1)
+    rank_V = jnp.arange(V, dtype=jnp.int32)[None, :]
+    k_B = samp["top_k"]
+    keep_sorted = jnp.where(k_B[:, None] > 0, rank_V < k_B[:, None], True)
+    probs_sorted = jax.nn.softmax(jnp.where(keep_sorted, sorted_BV, -jnp.inf), axis=-1)
+    mass_before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
+    keep_sorted &= mass_before < samp["top_p"][:, None]
+    keep_sorted = keep_sorted.at[:, 0].set(True)  # the top token always survives
+    inv_BV = jnp.argsort(order_BV, axis=-1)  # back to vocabulary order
+    return jnp.take_along_axis(keep_sorted, inv_BV, axis=-1)
+
+
 def filter_logits(logits_BV, samp: dict):
     """Temperature-scaled logits [B, V] with -inf outside the allowed set (filters 1-4 above).
 
     Rows with temperature 0 come back as a one-hot mask of the argmax (0 there, -inf elsewhere).
+    The sort that top-k / top-p need is skipped (lax.cond) when no row uses them, which is
+    the common greedy and plain-temperature case.
     """
     logits_BV = logits_BV.astype(jnp.float32)
-    B, V = logits_BV.shape
+    V = logits_BV.shape[-1]
     temp_B = samp["temperature"]
     greedy_B = temp_B <= 0
     scaled = logits_BV / jnp.where(greedy_B, 1.0, temp_B)[:, None]
-    # Sort descending; stable argsort on -x keeps lower ids first among ties.
-    order_BV = jnp.argsort(-scaled, axis=-1, stable=True)
-    sorted_BV = jnp.take_along_axis(scaled, order_BV, axis=-1)
-    rank_V = jnp.arange(V, dtype=jnp.int32)[None, :]
-    k_B = samp["top_k"]
-    keep_sorted = jnp.where(k_B[:, None] > 0, rank_V < k_B[:, None], True)
-    # top-p on the distribution renormalised after top-k.
-    masked = jnp.where(keep_sorted, sorted_BV, -jnp.inf)
-    probs_sorted = jax.nn.softmax(masked, axis=-1)
-    mass_before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
-    keep_sorted &= mass_before < samp["top_p"][:, None]
-    # min-p relative to the most likely token.
-    p_full = jax.nn.softmax(sorted_BV, axis=-1)
-    keep_sorted &= p_full >= samp["min_p"][:, None] * p_full[:, :1]
-    keep_sorted = keep_sorted.at[:, 0].set(True)  # the top token always survives
-    # Back to vocabulary order.
-    inv_BV = jnp.argsort(order_BV, axis=-1)
-    keep_BV = jnp.take_along_axis(keep_sorted, inv_BV, axis=-1)
+    needs_sort = jnp.any(~greedy_B & ((samp["top_k"] > 0) | (samp["top_p"] < 1)))
+    keep_BV = jax.lax.cond(needs_sort, lambda: _sorted_keep(scaled, samp), lambda: jnp.ones(scaled.shape, bool))
+    # min-p relative to the most likely token (which always passes, as min_p <= 1).
+    p_full = jax.nn.softmax(scaled, axis=-1)
+    keep_BV &= p_full >= samp["min_p"][:, None] * jnp.max(p_full, axis=-1, keepdims=True)
     greedy_mask = jax.nn.one_hot(jnp.argmax(logits_BV, axis=-1), V, dtype=jnp.bool_)
     keep_BV = jnp.where(greedy_B[:, None], greedy_mask, keep_BV)
     return jnp.where(keep_BV, jnp.where(greedy_B[:, None], 0.0, scaled), -jnp.inf)
