@@ -8,8 +8,10 @@ Spec fields (configs/experiments/speculative_bench.yaml)::
     draft_layers: 1                # draft = the target's first N layers (same embedding/head), or ...
     draft_model: null              # ... a separate config (random weights unless draft_checkpoint)
     draft_overrides: {}
-    target_checkpoint: null        # optional infer.save_checkpoint directories (a trained pair)
-    draft_checkpoint: null
+    target_checkpoint: null        # optional infer.save_checkpoint directories (a trained pair),
+    draft_checkpoint: null         # cast to `dtype` when given
+    prompt_text: null              # optional text file: prompts are its consecutive token windows
+    tokenizer_dir: null            # directory holding the tokenizer.json for prompt_text
     ks: [1, 2, 3, 4, 5, 6, 7, 8]
     batch_size: 4
     prompt_len: 32                 # longest prompt; the others are shorter (mixed lengths)
@@ -46,7 +48,8 @@ import jax
 import numpy as np
 
 from infer.bench.experiment import parse_spec, positive_ints, require
-from infer.checkpoint import load_checkpoint
+from infer.checkpoint import load_model_dir
+from infer.tokenizer import load_tokenizer
 from infer.config import load_config
 from infer.generate import generate
 from infer.params import count_params, init_params
@@ -68,6 +71,8 @@ class SpeculativeBenchSpec:
     draft_overrides: Optional[dict] = None
     target_checkpoint: Optional[str] = None
     draft_checkpoint: Optional[str] = None
+    prompt_text: Optional[str] = None
+    tokenizer_dir: Optional[str] = None
     batch_size: int = 4
     prompt_len: int = 32
     max_new_tokens: int = 64
@@ -87,6 +92,8 @@ class SpeculativeBenchSpec:
         for f in ("batch_size", "prompt_len", "max_new_tokens", "repeats"):
             require(getattr(self, f) >= 1, f"{self.name}.{f}", f"must be >= 1, got {getattr(self, f)}")
         require(self.warmup >= 0, f"{self.name}.warmup", f"must be >= 0, got {self.warmup}")
+        require((self.prompt_text is None) == (self.tokenizer_dir is None), f"{self.name}.prompt_text",
+                "prompt_text and tokenizer_dir go together")
 
 
 def _models(s: SpeculativeBenchSpec):
@@ -94,14 +101,14 @@ def _models(s: SpeculativeBenchSpec):
     if s.dtype:
         over["dtype"] = s.dtype
     if s.target_checkpoint:
-        tcfg, tparams = load_checkpoint(s.target_checkpoint)
+        tcfg, tparams = load_model_dir(s.target_checkpoint, dtype=s.dtype)
     else:
         tcfg = load_config(s.target_model, **over)
         tparams = init_params(tcfg, jax.random.PRNGKey(s.seed))
     if s.draft_layers is not None:
         dparams, dcfg = truncated_draft(tparams, tcfg, s.draft_layers)
     elif s.draft_checkpoint:
-        dcfg, dparams = load_checkpoint(s.draft_checkpoint)
+        dcfg, dparams = load_model_dir(s.draft_checkpoint, dtype=s.dtype)
     else:
         dover = dict(s.draft_overrides or {})
         if s.dtype:
@@ -112,9 +119,18 @@ def _models(s: SpeculativeBenchSpec):
 
 
 def _prompts(s: SpeculativeBenchSpec, vocab: int):
-    rng = np.random.RandomState(s.seed)
+    """batch_size prompts of mixed lengths (prompt_len down to about half): random ids, or windows of prompt_text."""
     step = max(1, s.prompt_len // (2 * s.batch_size))
-    return [rng.randint(0, vocab, max(1, s.prompt_len - i * step)).tolist() for i in range(s.batch_size)]
+    lens = [max(1, s.prompt_len - i * step) for i in range(s.batch_size)]
+    if s.prompt_text is None:
+        rng = np.random.RandomState(s.seed)
+        return [rng.randint(0, vocab, n).tolist() for n in lens]
+    with open(s.prompt_text, encoding="utf-8") as f:
+        ids = load_tokenizer(s.tokenizer_dir, vocab_size=vocab).encode(f.read())
+    if len(ids) < s.prompt_len * s.batch_size:
+        raise ValueError(f"{s.name}.prompt_text: {s.prompt_text} has {len(ids)} tokens, need "
+                         f"{s.prompt_len * s.batch_size} for {s.batch_size} prompts of {s.prompt_len}")
+    return [ids[i * s.prompt_len:i * s.prompt_len + n] for i, n in enumerate(lens)]
 
 
 def _measure(fn, warmup: int, repeats: int):
