@@ -16,14 +16,13 @@ on the validation split's bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
 import numpy as np
 
 from infer.train import corpus, data
-from infer.train.shipped import MODELS_DIR, TOKENIZER_PATH, load_model, load_tokenizer
+from infer.train.shipped import MODELS_DIR, TOKENIZER_PATH, load_model, load_tokenizer, report_json
 from infer.train.train import eval_loss
 
 VAL_SLICE_PATH = os.path.join(MODELS_DIR, "val_slice.txt")
@@ -110,10 +109,7 @@ def main(argv=None):
         out.update(model_bits_per_byte(params, cfg, tok, val_ids))
         out["byte_unigram_bits_per_byte"] = byte_unigram_bpb(train_texts, val_texts)
         out["ratio_to_unigram"] = out["bits_per_byte"] / out["byte_unigram_bits_per_byte"]
-    print(json.dumps(out, indent=1))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report_json(out, a.out)
 
 
 if __name__ == "__main__":

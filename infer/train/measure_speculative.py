@@ -12,7 +12,6 @@ the greedy outputs must be identical (speculative decoding is exact).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 import jax
@@ -22,7 +21,7 @@ from infer.generate import generate
 from infer.sampling import SamplingParams
 from infer.speculative_generate import speculative_generate
 from infer.train.evaluate import val_slice_ids
-from infer.train.shipped import TOKENIZER_PATH, load_model, load_tokenizer
+from infer.train.shipped import TOKENIZER_PATH, load_model, load_tokenizer, report_json
 
 
 def slice_prompts(tok, n: int, prompt_len: int):
@@ -76,10 +75,7 @@ def main(argv=None):
     batched = measure(tparams, tcfg, dparams, dcfg, prompts, a.k, a.max_new_tokens, a.repeats)
     out = {"device": f"{jax.default_backend()} ({platform.processor() or platform.machine()})",
            "temperature": 0.0, "batch1_mean_of_2_prompts": single, "batch1_rows": rows, "batched": batched}
-    print(json.dumps(out, indent=1))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
+    report_json(out, a.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ measured on the loaded, stored weights.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -47,3 +48,11 @@ def load_text_tokenizer(path: str = TOKENIZER_PATH):
     tok = HFTokenizer(path)
     tok.eos_ids = (tok.token_to_id(EOS),)
     return tok
+
+
+def report_json(result: dict, path=None) -> None:
+    """Print a measured result as JSON and, when `path` is given, write it there (models/*.json)."""
+    print(json.dumps(result, indent=1))
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
