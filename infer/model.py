@@ -55,6 +55,17 @@ def _prefill(params, cfg, tokens_BT, lengths_B, cache):
     return _extend(params, cfg, tokens_BT, lengths_B, cache, logits_index_B=jnp.maximum(lengths_B - 1, 0))
 
 
+def _check_host_ids(tokens, cfg: ModelConfig) -> None:
+    """Token ids given as host data (numpy or lists) must be in [0, V): an embedding lookup would not say so.
+
+    Device arrays are not inspected (that would force a device-to-host sync per step).
+    """
+    if isinstance(tokens, (np.ndarray, list)):
+        tok = np.asarray(tokens)
+        if tok.size and (tok.min() < 0 or tok.max() >= cfg.vocab_size):
+            raise ValueError(f"tokens: ids must be in [0, {cfg.vocab_size}), got range [{tok.min()}, {tok.max()}]")
+
+
 def prefill(params, cfg: ModelConfig, tokens_BT, lengths_B, cache):
     """Process right-padded prompts tokens [B, T] with real lengths [B], starting at each row's cache length.
 
@@ -67,10 +78,7 @@ def prefill(params, cfg: ModelConfig, tokens_BT, lengths_B, cache):
         raise ValueError(f"tokens: batch {B} does not match the cache's batch {cache['lengths'].shape[0]}")
     if T > S:
         raise ValueError(f"tokens: prompt length {T} is longer than the cache ({S} positions)")
-    if isinstance(tokens_BT, (np.ndarray, list)):
-        tok = np.asarray(tokens_BT)
-        if tok.size and (tok.min() < 0 or tok.max() >= cfg.vocab_size):
-            raise ValueError(f"tokens: ids must be in [0, {cfg.vocab_size}), got range [{tok.min()}, {tok.max()}]")
+    _check_host_ids(tokens_BT, cfg)
     if isinstance(lengths_B, (np.ndarray, list)):
         ln = np.asarray(lengths_B)
         if ln.min() < 0 or ln.max() > T:
@@ -86,4 +94,8 @@ def _decode_step(params, cfg, tokens_B, cache):
 
 def decode_step(params, cfg: ModelConfig, tokens_B, cache):
     """One token per row [B], written at that row's own position; returns (logits [B, V], cache)."""
+    if np.shape(tokens_B) != cache["lengths"].shape:
+        raise ValueError(f"tokens: expected one token per cache row, shape {cache['lengths'].shape}, "
+                         f"got {np.shape(tokens_B)}")
+    _check_host_ids(tokens_B, cfg)
     return _decode_step(params, cfg, jnp.asarray(tokens_B, jnp.int32), cache)

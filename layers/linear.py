@@ -22,7 +22,7 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        n_in, n_out = len(self.in_shape), len(self.out_shape)
+        n_in = len(self.in_shape)
         fan_in = 1
         for s in self.in_shape:
             fan_in *= s
@@ -34,5 +34,4 @@ class Linear(nn.Module):
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_axes)),
                            tuple(self.out_shape), self.dtype)
             y = y + b
-        del n_out
         return y

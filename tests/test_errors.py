@@ -73,3 +73,14 @@ def test_prefill_rejects_prompt_longer_than_cache_and_bad_ids(tiny):
         infer.prefill(params, cfg, np.ones((1, 4), np.int32), np.array([5]), cache)
     with pytest.raises(ValueError, match="max_seq_len"):
         infer.init_cache(cfg, 1, cfg.max_seq_len + 1)
+
+
+def test_decode_step_rejects_bad_ids_and_wrong_batch(tiny):
+    cfg, params = tiny
+    cache = infer.init_cache(cfg, 2, 8)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 256\)"):
+        infer.decode_step(params, cfg, np.array([1, 256]), cache)
+    with pytest.raises(ValueError, match="one token per cache row"):
+        infer.decode_step(params, cfg, np.array([1, 2, 3]), cache)
+    logits, cache = infer.decode_step(params, cfg, np.array([1, 2]), cache)  # the cache was not consumed
+    assert logits.shape == (2, cfg.vocab_size)
