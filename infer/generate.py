@@ -38,6 +38,19 @@ def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
     return min(b, cap) if cap is not None else b
 
 
+def bucket_shapes(n_prompts: int, longest_prompt: int, max_new_tokens: int, max_seq_len: int, extra: int = 0):
+    """(B, T, max_out, S): the bucketed batch, prompt length, output buffer and cache length.
+
+    The cache holds at least T + max_out positions, and at least longest_prompt +
+    max_new_tokens + extra (speculative decoding writes `extra` = k verify positions
+    past the last kept token), capped at max_seq_len.
+    """
+    T = bucket(longest_prompt, minimum=16, cap=max_seq_len)
+    max_out = bucket(max_new_tokens, minimum=16)
+    S = bucket(max(T + max_out, longest_prompt + max_new_tokens + extra), cap=max_seq_len)
+    return bucket(n_prompts), T, max_out, S
+
+
 @dataclasses.dataclass
 class GenerateResult:
     """Generated ids per prompt and the lecture's metrics (all times in seconds, device-synchronised)."""
@@ -130,10 +143,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     """Generate for prompts of different lengths; each row stops on its own."""
     validate_prompts(cfg, prompts, sampling.max_new_tokens)
     n_real = len(prompts)
-    B = bucket(n_real)
-    T = bucket(max(len(p) for p in prompts), minimum=16, cap=cfg.max_seq_len)
-    max_out = bucket(sampling.max_new_tokens, minimum=16)
-    S = bucket(T + max_out, cap=cfg.max_seq_len)
+    B, T, max_out, S = bucket_shapes(n_real, max(len(p) for p in prompts), sampling.max_new_tokens, cfg.max_seq_len)
     tokens, lengths, active = pack_prompts(prompts, B, T)
     samp = sampling.arrays(B)
     seed_key = jax.random.PRNGKey(sampling.seed)

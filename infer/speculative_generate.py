@@ -55,7 +55,7 @@ from infer import sampling as S_
 from infer import speculative as SP
 from infer.cache import init_cache
 from infer.config import ModelConfig
-from infer.generate import GenerateResult, bucket, pack_prompts, validate_prompts
+from infer.generate import GenerateResult, bucket_shapes, pack_prompts, validate_prompts
 from infer.model import _extend
 from infer.sampling import SamplingParams
 
@@ -247,11 +247,7 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
                                  f"{cfg.name or 'a model'}; shorten the prompt, max_new_tokens or k")
     cap = min(target_cfg.max_seq_len, draft_cfg.max_seq_len)
     n_real = len(prompts)
-    B = bucket(n_real)
-    P = max(len(p) for p in prompts)
-    T = bucket(P, minimum=16, cap=cap)
-    max_out = bucket(sampling.max_new_tokens, minimum=16)
-    S = bucket(max(T + max_out, P + sampling.max_new_tokens + k), cap=cap)
+    B, T, max_out, S = bucket_shapes(n_real, max(len(p) for p in prompts), sampling.max_new_tokens, cap, extra=k)
     tokens, lengths, active = pack_prompts(prompts, B, T)
     samp = sampling.arrays(B)
     seed_key = jax.random.PRNGKey(sampling.seed)

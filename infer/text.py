@@ -28,7 +28,7 @@ from infer import sampling as S_
 from infer.cache import init_cache
 from infer.config import ModelConfig
 from infer.detokenize import StreamingDetokenizer
-from infer.generate import bucket, generate, validate_prompts
+from infer.generate import bucket_shapes, generate, validate_prompts
 from infer.model import decode_step, prefill
 from infer.sampling import SamplingParams
 
@@ -82,8 +82,7 @@ class TextStream:
         self.text = ""
         self.ttft_s = self.decode_s = float("nan")
         n = len(self.prompt_ids)
-        self._T = bucket(n, minimum=16, cap=cfg.max_seq_len)
-        self._S = bucket(self._T + bucket(self.sampling.max_new_tokens, minimum=16), cap=cfg.max_seq_len)
+        _, self._T, _, self._S = bucket_shapes(1, n, self.sampling.max_new_tokens, cfg.max_seq_len)
         if warmup:
             self._run_steps(np.zeros((1, self._T), np.int32), 1, n_decode=1)
 
