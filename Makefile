@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 # The main job: the shipped trained model (models/) completes code prompts, streaming text, then prints
 # TTFT / latency / throughput, plain and with speculative decoding (shipped draft) and its acceptance rate.
 demo: $(BIN)/.installed
-	$(BIN)/python -m infer.demo --max-new-tokens 64
+	$(BIN)/python -m infer.cli.demo --max-new-tokens 64
 
 # The same metrics with random weights of any config (no checkpoint needed).
 demo-random: $(BIN)/.installed

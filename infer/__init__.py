@@ -3,36 +3,40 @@
     cfg = infer.load_config("tiny")
     params = infer.init_params(cfg, jax.random.PRNGKey(0))
     result = infer.generate(params, cfg, [[1, 2, 3], [4, 5]], infer.SamplingParams(max_new_tokens=16))
+
+Packages, by concern (a token goes config -> io -> generation -> model -> kv -> layers -> pallas_kernels):
+config/ (pure data), model/ (params, the ragged step, row view, forward), kv/ (page pools,
+AttentionMetadata), sampling/, generation/ (static batch, speculative, text), io/ (checkpoints,
+tokenizers), perf/ (roofline, hardware), parallel/ (sharding), cli/, bench/, train/.
 """
-from infer.cache import init_cache
-from infer.config import ConfigError, ModelConfig, RopeScaling, load_config
-from infer.model import decode_step, extend, forward, prefill
-from infer.params import count_params, init_params, param_logical_axes
-from infer.sampling import SamplingParams
-from infer.generate import GenerateResult, generate
+from infer.config import ConfigError, ModelConfig, RopeScaling, SamplingParams, load_config
+from infer.kv import AttentionMetadata, MetadataError, SequenceStep, build_metadata, init_pools
+from infer.model import (count_params, decode_step, extend, forward, init_cache, init_params, param_logical_axes,
+                         prefill, step)
+from infer.generation.batch import GenerateResult, generate
 
-# Performance model and hardware profiles (roofline helper).
-from infer import roofline
-from infer.hardware import HardwareProfile, load_hardware
+# Performance model and hardware profiles.
+from infer.perf import roofline
+from infer.perf.hardware import HardwareProfile, load_hardware
 
-# Checkpoints: Hugging Face safetensors loading (checkpoints helper).
-from infer.hf_loader import CheckpointError, load_hf_checkpoint
-from infer.checkpoint import load_checkpoint, save_checkpoint
-from infer.tokenizer import load_tokenizer
-from infer.text import TextStream, generate_text
+# Checkpoints, tokenizers, text in and out.
+from infer.io.hf_loader import CheckpointError, load_hf_checkpoint
+from infer.io.checkpoint import load_checkpoint, load_model_dir, save_checkpoint
+from infer.io.tokenizer import load_tokenizer
+from infer.generation.text import TextStream, generate_text
 
-# Speculative sampling (speculative helper). Note: the name infer.speculative_generate is the function;
-# import its module's other names with `from infer.speculative_generate import ...`.
-from infer import speculative
-from infer.speculative_generate import SpeculativeResult, speculative_generate
+# Speculative sampling: `infer.speculative` is the exact acceptance rule's module.
+from infer.generation import speculative_accept as speculative
+from infer.generation.speculative import SpeculativeResult, speculative_generate
 
 __all__ = [
     "speculative", "speculative_generate", "SpeculativeResult",
-    "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint",
+    "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_dir",
     "load_tokenizer", "generate_text", "TextStream",
     "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",
-    "init_cache", "forward", "prefill", "decode_step", "extend",
+    "init_cache", "forward", "prefill", "decode_step", "extend", "step",
+    "AttentionMetadata", "MetadataError", "SequenceStep", "build_metadata", "init_pools",
     "SamplingParams", "generate", "GenerateResult",
 ]

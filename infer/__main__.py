@@ -1,5 +1,5 @@
 import sys
 
-from infer.cli import main
+from infer.cli.main import main
 
 sys.exit(main())

@@ -11,10 +11,10 @@ Q_HEADS = "q_heads"  # N
 KV_HEADS = "kv_heads"  # K
 HEAD_DIM = "head_dim"  # H
 LAYERS = "layers"  # L
-BATCH = "batch"  # B
-CACHE_SEQ = "cache_seq"  # S
+BATCH = "batch"  # B (also R, sequences of a step)
+PAGES = "pages"  # P
+PAGE_SLOTS = "page_slots"  # Z
 
-# Cache arrays are [L, B, K, S, H]: a decode kernel reads one (b, k) slab of S x H
-# contiguously, with no transpose or copy of the cache.
-CACHE_KV = (LAYERS, BATCH, KV_HEADS, CACHE_SEQ, HEAD_DIM)
-CACHE_LENGTHS = (BATCH,)
+# Page pools are [L, P, K, Z, H]: a kernel reads one (page, k) slab of Z x H
+# contiguously, with no transpose or copy of the pool.
+CACHE_KV = (LAYERS, PAGES, KV_HEADS, PAGE_SLOTS, HEAD_DIM)

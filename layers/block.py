@@ -1,7 +1,7 @@
 """One pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
 import flax.linen as nn
 
-from layers.attention import Attention
+from layers.attention.gqa import Attention
 from layers.mlp import SwiGLU
 from layers.norm import RMSNorm
 
@@ -12,11 +12,11 @@ class DecoderBlock(nn.Module):
     cfg: object
 
     @nn.compact
-    def __call__(self, carry, layer, positions_BT, kv_len_B, write_pos_BT):
+    def __call__(self, carry, layer, positions_BT, meta):
         cfg = self.cfg
         x_BTD, kv = carry
         h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="attn_norm")(x_BTD)
-        a, kv = Attention(cfg, name="attn")(h, positions_BT, kv, layer, kv_len_B, write_pos_BT)
+        a, kv = Attention(cfg, name="attn")(h, positions_BT, kv, layer, meta)
         x_BTD = x_BTD + a
         h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x_BTD)
         x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, name="mlp")(h)

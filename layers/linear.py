@@ -4,7 +4,7 @@ A quantized variant (int8 per-channel, int4 group-wise) replaces this module
 by keeping the same call signature: `Linear(out_shape, in_axes_names,
 out_axes_names)(x)` contracts the trailing `len(in_shape)` dims of x.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ class Linear(nn.Module):
     out_axes: Sequence[str]
     dtype: jnp.dtype
     use_bias: bool = False
+    out_dtype: Optional[jnp.dtype] = None  # default: dtype (the LM head asks for float32 logits)
 
     @nn.compact
     def __call__(self, x):
@@ -29,9 +30,11 @@ class Linear(nn.Module):
         init = nn.initializers.normal(stddev=fan_in ** -0.5)
         w = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.in_axes) + tuple(self.out_axes)),
                        tuple(self.in_shape) + tuple(self.out_shape), self.dtype)
-        y = jnp.tensordot(x.astype(self.dtype), w, axes=(tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))))
+        # Accumulate in float32 whatever the storage dtype, then round once to the output dtype.
+        y = jnp.tensordot(x.astype(self.dtype), w, axes=(tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))),
+                          preferred_element_type=jnp.float32)
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_axes)),
                            tuple(self.out_shape), self.dtype)
-            y = y + b
-        return y
+            y = y + b.astype(jnp.float32)
+        return y.astype(self.out_dtype or self.dtype)

@@ -92,3 +92,88 @@ def rel_err(got, ref):
     if np.isnan(got).any() or np.isnan(ref).any():
         return float("inf")
     return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def make_ragged_case(seqs, *, K, G, H, Z, L=1, dtype=jnp.float32, int8=False, sliding_window=None, softcap=None,
+                     extra_pages=3, pad_tokens=3, M=None, seed=0):
+    """A random ragged paged-attention step and its expected output, computed per sequence in float64 numpy.
+
+    seqs: [(kv_len, query_len), ...], one per sequence (query_len <= kv_len; (0, 0) is a padding
+    sequence). Pages are shuffled through a pool of sum(pages) + extra_pages pages; every slot no
+    sequence owns (free pages, the tail of a last page) is poisoned with NaN (NaN scales for int8).
+    Sequences are laid out in the flat query batch in a shuffled order with `pad_tokens` padding rows
+    at the end; table entries past a sequence's pages are -1.
+
+    Returns a dict: q [T, N, H], k_pages / v_pages [L, P, K, Z, H], k_scale / v_scale [L, P, K, Z] or
+    None, page_table [R, M], query_start / query_len / kv_len [R], max_q_len, layer (L - 1), and
+    expected [T, N, H] float32 (zeros on padding rows).
+    """
+    rng = np.random.default_rng(seed)
+    R = len(seqs)
+    kv_len = np.array([s[0] for s in seqs], np.int32)
+    q_len = np.array([s[1] for s in seqs], np.int32)
+    if (q_len > kv_len).any():
+        raise ValueError(f"seqs: query_len must be <= kv_len, got {seqs}")
+    N = K * G
+    need = [-(-int(n) // Z) for n in kv_len]
+    M = M or max(1, max(need))
+    P = sum(need) + extra_pages
+    perm = rng.permutation(P)
+    table = -np.ones((R, M), np.int32)
+    k_seq = [rng.standard_normal((L, K, int(n), H)).astype(np.float32) for n in kv_len]
+    v_seq = [rng.standard_normal((L, K, int(n), H)).astype(np.float32) for n in kv_len]
+    kp = np.full((L, P, K, Z, H), np.nan, np.float32)
+    vp = np.full((L, P, K, Z, H), np.nan, np.float32)
+    nxt = 0
+    for r in range(R):
+        for m in range(need[r]):
+            page = perm[nxt]
+            nxt += 1
+            table[r, m] = page
+            n = min(Z, int(kv_len[r]) - m * Z)
+            kp[:, page, :, :n] = k_seq[r][:, :, m * Z:m * Z + n]
+            vp[:, page, :, :n] = v_seq[r][:, :, m * Z:m * Z + n]
+    case = {"page_table": jnp.asarray(table), "kv_len": jnp.asarray(kv_len), "query_len": jnp.asarray(q_len),
+            "max_q_len": int(max(1, q_len.max())), "layer": L - 1}
+    if int8:
+        kq, ks = quantize_int8(np.nan_to_num(kp))
+        vq, vs = quantize_int8(np.nan_to_num(vp))
+        poisoned = np.isnan(kp[..., 0])
+        ks[poisoned] = np.nan
+        vs[poisoned] = np.nan
+        k_deq, v_deq = kq.astype(np.float64) * ks[..., None], vq.astype(np.float64) * vs[..., None]
+        case.update(k_pages=jnp.asarray(kq), v_pages=jnp.asarray(vq), k_scale=jnp.asarray(ks),
+                    v_scale=jnp.asarray(vs))
+    else:
+        kp_dt, vp_dt = jnp.asarray(kp, dtype), jnp.asarray(vp, dtype)
+        k_deq, v_deq = np.asarray(kp_dt.astype(jnp.float32), np.float64), np.asarray(vp_dt.astype(jnp.float32),
+                                                                                        np.float64)
+        case.update(k_pages=kp_dt, v_pages=vp_dt, k_scale=None, v_scale=None)
+
+    order = rng.permutation(R)
+    T = int(q_len.sum()) + pad_tokens
+    start = np.zeros((R,), np.int32)
+    off = 0
+    for r in order:
+        start[r] = off
+        off += int(q_len[r])
+    q = jnp.asarray(rng.standard_normal((T, N, H)).astype(np.float32), dtype)
+    q64 = np.asarray(q.astype(jnp.float32), np.float64)
+    expected = np.zeros((T, N, H), np.float64)
+    lay = L - 1
+    for r in range(R):
+        pages = table[r, :need[r]]
+        k_r = np.concatenate([k_deq[lay, p] for p in pages], axis=1)[:, :kv_len[r]] if need[r] else None
+        v_r = np.concatenate([v_deq[lay, p] for p in pages], axis=1)[:, :kv_len[r]] if need[r] else None
+        for i in range(int(q_len[r])):
+            pos = int(kv_len[r] - q_len[r] + i)
+            lo = 0 if sliding_window is None else max(0, pos - sliding_window + 1)
+            for n in range(N):
+                kh = n // G
+                s = k_r[kh, lo:pos + 1] @ q64[start[r] + i, n] / np.sqrt(H)
+                if softcap is not None:
+                    s = softcap * np.tanh(s / softcap)
+                w = np.exp(s - s.max())
+                expected[start[r] + i, n] = (w / w.sum()) @ v_r[kh, lo:pos + 1]
+    case.update(q=q, query_start=jnp.asarray(start), expected=expected.astype(np.float32))
+    return case

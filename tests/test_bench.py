@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from infer import load_config
-from infer import roofline as rl
+from infer.perf import roofline as rl
 from infer.bench import report
 from infer.bench.__main__ import main as bench_main
 from infer.bench.experiment import SpecError, discover, load_experiment, parse_spec

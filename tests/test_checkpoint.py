@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import infer
-from infer.checkpoint import CONFIG_FILE, PARAMS_DIR
-from infer.config import RopeScaling
+from infer.io.checkpoint import CONFIG_FILE, PARAMS_DIR
+from infer.config.model_config import RopeScaling
 
 
 def _cfg(**kw):

@@ -1,5 +1,5 @@
 """The command line runs end to end and reports errors without a traceback."""
-from infer.cli import main
+from infer.cli.main import main
 
 
 def test_cli_generate_prints_metrics(capsys):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import tokenizer_fixtures as tf
-from infer.detokenize import StreamingDetokenizer
-from infer.tokenizer import ByteTokenizer, HFTokenizer
+from infer.io.detokenize import StreamingDetokenizer
+from infer.io.tokenizer import ByteTokenizer, HFTokenizer
 
 PROMPT = "Grüße, the prompt ends here."  # ends on a vocabulary piece, not a byte-fallback token
 OUTPUTS = ["hello world 世界 🙂🚀👍🏽 done", " the end.", "ü🙂", "Ελληνικά and русский", "  spaced  out  "]

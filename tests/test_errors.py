@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import infer
-from infer.config import MODEL_CONFIG_DIR
-from infer.sampling import SamplingParams
+from infer.config.model_config import MODEL_CONFIG_DIR
+from infer.config import SamplingParams
 
 BASE = dict(vocab_size=32, d_model=16, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=4, d_ff=32)
 
@@ -51,15 +51,15 @@ def test_generate_rejects_bad_prompts(tiny):
     cfg, params = tiny
     sp = SamplingParams(max_new_tokens=4)
     with pytest.raises(ValueError, match=r"prompts\[1\]: empty prompt"):
-        infer.generate(params, cfg, [[1, 2], []], sp)
+        infer.generation.batch(params, cfg, [[1, 2], []], sp)
     with pytest.raises(ValueError, match=r"token id 256 outside \[0, vocab_size=256\)"):
-        infer.generate(params, cfg, [[1, 256]], sp)
+        infer.generation.batch(params, cfg, [[1, 256]], sp)
     with pytest.raises(ValueError, match="token id -1"):
-        infer.generate(params, cfg, [[-1]], sp)
+        infer.generation.batch(params, cfg, [[-1]], sp)
     with pytest.raises(ValueError, match="exceeds the cache"):
-        infer.generate(params, cfg, [[1] * (cfg.max_seq_len - 2)], sp)
+        infer.generation.batch(params, cfg, [[1] * (cfg.max_seq_len - 2)], sp)
     with pytest.raises(ValueError, match="no prompts"):
-        infer.generate(params, cfg, [], sp)
+        infer.generation.batch(params, cfg, [], sp)
 
 
 def test_prefill_rejects_prompt_longer_than_cache_and_bad_ids(tiny):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import infer
-from infer.sampling import SamplingParams
+from infer.config import SamplingParams
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -18,9 +18,9 @@ def test_greedy_batch_equals_each_prompt_alone(tiny):
     cfg, params = tiny
     prompts = _prompts(cfg, [3, 17, 9, 30, 1])
     sp = SamplingParams(temperature=0.0, max_new_tokens=12)
-    batch = infer.generate(params, cfg, prompts, sp).tokens
+    batch = infer.generation.batch(params, cfg, prompts, sp).tokens
     for p, got in zip(prompts, batch):
-        assert got == infer.generate(params, cfg, [p], sp).tokens[0]
+        assert got == infer.generation.batch(params, cfg, [p], sp).tokens[0]
         assert len(got) == 12
 
 
@@ -28,7 +28,7 @@ def test_greedy_generate_equals_argmax_of_forward(tiny):
     """Independent check of the loop: re-run the full uncached forward after every token."""
     cfg, params = tiny
     prompt = _prompts(cfg, [6])[0]
-    got = infer.generate(params, cfg, [prompt], SamplingParams(temperature=0.0, max_new_tokens=6)).tokens[0]
+    got = infer.generation.batch(params, cfg, [prompt], SamplingParams(temperature=0.0, max_new_tokens=6)).tokens[0]
     seq = list(prompt)
     for _ in range(6):
         seq.append(int(np.argmax(infer.forward(params, cfg, np.asarray([seq]))[0, -1])))
@@ -39,9 +39,9 @@ def test_rows_stop_independently_on_stop_tokens(tiny):
     cfg, params = tiny
     prompts = _prompts(cfg, [5, 8], seed=3)
     sp = SamplingParams(temperature=0.0, max_new_tokens=10)
-    free = infer.generate(params, cfg, prompts, sp).tokens
+    free = infer.generation.batch(params, cfg, prompts, sp).tokens
     stop = free[0][3]
-    stopped = infer.generate(params, cfg, prompts, SamplingParams(temperature=0.0, max_new_tokens=10,
+    stopped = infer.generation.batch(params, cfg, prompts, SamplingParams(temperature=0.0, max_new_tokens=10,
                                                                   stop_token_ids=(stop,))).tokens
     first = free[0].index(stop)
     assert stopped[0] == free[0][:first + 1]  # includes the stop token, nothing after
@@ -52,7 +52,7 @@ def test_rows_stop_independently_on_stop_tokens(tiny):
 def test_fixed_seed_reproduces_and_seed_changes_output(tiny):
     cfg, params = tiny
     prompts = _prompts(cfg, [4, 7])
-    run = lambda seed: infer.generate(params, cfg, prompts, SamplingParams(temperature=1.0, max_new_tokens=16,
+    run = lambda seed: infer.generation.batch(params, cfg, prompts, SamplingParams(temperature=1.0, max_new_tokens=16,
                                                                            seed=seed)).tokens
     assert run(7) == run(7)
     assert run(7) != run(8)
@@ -60,7 +60,7 @@ def test_fixed_seed_reproduces_and_seed_changes_output(tiny):
 
 def test_metrics_are_reported(tiny):
     cfg, params = tiny
-    r = infer.generate(params, cfg, _prompts(cfg, [4, 5]), SamplingParams(temperature=0.0, max_new_tokens=5))
+    r = infer.generation.batch(params, cfg, _prompts(cfg, [4, 5]), SamplingParams(temperature=0.0, max_new_tokens=5))
     m = r.metrics()
     assert m["num_generated"] == 10 and m["decode_steps"] == 4
     assert m["ttft_s"] > 0 and m["latency_s_per_token"] > 0 and m["tokens_per_s"] > 0
@@ -72,7 +72,7 @@ def test_no_recompilation_after_warmup(tiny):
     listener = lambda event, duration, **kw: compiles.append(event) if event == COMPILE_EVENT else None
     rng = np.random.RandomState(0)
     # warm up one bucket: prompt lengths <= 16, batch <= 4, max_new_tokens <= 16
-    infer.generate(params, cfg, _prompts(cfg, [16, 2, 3]), SamplingParams(max_new_tokens=16))
+    infer.generation.batch(params, cfg, _prompts(cfg, [16, 2, 3]), SamplingParams(max_new_tokens=16))
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         for i in range(6):
@@ -81,10 +81,10 @@ def test_no_recompilation_after_warmup(tiny):
                                 top_p=float(rng.uniform(0.5, 1.0)), min_p=float(rng.uniform(0, 0.1)),
                                 max_new_tokens=int(rng.randint(9, 17)), seed=i,
                                 stop_token_ids=tuple(rng.randint(0, cfg.vocab_size, size=rng.randint(0, 3))))
-            infer.generate(params, cfg, _prompts(cfg, lens, seed=i), sp)
+            infer.generation.batch(params, cfg, _prompts(cfg, lens, seed=i), sp)
         assert compiles == [], f"{len(compiles)} compilations after warm-up"
         # the counter itself works: a new prompt-length bucket does compile
-        infer.generate(params, cfg, _prompts(cfg, [40]), SamplingParams(max_new_tokens=16))
+        infer.generation.batch(params, cfg, _prompts(cfg, [40]), SamplingParams(max_new_tokens=16))
         assert compiles, "compilation listener saw nothing for a new bucket"
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)

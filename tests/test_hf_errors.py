@@ -12,9 +12,9 @@ from safetensors.numpy import load_file, save_file
 
 import hf_fixtures as hf
 import infer
-from infer.hf_config import HFConfigError, hf_to_model_config
-from infer.hf_loader import CheckpointError
-from infer.safetensors_io import SafetensorsError
+from infer.io.hf_config import HFConfigError, hf_to_model_config
+from infer.io.hf_loader import CheckpointError
+from infer.io.safetensors_io import SafetensorsError
 
 # Published config.json files (transformers 4.x layout: top-level rope_theta + rope_scaling).
 LLAMA31_8B = {

@@ -6,7 +6,7 @@ Each architecture is a tiny random-weight model saved with save_pretrained
     linear rope scaling and Mistral's 24-token window all matter),
   - our prefill (250 tokens) + 12 decode steps against transformers' own cached
     prefill + decode of the same tokens,
-  - 32 greedy tokens from `infer.generate` against transformers' greedy `generate`.
+  - 32 greedy tokens from `infer.generation.batch` against transformers' greedy `generate`.
 """
 import os
 
@@ -17,8 +17,8 @@ import torch
 
 import hf_fixtures as hf
 import infer
-from infer.generate import generate
-from infer.sampling import SamplingParams
+from infer.generation.batch import generate
+from infer.config import SamplingParams
 
 ATOL = 1e-4
 PROMPT_LEN, PREFILL_LEN, DECODE_STEPS = 300, 250, 12

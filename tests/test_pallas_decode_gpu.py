@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import splits
-from pallas_kernels.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
-from pallas_kernels.reference import decode_attention_reference
+from pallas_kernels.attention import splits
+from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
+from pallas_kernels.attention.decode_reference import decode_attention_reference
 from pallas_kernels.testing import TOLERANCE, make_case, rel_err
 
 BK = 16  # block_k used in these tests; S = 3 blocks

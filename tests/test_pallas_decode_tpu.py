@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_tpu import decode_attention_tpu, interpret_params
-from pallas_kernels.reference import decode_attention_reference
+from pallas_kernels.attention.decode_tpu import decode_attention_tpu, interpret_params
+from pallas_kernels.attention.decode_reference import decode_attention_reference
 from pallas_kernels.testing import TOLERANCE, make_case, rel_err
 
 BK = 8

@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer.cache import init_cache
-from infer.config import load_config
-from infer.model import decode_step, prefill
-from infer.params import init_params
-from layers import attention_impl
+from infer.model.rows import init_cache
+from infer.config.model_config import load_config
+from infer.model.rows import decode_step, prefill
+from infer.model.params import init_params
+from layers.attention import registry as attention_impl
 
 PROMPTS = [[5, 9, 14, 3, 7, 11, 2], [8, 1], [4, 4, 6, 200, 17, 13, 9, 90, 31, 2, 77]]
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.decode_gpu import paged_decode_attention_gpu
-from pallas_kernels.decode_tpu import paged_decode_attention_tpu
-from pallas_kernels.reference import decode_attention_reference, paged_decode_attention_reference
+from pallas_kernels.attention.decode_gpu import paged_decode_attention_gpu
+from pallas_kernels.attention.decode_tpu import paged_decode_attention_tpu
+from pallas_kernels.attention.decode_reference import decode_attention_reference, paged_decode_attention_reference
 from pallas_kernels.testing import TOLERANCE, make_case, rel_err, to_pages
 
 Z = 16  # page size

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from infer import init_cache, init_params, load_config
-from infer import roofline as rl
-from infer.hardware import HardwareError, HardwareProfile, available_hardware, load_hardware, profile_for_device_kind
+from infer.perf import roofline as rl
+from infer.perf.hardware import HardwareError, HardwareProfile, available_hardware, load_hardware, profile_for_device_kind
 
 # The table of lecture-facts.md: (K, B) -> params, KV/seq bytes, memory bytes, latency ms, throughput tok/s, fits.
 LECTURE_TABLE = [

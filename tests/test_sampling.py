@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from infer import sampling
-from infer.sampling import SamplingParams
+from infer.config import SamplingParams
 
 
 def _softmax(z):

@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh
     import infer
-    from infer import sharding
+    from infer.parallel import sharding
     assert jax.device_count() == 8, jax.devices()
     cfg = infer.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=8, d_ff=64,
                             max_seq_len=64, dtype="float32")
@@ -28,10 +28,11 @@ SCRIPT = textwrap.dedent("""
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
     sp = sharding.shard(params, sharding.param_shardings(cfg, mesh))
     cache = infer.init_cache(cfg, 2, 16)
-    cache = sharding.shard(cache, sharding.cache_shardings(cache, mesh))
+    cache["kv"] = sharding.shard(cache["kv"], sharding.pool_shardings(cache["kv"], mesh))
     q = sp["layers"]["attn"]["q"]["kernel"]
     assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape == (2, 32, 2, 8), q.sharding
-    assert cache["k"].addressable_shards[0].data.shape == (2, 1, 1, 16, 8)
+    # pools [L, P, K, Z, H] = [2, 2 rows x 1 page, 4, 16, 8]: the KV-head axis split over "model"
+    assert cache["kv"]["k"].addressable_shards[0].data.shape == (2, 2, 1, 16, 8)
     got0, got1, cache = run(sp, cache)
     np.testing.assert_allclose(got0, want0, atol=1e-5)
     np.testing.assert_allclose(got1, want1, atol=1e-5)

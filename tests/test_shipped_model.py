@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from infer.generate import generate
-from infer.sampling import SamplingParams
+from infer.generation.batch import generate
+from infer.config import SamplingParams
 from infer.train import corpus
 from infer.train.evaluate import byte_unigram_bpb, model_bits_per_byte, val_slice_ids
 from infer.train.shipped import MODELS_DIR, load_model, load_tokenizer
@@ -70,7 +70,7 @@ def test_greedy_generation_is_deterministic_across_runs(shipped):
 
 
 def test_speculative_acceptance_at_k4_temperature0(shipped):
-    from infer.speculative_generate import speculative_generate
+    from infer.generation.speculative import speculative_generate
     from infer.train.measure_speculative import acceptance, slice_prompts
 
     tok, tcfg, tparams, dcfg, dparams = shipped

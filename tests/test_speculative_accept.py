@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer import speculative as SP
+from infer.generation import speculative_accept as SP
 
 
 # --------------------------------------------------------------------------------------------

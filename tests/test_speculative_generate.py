@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import infer
-from infer import sampling as S_
-from infer import speculative as SP
-from infer.generate import generate
-from infer.sampling import SamplingParams
-from infer.speculative_generate import speculative_generate, truncated_draft
+from infer.sampling import filters as S_
+from infer.generation import speculative_accept as SP
+from infer.generation.batch import generate
+from infer.config import SamplingParams
+from infer.generation.speculative import speculative_generate, truncated_draft
 from test_speculative_accept import bernstein_statistic
 
 
@@ -197,7 +197,7 @@ def biased_accept(draft_tokens, draft_probs, target_probs, key):
     """A known-wrong rule: accept x_i iff it equals a fresh sample of q_i, else draw from the residual.
 
     (Emitting that fresh sample on rejection instead of the residual would be exact; mixing the two
-    rules is the bug.) Same signature and randomness budget as infer.speculative.accept.
+    rules is the bug.) Same signature and randomness budget as infer.generation.speculative_accept.accept.
     """
     k = draft_tokens.shape[0]
     keys = jax.random.split(key, k + 1)
@@ -216,7 +216,7 @@ def test_statistical_test_rejects_a_biased_rule(pair):
 
 
 def test_cli_speculative_options(capsys):
-    from infer.cli import main
+    from infer.cli.main import main
     assert main(["generate", "--config", "tiny", "--checkpoint", "/nonexistent", "--draft-layers", "1"]) == 2
     assert "random weights only" in capsys.readouterr().err
     assert main(["generate", "--config", "tiny", "--draft-config", "small"]) == 2

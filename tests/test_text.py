@@ -12,10 +12,10 @@ import torch
 import hf_fixtures as hf
 import tokenizer_fixtures as tf
 import infer
-from infer.cli import main
-from infer.sampling import SamplingParams
-from infer.text import TextStream, generate_text
-from infer.tokenizer import load_tokenizer
+from infer.cli.main import main
+from infer.config import SamplingParams
+from infer.generation.text import TextStream, generate_text
+from infer.io.tokenizer import load_tokenizer
 
 PROMPT = "Grüße aus Köln, 世界 🙂 and the quick brown fox"
 N_NEW = 32
@@ -77,7 +77,7 @@ def test_stream_stops_on_eos_and_hides_it(ckpt):
 
 
 def test_sampled_stream_matches_on_device_generate(ckpt):
-    """Same sampling rule and per-step keys as infer.generate: temperature > 0 gives the same tokens."""
+    """Same sampling rule and per-step keys as infer.generation.batch: temperature > 0 gives the same tokens."""
     _, _, cfg, params, tok = ckpt
     sp = SamplingParams(temperature=0.9, top_k=50, top_p=0.95, max_new_tokens=16, seed=3)
     stream = TextStream(params, cfg, tok, PROMPT, sp)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import tokenizer_fixtures as tf
-from infer.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from infer.io.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 TEXTS = ["hello world", "Grüße aus Köln 世界 🙂🚀 👍🏽!", "  leading and trailing  ", "", "the end.\nnew line"]
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer.config import ConfigError, ModelConfig
-from infer.params import init_params
+from infer.config.model_config import ConfigError, ModelConfig
+from infer.model.params import init_params
 from infer.train import corpus, data
 from infer.train.config import DistillConfig, RunConfig, TrainConfig, load_run_config
 from infer.train.distill import distill_loss
@@ -47,7 +47,7 @@ def test_distill_loss_against_numpy():
     w = np.random.default_rng(0).integers(0, 4096, size=(2, 9)).astype(np.int32)
     dc = DistillConfig(teacher="-", temperature=2.0, kl_weight=1.0, ce_weight=0.5)
     got = float(distill_loss(s, cfg, t, cfg, jnp.asarray(w), dc))
-    from infer.model import forward
+    from infer.model.forward import forward
     zs = np.asarray(forward(s, cfg, jnp.asarray(w[:, :-1])), np.float64)
     zt = np.asarray(forward(t, cfg, jnp.asarray(w[:, :-1])), np.float64)
     lsm = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)

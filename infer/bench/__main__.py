@@ -15,8 +15,8 @@ from infer.bench.experiment import EXPERIMENTS_DIR, default_size, discover, load
 METRICS = """\
 Metrics: TTFT = prefill of B prompts of S tokens + the first token (ms). step = one decode step for B
 rows at context S, blocked (median, ms). multi_ms_per_tok = a run of decode steps blocked once, per
-step; gen_ms_per_tok = the same from `infer.generate` (on-device loop). tok_s = B / multi_ms_per_tok.
-`*_pred` = the refined roofline model (`infer.roofline`): max(bytes / bandwidth, FLOPs / peak). GB_s =
+step; gen_ms_per_tok = the same from `infer.generation.batch` (on-device loop). tok_s = B / multi_ms_per_tok.
+`*_pred` = the refined roofline model (`infer.perf.roofline`): max(bytes / bandwidth, FLOPs / peak). GB_s =
 (weights + KV bytes the step must move) / step time. MBU = GB_s / the profile's bandwidth (datasheet on
 GPU/TPU, the probed read bandwidth on CPU); mbu_probe = against the probed read bandwidth; MFU = step
 FLOPs / time / the profile's FLOP/s. `lecture_*` = the lecture's exact model (memory / bandwidth). AI =

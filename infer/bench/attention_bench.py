@@ -46,7 +46,7 @@ import numpy as np
 from infer.bench.device_probe import device_info, measure_bandwidth, measure_matmul_flops
 from infer.bench.experiment import parse_spec, positive_ints, require
 from infer.bench.timing import block, time_fn
-from infer.hardware import HardwareProfile, load_hardware, profile_for_device_kind
+from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_device_kind
 
 IMPLS = ("pallas", "reference", "xla", "cudnn")
 KV_DTYPES = ("bfloat16", "float16", "float32", "int8")

@@ -13,7 +13,7 @@ Spec fields (configs/experiments/decode_bench*.yaml)::
     warmup: 2                      # rounds discarded (compilation)
     repeats: 3                     # rounds kept; medians over them
     prefill_max_tokens: 16384      # TTFT (and generate) measured only where B*S <= this
-    generate: true                 # also time infer.generate (on-device loop) where TTFT is measured
+    generate: true                 # also time infer.generation.batch (on-device loop) where TTFT is measured
     hardware: auto                 # datasheet profile by device kind; CPU: the probe's numbers
     probe_bytes: 268435456         # read-bandwidth probe array size
     probe_matmul: 4096             # matmul probe size (FLOP/s)
@@ -26,10 +26,10 @@ What is measured, per (B, S):
   the speed), so no long prefill is needed for large B.
 - multi: `decode_steps` steps back-to-back with on-device argmax feedback, blocked once;
   per-token latency = time / steps, tokens/s = B · steps / time.
-- gen: `infer.generate` (greedy, `decode_steps` new tokens, prompts of S tokens): its own TTFT
+- gen: `infer.generation.batch` (greedy, `decode_steps` new tokens, prompts of S tokens): its own TTFT
   and per-token latency of the on-device `lax.while_loop` (its cache is bucketed to a power of
   two >= S + steps, which the reference attention reads in full).
-- predictions: `infer.roofline` refined model on the hardware profile (the datasheet on
+- predictions: `infer.perf.roofline` refined model on the hardware profile (the datasheet on
   GPU/TPU; on CPU the probed read bandwidth and matmul FLOP/s), at the mean context of the run.
 - probes: read bandwidth (column sums of a large array: the decode access pattern), copy
   bandwidth (y = x + 1, read + write; on CPU it pays page faults for fresh output pages, so it
@@ -48,15 +48,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer import roofline as rl
+from infer.perf import roofline as rl
 from infer.bench.device_probe import device_info, measure_bandwidth, measure_matmul_flops
 from infer.bench.experiment import parse_spec, positive_ints, require
 from infer.bench.timing import Timing, block, time_fn
-from infer.cache import init_cache
-from infer.config import load_config
-from infer.hardware import HardwareProfile, load_hardware, profile_for_device_kind
-from infer.model import decode_step, prefill
-from infer.params import init_params
+from infer.model.rows import init_cache
+from infer.config.model_config import load_config
+from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_device_kind
+from infer.model.rows import decode_step, prefill
+from infer.model.params import init_params
 
 MARKDOWN_COLUMNS = (
     "model", "K", "dtype", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
@@ -151,9 +151,9 @@ def _time_prefill(params, cfg, B: int, S: int, spec: DecodeBenchSpec) -> Timing:
 
 
 def _time_generate(params, cfg, B: int, S: int, spec: DecodeBenchSpec):
-    """Medians of infer.generate's TTFT and per-token decode latency (seconds)."""
-    from infer.generate import generate
-    from infer.sampling import SamplingParams
+    """Medians of infer.generation.batch's TTFT and per-token decode latency (seconds)."""
+    from infer.generation.batch import generate
+    from infer.config import SamplingParams
     rng = np.random.default_rng(spec.seed)
     prompts = rng.integers(0, cfg.vocab_size, size=(B, S)).tolist()
     sampling = SamplingParams(temperature=0.0, max_new_tokens=spec.decode_steps)

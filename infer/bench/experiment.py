@@ -19,9 +19,9 @@ import typing
 from typing import Optional
 
 import yaml
+from infer.config.paths import REPO_ROOT
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXPERIMENTS_DIR = os.path.join(_REPO_ROOT, "configs", "experiments")
+EXPERIMENTS_DIR = os.path.join(REPO_ROOT, "configs", "experiments")
 RESERVED = ("kind", "name", "description", "cpu")
 
 

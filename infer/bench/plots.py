@@ -1,7 +1,7 @@
 """Plots of the performance model: latency, throughput and memory against batch size."""
 from __future__ import annotations
 
-from infer import roofline as rl
+from infer.perf import roofline as rl
 
 
 def _batch_grid(max_batch: int) -> list:

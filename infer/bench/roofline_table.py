@@ -23,10 +23,10 @@ import itertools
 import os
 from typing import Optional, Tuple
 
-from infer import roofline as rl
+from infer.perf import roofline as rl
 from infer.bench.experiment import parse_spec, positive_ints, require
-from infer.config import load_config
-from infer.hardware import load_hardware
+from infer.config.model_config import load_config
+from infer.perf.hardware import load_hardware
 
 MARKDOWN_COLUMNS = (
     "model", "K", "hardware", "weights", "S", "B",

@@ -23,7 +23,7 @@ Spec fields (configs/experiments/speculative_bench.yaml)::
     repeats: 3                     # calls kept; medians over them
     seed: 0
 
-Rows: one `plain` row (infer.generate on the target) and one row per k.
+Rows: one `plain` row (infer.generation.batch on the target) and one row per k.
 - tok_s: generated tokens (all rows) / (TTFT + decode loop), median over repeats; both
   programs are device-synchronised (the result is read back to the host).
 - speedup: tok_s / plain tok_s.
@@ -48,13 +48,13 @@ import jax
 import numpy as np
 
 from infer.bench.experiment import parse_spec, positive_ints, require
-from infer.checkpoint import load_model_dir
-from infer.tokenizer import load_tokenizer
-from infer.config import load_config
-from infer.generate import generate
-from infer.params import count_params, init_params
-from infer.sampling import SamplingParams
-from infer.speculative_generate import speculative_generate, truncated_draft
+from infer.io.checkpoint import load_model_dir
+from infer.io.tokenizer import load_tokenizer
+from infer.config.model_config import load_config
+from infer.generation.batch import generate
+from infer.model.params import count_params, init_params
+from infer.config import SamplingParams
+from infer.generation.speculative import speculative_generate, truncated_draft
 
 MARKDOWN_COLUMNS = ("target", "draft", "B", "k", "tok_s", "speedup", "accept_rate", "tok_per_pass", "accept_by_pos",
                     "ttft_ms", "decode_ms", "greedy_match")

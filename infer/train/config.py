@@ -12,10 +12,10 @@ from typing import Optional
 
 import yaml
 
-from infer.config import ConfigError, ModelConfig
+from infer.config.model_config import ConfigError, ModelConfig
+from infer.config.paths import REPO_ROOT
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_CONFIG_DIR = os.path.join(_REPO_ROOT, "configs", "train")
+TRAIN_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "train")
 
 
 def _require(cond, field, msg):

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from infer.train import corpus
 from infer.train.train_tokenizer import EOS
+from infer.config.paths import REPO_ROOT
 
 
 def encode_texts(tok: Tokenizer, texts) -> np.ndarray:
@@ -27,15 +28,14 @@ def encode_texts(tok: Tokenizer, texts) -> np.ndarray:
     return np.asarray(ids, dtype=np.uint16)
 
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def token_splits(tokenizer_path: str, val_fraction: float,
-                 cache_dir: str = os.path.join(_REPO_ROOT, "build", "train_cache")) -> Tuple[np.ndarray, np.ndarray]:
+                 cache_dir: str = os.path.join(REPO_ROOT, "build", "train_cache")) -> Tuple[np.ndarray, np.ndarray]:
     """(train ids, val ids), both 1-D uint16, cached on disk. A relative tokenizer path is tried from the
     current directory, then from the repository root."""
-    if not os.path.exists(tokenizer_path) and os.path.exists(os.path.join(_REPO_ROOT, tokenizer_path)):
-        tokenizer_path = os.path.join(_REPO_ROOT, tokenizer_path)
+    if not os.path.exists(tokenizer_path) and os.path.exists(os.path.join(REPO_ROOT, tokenizer_path)):
+        tokenizer_path = os.path.join(REPO_ROOT, tokenizer_path)
     with open(tokenizer_path, "rb") as f:
         key = hashlib.sha256(f.read() + f"{val_fraction}|{corpus.stdlib_dir()}".encode()).hexdigest()[:16]
     paths = [os.path.join(cache_dir, f"{key}.{s}.npy") for s in ("train", "val")]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from infer.model import forward
+from infer.model.forward import forward
 from infer.train.config import load_run_config
 from infer.train.shipped import load_model
 from infer.train.train import train_loop

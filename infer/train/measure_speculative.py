@@ -17,9 +17,9 @@ import platform
 import jax
 import numpy as np
 
-from infer.generate import generate
-from infer.sampling import SamplingParams
-from infer.speculative_generate import speculative_generate
+from infer.generation.batch import generate
+from infer.config import SamplingParams
+from infer.generation.speculative import speculative_generate
 from infer.train.evaluate import val_slice_ids
 from infer.train.shipped import TOKENIZER_PATH, load_model, load_tokenizer, report_json
 

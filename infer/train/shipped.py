@@ -1,6 +1,6 @@
 """Save and load the shipped models (models/target, models/draft) and their tokenizer.
 
-Checkpoints use the project's format (infer.checkpoint: model_config.json +
+Checkpoints use the project's format (infer.io.checkpoint: model_config.json +
 orbax params/). The weights are stored in bfloat16 (half the bytes, so the
 shipped checkpoints stay a few MB; the stored config says dtype bfloat16) and
 are cast to float32 on load for CPU inference; every reported number is
@@ -13,10 +13,10 @@ import os
 
 import jax
 
-from infer.checkpoint import load_model_dir, save_checkpoint
-from infer.config import ModelConfig
+from infer.io.checkpoint import load_model_dir, save_checkpoint
+from infer.config.model_config import ModelConfig
+from infer.config.paths import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS_DIR = os.path.join(REPO_ROOT, "models")
 TOKENIZER_PATH = os.path.join(MODELS_DIR, "tokenizer.json")
 STORAGE_DTYPE = "bfloat16"
@@ -42,8 +42,8 @@ def load_tokenizer(path: str = TOKENIZER_PATH):
 
 
 def load_text_tokenizer(path: str = TOKENIZER_PATH):
-    """The same tokenizer as an infer.tokenizer.HFTokenizer (what infer.text streams with), EOS = <|endoftext|>."""
-    from infer.tokenizer import HFTokenizer
+    """The same tokenizer as an infer.io.tokenizer.HFTokenizer (what infer.generation.text streams with), EOS = <|endoftext|>."""
+    from infer.io.tokenizer import HFTokenizer
     from infer.train.train_tokenizer import EOS
     tok = HFTokenizer(path)
     tok.eos_ids = (tok.token_to_id(EOS),)

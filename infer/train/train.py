@@ -26,8 +26,8 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from infer.model import forward
-from infer.params import count_params, init_params
+from infer.model.forward import forward
+from infer.model.params import count_params, init_params
 from infer.train import data
 from infer.train.config import RunConfig, load_run_config
 from infer.train.shipped import save_model

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-from infer.params import count_params
+from infer.model.params import count_params
 from infer.train import corpus
 from infer.train.config import load_run_config
 from infer.train.shipped import MODELS_DIR, STORAGE_DTYPE, load_model
@@ -76,8 +76,8 @@ def main():
     card = f"""# Shipped models: a code-completion target and its distilled draft
 
 Two Llama-style GQA decoders trained from scratch in this repository on CPU, for
-the main command (`make demo` = `python -m infer.demo`) and speculative decoding.
-Loaded with `infer.train.shipped.load_model("models/target")` (= `infer.checkpoint.load_model_dir(path, dtype="float32")`,
+the main command (`make demo` = `python -m infer.cli.demo`) and speculative decoding.
+Loaded with `infer.train.shipped.load_model("models/target")` (= `infer.io.checkpoint.load_model_dir(path, dtype="float32")`,
 returns `(ModelConfig, params)`); tokenizer `models/tokenizer.json`.
 
 | | target (`models/target`) | draft (`models/draft`) |
@@ -89,7 +89,7 @@ returns `(ModelConfig, params)`); tokenizer `models/tokenizer.json`.
 | validation loss (whole split) | {ev['val_loss_nats_per_token']:.4f} nats/token | {evd['val_loss_nats_per_token']:.4f} nats/token |
 | validation bits per byte | **{ev['bits_per_byte']:.3f}** | {evd['bits_per_byte']:.3f} |
 
-Storage: the project's checkpoint format (`infer.checkpoint`: `model_config.json` + orbax `params/`), weights stored in
+Storage: the project's checkpoint format (`infer.io.checkpoint`: `model_config.json` + orbax `params/`), weights stored in
 {STORAGE_DTYPE} (the stored config says dtype {STORAGE_DTYPE}) and cast to float32 on load; every number here is measured on the loaded, stored weights.
 Configs: `configs/train/target.yaml`, `configs/train/draft.yaml`; a larger recipe for one GPU is
 `configs/train/target_gpu.yaml` (~28M parameters; not trained here: no GPU was lent to this task).
@@ -135,7 +135,7 @@ CPU timings are from a 2-core machine shared with other jobs (timings vary with 
 side-by-side runs are the meaningful part). On CPU at these sizes a step is largely overhead-bound, so a
 draft step costs a good fraction of a target step and the gain from speculation is small or negative; it
 pays off where a target step is memory-bound and much more expensive than a draft step (GPU, larger target).
-Acceptance depends on the text: on the demo's hand-written prompts (`python -m infer.demo`) it differs from that
+Acceptance depends on the text: on the demo's hand-written prompts (`python -m infer.cli.demo`) it differs from that
 on these validation windows (83% at batch 1, 55% at batch 4 in one run).
 
 ## Reproduce

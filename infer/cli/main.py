@@ -1,0 +1,106 @@
+"""Command line: `python -m infer generate ...` (also installed as the `infer` console script).
+
+With random weights (the default) prompts are random token ids; the point is
+the metrics. The run is warmed up first so TTFT and latency exclude compilation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+
+
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="small", help="model config name in configs/models/ or a YAML path")
+    p.add_argument("--batch", type=int, default=4, help="number of prompts (B)")
+    p.add_argument("--prompt-len", type=int, default=32, help="longest prompt length; others are shorter")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-impl", default=None, choices=["reference", "xla", "pallas"])
+    # Text generation from real weights (infer/text_cli.py).
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint dir (Hugging Face config.json + *.safetensors, or infer.save_checkpoint)")
+    p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
+    # Speculative sampling (infer/speculative_generate.py), random weights only.
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--draft-config", default=None, help="speculative: draft model config (random weights, same vocab)")
+    d.add_argument("--draft-layers", type=int, default=None, help="speculative: draft = the target's first N layers")
+    p.add_argument("--speculative-k", type=int, default=4, help="speculative: draft tokens per target pass")
+
+
+def _print_metrics(result, cfg_name: str, batch: int) -> None:
+    m = result.metrics()
+    print(f"\nmodel {cfg_name} | backend {jax.default_backend()} | batch {batch} | generated {m['num_generated']} tokens")
+    print(f"{'metric':<28}{'value':>14}")
+    print(f"{'TTFT (prefill + 1st token)':<28}{m['ttft_s'] * 1e3:>11.2f} ms")
+    print(f"{'latency per token':<28}{m['latency_s_per_token'] * 1e3:>11.3f} ms")
+    print(f"{'throughput':<28}{m['tokens_per_s']:>9.1f} tok/s")
+
+
+def cmd_generate(args) -> int:
+    if (args.checkpoint is not None or args.prompt is not None) and (args.draft_config or args.draft_layers):
+        raise ValueError("--draft-config/--draft-layers: speculative generation from the CLI uses random weights "
+                         "only; drop --checkpoint/--prompt or the draft option")
+    if args.checkpoint is not None or args.prompt is not None:
+        from infer.cli.text import cmd_generate_text
+        return cmd_generate_text(args)
+    import infer
+    from infer.generation.batch import generate
+    from infer.config import SamplingParams
+
+    overrides = {"attention_impl": args.attention_impl} if args.attention_impl else {}
+    cfg = infer.load_config(args.config, **overrides)
+    params = infer.init_params(cfg, jax.random.PRNGKey(args.seed))
+    rng = np.random.RandomState(args.seed)
+    lens = [max(1, args.prompt_len - i * max(1, args.prompt_len // (2 * args.batch))) for i in range(args.batch)]
+    prompts = [rng.randint(0, cfg.vocab_size, size=n).tolist() for n in lens]
+    sp = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(f"{cfg.name or args.config}: {infer.count_params(params):,} parameters (random), "
+          f"prompt lengths {lens}; warming up (compiling)...", flush=True)
+    run = lambda: generate(params, cfg, prompts, sp)
+    if args.draft_config is not None or args.draft_layers is not None:
+        from infer.generation.speculative import speculative_generate, truncated_draft
+        if args.draft_layers is not None:
+            dparams, dcfg = truncated_draft(params, cfg, args.draft_layers)
+        else:
+            dcfg = infer.load_config(args.draft_config, **overrides)
+            dparams = infer.init_params(dcfg, jax.random.PRNGKey(args.seed + 1))
+        run = lambda: speculative_generate(params, cfg, dparams, dcfg, prompts, sp, args.speculative_k)
+    run()
+    result = run()
+    for i, toks in enumerate(result.tokens):
+        print(f"prompt {i} (len {lens[i]}): {toks[:16]}{' ...' if len(toks) > 16 else ''}")
+    _print_metrics(result, cfg.name or args.config, args.batch)
+    if hasattr(result, "accept_hist"):
+        print(f"{'speculative k':<28}{result.k:>14}")
+        print(f"{'tokens per target pass':<28}{result.tokens_per_target_pass:>14.3f}")
+        print(f"{'P(draft i accepted)':<28}  {[round(a, 3) for a in result.acceptance_rate_by_position]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate and print TTFT / latency / throughput")
+    _add_generate_args(g)
+    g.set_defaults(func=cmd_generate)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

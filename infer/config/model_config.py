@@ -1,0 +1,176 @@
+"""Model configuration: a frozen, hashable dataclass that validates itself.
+
+`ModelConfig` is a valid static argument to `jax.jit` (it is hashable and
+compared by value). YAML files in `configs/models/` only name values; every
+rule about what is valid lives here.
+
+Dimension letters (lecture convention, used everywhere in this repo):
+B batch, T tokens now, S cache length, D d_model, F d_ff, N query heads,
+K kv heads, G = N/K, H head dim, L layers, V vocab.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import yaml
+from infer.config.paths import REPO_ROOT
+from layers.attention import registry as attention_registry
+
+MODEL_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "models")
+
+DTYPES = ("float32", "bfloat16", "float16")
+ROPE_SCALING_TYPES = ("llama3", "linear")
+# Names registered in layers.attention.registry; "pallas" is provided by pallas_kernels.
+ATTENTION_IMPLS = ("reference", "xla", "pallas")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _require(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary-frequency scaling. `type` is "llama3" or "linear".
+
+    llama3: frequencies with wavelength above original_max_position_embeddings /
+    low_freq_factor are divided by `factor`, those below
+    original_max_position_embeddings / high_freq_factor are kept, and the band in
+    between is interpolated (Llama 3.1 recipe).
+    linear: positions are divided by `factor` (all frequencies divided by factor).
+    """
+
+    type: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        _require(self.type in ROPE_SCALING_TYPES, "rope_scaling.type",
+                 f"unsupported rope scaling type {self.type!r}; supported: {ROPE_SCALING_TYPES}")
+        _require(self.factor > 0, "rope_scaling.factor", f"must be > 0, got {self.factor}")
+        if self.type == "llama3":
+            _require(self.high_freq_factor > self.low_freq_factor, "rope_scaling.high_freq_factor",
+                     "must be greater than low_freq_factor")
+            _require(self.original_max_position_embeddings > 0,
+                     "rope_scaling.original_max_position_embeddings", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a Llama-family decoder.
+
+    The first seven fields have no default. Everything is validated at
+    construction; errors name the offending field.
+    """
+
+    vocab_size: int  # V
+    d_model: int  # D
+    n_layers: int  # L
+    n_heads: int  # N
+    n_kv_heads: int  # K
+    head_dim: int  # H
+    d_ff: int  # F
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_seq_len: int = 4096
+    dtype: str = "bfloat16"
+    # Architecture switches used by real checkpoints.
+    qkv_bias: bool = False  # Qwen2: biases on q, k, v projections
+    qk_norm: bool = False  # Qwen3: RMSNorm over H on q and k before RoPE
+    sliding_window: Optional[int] = None  # every layer attends to the last W keys
+    attn_logit_softcap: Optional[float] = None  # softcap * tanh(logits / softcap)
+    # Which attention implementation the cached step uses: any name in layers.attention.registry;
+    # "auto" = the Pallas kernels on GPU/TPU, the pure-JAX reference on CPU.
+    attention_impl: str = "auto"
+    name: str = ""
+
+    def __post_init__(self):
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                  "max_seq_len"):
+            v = getattr(self, f)
+            _require(isinstance(v, int) and not isinstance(v, bool), f, f"must be an int, got {v!r}")
+            _require(v > 0, f, f"must be > 0, got {v}")
+        _require(self.n_heads % self.n_kv_heads == 0, "n_heads",
+                 f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        _require(self.head_dim % 2 == 0, "head_dim", f"must be even for rotary embeddings, got {self.head_dim}")
+        _require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
+        _require(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+        _require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.attention_impl in attention_registry.names(), "attention_impl",
+                 f"must be a registered implementation {attention_registry.names()}, got {self.attention_impl!r}")
+        if self.rope_scaling is not None:
+            _require(isinstance(self.rope_scaling, RopeScaling), "rope_scaling",
+                     f"must be a RopeScaling, got {type(self.rope_scaling).__name__}")
+        if self.sliding_window is not None:
+            _require(isinstance(self.sliding_window, int) and self.sliding_window > 0, "sliding_window",
+                     f"must be a positive int or None, got {self.sliding_window!r}")
+        if self.attn_logit_softcap is not None:
+            _require(self.attn_logit_softcap > 0, "attn_logit_softcap",
+                     f"must be > 0 or None, got {self.attn_logit_softcap}")
+
+    # Derived quantities -----------------------------------------------------
+    @property
+    def q_per_kv(self) -> int:
+        """G = N / K query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def jnp_dtype(self):
+        import jax.numpy as jnp
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown ModelConfig field (known: {sorted(known)})")
+        rs = d.get("rope_scaling")
+        if isinstance(rs, dict):
+            rs_known = {f.name for f in dataclasses.fields(RopeScaling)}
+            bad = sorted(set(rs) - rs_known)
+            if bad:
+                raise ConfigError(f"rope_scaling.{bad[0]}: unknown field (known: {sorted(rs_known)})")
+            d["rope_scaling"] = RopeScaling(**rs)
+        for f in ("rope_theta", "norm_eps"):
+            if f in d and isinstance(d[f], (int, str)) and not isinstance(d[f], bool):
+                d[f] = float(d[f])
+        return cls(**d)
+
+
+def load_config(name_or_path: str, **overrides: Any) -> ModelConfig:
+    """Load a ModelConfig from `configs/models/<name>.yaml` or from a YAML path.
+
+    Keyword overrides replace fields after loading (e.g. dtype="float32").
+    """
+    path = name_or_path
+    if not os.path.exists(path):
+        path = os.path.join(MODEL_CONFIG_DIR, f"{name_or_path}.yaml")
+    if not os.path.exists(path):
+        available = sorted(f[:-5] for f in os.listdir(MODEL_CONFIG_DIR) if f.endswith(".yaml"))
+        raise FileNotFoundError(f"no model config {name_or_path!r}: not a file and not one of {available}")
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of field names to values")
+    d.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    d.update(overrides)
+    return ModelConfig.from_dict(d)

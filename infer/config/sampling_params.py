@@ -1,0 +1,82 @@
+"""Sampling settings of one request, and their per-row device arrays for a batch.
+
+A batch may mix requests with different settings: `batch_arrays` turns one
+`SamplingParams` per row into per-row arrays (traced, so a new setting never
+recompiles), including each request's seed, max_new_tokens and stop ids.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Tuple, Union
+
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    max_new_tokens: int = 32
+    stop_token_ids: Tuple[int, ...] = ()
+    seed: int = 0  # the request's key is derived from (seed, token position) only
+
+    def __post_init__(self):
+        if isinstance(self.stop_token_ids, int) or self.stop_token_ids is None:
+            object.__setattr__(self, "stop_token_ids", () if self.stop_token_ids is None else (self.stop_token_ids,))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k: must be an int >= 0 (0 disables), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p: must be in [0, 1], got {self.min_p}")
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            raise ValueError(f"max_new_tokens: must be an int >= 1, got {self.max_new_tokens!r}")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids: must be >= 0, got {self.stop_token_ids}")
+        if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2 ** 32):
+            raise ValueError(f"seed: must be an int in [0, 2**32), got {self.seed!r}")
+
+    def arrays(self, batch_size: int) -> dict:
+        """Per-row device arrays for `batch_size` rows that all use these settings."""
+        return batch_arrays([self] * batch_size)
+
+
+def batch_arrays(per_row: Sequence[SamplingParams], batch_size: int | None = None) -> dict:
+    """Per-row arrays [B] of the filter settings, seeds and max_new_tokens, plus stop ids [B, n].
+
+    Rows past len(per_row) (batch padding) repeat the last request's settings. Stop ids are
+    padded with -1 to a multiple of 8 so a few more stop ids do not recompile.
+    """
+    B = batch_size or len(per_row)
+    rows = [per_row[min(i, len(per_row) - 1)] for i in range(B)]
+    col = lambda f, dt: jnp.asarray(np.array([getattr(p, f) for p in rows], dt))
+    n_stop = max(8, -(-max(len(p.stop_token_ids) for p in rows) // 8) * 8)
+    stops = np.full((B, n_stop), -1, np.int32)
+    for i, p in enumerate(rows):
+        stops[i, :len(p.stop_token_ids)] = p.stop_token_ids
+    return {
+        "temperature": col("temperature", np.float32),
+        "top_k": col("top_k", np.int32),
+        "top_p": col("top_p", np.float32),
+        "min_p": col("min_p", np.float32),
+        "seed": col("seed", np.uint32),
+        "max_new_tokens": col("max_new_tokens", np.int32),
+        "stop_ids": jnp.asarray(stops),
+    }
+
+
+def as_per_request(sampling: Union[SamplingParams, Sequence[SamplingParams]], n: int) -> Tuple[SamplingParams, ...]:
+    """One SamplingParams per prompt: a single one is shared, a sequence must have one per prompt."""
+    if isinstance(sampling, SamplingParams):
+        return (sampling,) * n
+    sampling = tuple(sampling)
+    if len(sampling) != n or not all(isinstance(p, SamplingParams) for p in sampling):
+        raise ValueError(f"sampling: expected one SamplingParams or a sequence of {n} (one per prompt), "
+                         f"got {len(sampling)} items")
+    return sampling

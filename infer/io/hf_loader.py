@@ -1,0 +1,166 @@
+"""Loading a Hugging Face safetensors checkpoint into our parameter tree.
+
+    cfg, params = load_hf_checkpoint("path/to/Llama-3-8B", dtype="bfloat16")
+
+Name mapping (HF Linear weights are [out, in]; ours are [in..., out...]):
+
+    model.embed_tokens.weight [V, D]                    -> embed/embedding [V, D]
+    model.layers.i.input_layernorm.weight [D]           -> layers/attn_norm/scale[i]
+    model.layers.i.self_attn.{q,k,v}_proj.weight [n*H, D] -> layers/attn/{q,k,v}/kernel[i] [D, n, H]
+    model.layers.i.self_attn.{q,k,v}_proj.bias [n*H]    -> layers/attn/{q,k,v}/bias[i] [n, H]   (qwen2)
+    model.layers.i.self_attn.{q,k}_norm.weight [H]      -> layers/attn/{q,k}_norm/scale[i]      (qwen3)
+    model.layers.i.self_attn.o_proj.weight [D, N*H]     -> layers/attn/o/kernel[i] [N, H, D]
+    model.layers.i.post_attention_layernorm.weight [D]  -> layers/mlp_norm/scale[i]
+    model.layers.i.mlp.{gate,up}_proj.weight [F, D]     -> layers/mlp/{gate,up}/kernel[i] [D, F]
+    model.layers.i.mlp.down_proj.weight [D, F]          -> layers/mlp/down/kernel[i] [F, D]
+    model.norm.weight [D]                               -> final_norm/scale
+    lm_head.weight [V, D]                               -> lm_head/kernel [D, V] (not read when tied)
+
+RoPE uses the same half-split (rotate_half) layout as HF, so q/k need no
+permutation. Streaming: one target array at a time is allocated in the target
+dtype on the host, filled tensor by tensor (each read, transposed and cast on
+its own), moved to the device and released, so host memory peaks at about one
+stacked parameter (the largest [L, D, F]) plus one HF tensor, never the model.
+"""
+import json
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import jax
+import numpy as np
+
+from infer.config.model_config import ModelConfig
+from infer.io.hf_config import hf_to_model_config, read_config_json
+from infer.model.params import init_params
+from infer.io.safetensors_io import SafetensorsFile
+
+INDEX_FILE = "model.safetensors.index.json"
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed here
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded; the message names the file or tensor (and both shapes)."""
+
+
+def _open_files(path: str) -> Dict[str, SafetensorsFile]:
+    """Map every tensor name to the file that holds it (sharded via the index, or every *.safetensors)."""
+    index_path = os.path.join(path, INDEX_FILE)
+    files: Dict[str, SafetensorsFile] = {}
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index_path}: no weight_map")
+        by_file = {}
+        for fname in sorted(set(weight_map.values())):
+            fpath = os.path.join(path, fname)
+            if not os.path.exists(fpath):
+                raise CheckpointError(f"{fpath}: shard listed in {INDEX_FILE} is missing")
+            by_file[fname] = SafetensorsFile(fpath)
+        out = {}
+        for name, fname in weight_map.items():
+            if name not in by_file[fname].keys():
+                raise CheckpointError(f"tensor {name!r}: {INDEX_FILE} places it in {fname}, which does not hold it")
+            out[name] = by_file[fname]
+        return out
+    names = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not names:
+        raise CheckpointError(f"{path}: no *.safetensors files (and no {INDEX_FILE})")
+    for fname in names:
+        sf = SafetensorsFile(os.path.join(path, fname))
+        for name in sf.keys():
+            if name in files:
+                raise CheckpointError(f"tensor {name!r}: in both {files[name].path} and {sf.path}")
+            files[name] = sf
+    return files
+
+
+def _plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Callable, Optional[int]]]]:
+    """For each parameter leaf path: [(hf_name, hf_shape, transform, layer index or None)]."""
+    D, N, K, H, F, V, L = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size, \
+        cfg.n_layers
+    heads = {"q": N, "k": K, "v": K}
+    ident = lambda w: w
+    plan = {("embed", "embedding"): [("model.embed_tokens.weight", (V, D), ident, None)],
+            ("final_norm", "scale"): [("model.norm.weight", (D,), ident, None)]}
+    if not cfg.tie_embeddings:
+        plan[("lm_head", "kernel")] = [("lm_head.weight", (V, D), lambda w: w.T, None)]
+
+    def per_layer(leaf, fmt, shape, fn):
+        plan[("layers",) + leaf] = [(fmt.format(i=i), shape, fn, i) for i in range(L)]
+
+    pre = "model.layers.{i}."
+    per_layer(("attn_norm", "scale"), pre + "input_layernorm.weight", (D,), ident)
+    per_layer(("mlp_norm", "scale"), pre + "post_attention_layernorm.weight", (D,), ident)
+    for p, n in heads.items():
+        per_layer(("attn", p, "kernel"), pre + f"self_attn.{p}_proj.weight", (n * H, D),
+                  lambda w, n=n: w.T.reshape(D, n, H))
+        if cfg.qkv_bias:
+            per_layer(("attn", p, "bias"), pre + f"self_attn.{p}_proj.bias", (n * H,),
+                      lambda b, n=n: b.reshape(n, H))
+    if cfg.qk_norm:
+        for p in ("q", "k"):
+            per_layer(("attn", f"{p}_norm", "scale"), pre + f"self_attn.{p}_norm.weight", (H,), ident)
+    per_layer(("attn", "o", "kernel"), pre + "self_attn.o_proj.weight", (D, N * H), lambda w: w.T.reshape(N, H, D))
+    per_layer(("mlp", "gate", "kernel"), pre + "mlp.gate_proj.weight", (F, D), lambda w: w.T)
+    per_layer(("mlp", "up", "kernel"), pre + "mlp.up_proj.weight", (F, D), lambda w: w.T)
+    per_layer(("mlp", "down", "kernel"), pre + "mlp.down_proj.weight", (D, F), lambda w: w.T)
+    return plan
+
+
+def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> Tuple[ModelConfig, dict]:
+    """(ModelConfig, params) from a local HF directory: config.json + *.safetensors (sharded or not).
+
+    dtype: the parameter and compute dtype ("float32", "bfloat16", "float16");
+    None keeps the checkpoint's (config.json `dtype`/`torch_dtype`, else bfloat16).
+    device: where the arrays go (default: JAX's default device).
+    """
+    path = os.fspath(path)
+    cfg = hf_to_model_config(read_config_json(path), dtype=dtype, name=os.path.basename(os.path.normpath(path)))
+    files = _open_files(path)
+    plan = _plan(cfg)
+
+    # The model's own parameter tree is the authority on leaf paths, shapes and dtypes.
+    expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+    flat = {tuple(k.key for k in kp): v for kp, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    assert set(flat) == set(plan), f"internal: loader plan {sorted(plan)} != model tree {sorted(flat)}"
+
+    wanted = {name for srcs in plan.values() for name, *_ in srcs}
+    missing = sorted(wanted - set(files))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor {missing[0]!r}" +
+                              (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    allowed_extra = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    extra = sorted(n for n in set(files) - wanted - allowed_extra if not n.endswith(_IGNORED_SUFFIXES))
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r} for a {cfg.name!r} model of this config "
+                              f"(loading would silently drop it)" +
+                              (f"; {len(extra) - 1} more" if len(extra) > 1 else ""))
+    for srcs in plan.values():  # check every shape before reading any data
+        for name, hf_shape, _, _ in srcs:
+            got = files[name].shape(name)
+            if got != tuple(hf_shape):
+                raise CheckpointError(f"tensor {name!r}: shape mismatch: checkpoint has {list(got)}, "
+                                      f"config.json implies {list(hf_shape)}")
+
+    device = device or jax.devices()[0]
+    params: dict = {}
+    for leaf, srcs in plan.items():
+        target = flat[leaf]
+        host = np.empty(target.shape, target.dtype)
+        for name, _, fn, i in srcs:
+            w = fn(files[name].read(name)).astype(target.dtype)
+            if i is None:
+                host[...] = w
+            else:
+                host[i] = w
+            del w
+        _set_path(params, leaf, jax.device_put(host, device))
+        del host
+    return cfg, params

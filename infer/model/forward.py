@@ -1,0 +1,17 @@
+"""The uncached reference pass: every logit of a batch of full sequences, no KV cache."""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from infer.config import ModelConfig
+from layers.decoder import Decoder
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def forward(params, cfg: ModelConfig, tokens_BT):
+    """Full causal pass over tokens [B, T] with no cache; logits [B, T, V] in float32."""
+    B, T = tokens_BT.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    logits, _ = Decoder(cfg).apply({"params": params}, tokens_BT, positions_BT)
+    return logits

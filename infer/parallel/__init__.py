@@ -1,0 +1,1 @@
+"""Placing parameters and page pools on a device mesh (sharding.py)."""

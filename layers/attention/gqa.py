@@ -1,0 +1,52 @@
+"""Self-attention for MHA (K = N), MQA (K = 1) and GQA (1 < K < N).
+
+Projections go through `Linear` (the quantization seam); the score/softmax/value
+math goes through the implementation registry (the kernel seam). Without a
+cache the block attends causally over the tokens it is given (the reference
+`forward` path, [B, T] tokens); with page pools it takes one flat batch of T
+tokens ([1, T]) described by AttentionMetadata, writes this step's keys and
+values by slot, then attends over each sequence's pages.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from layers import axes
+from layers.attention import dense, registry
+from layers.attention.kv_write import write_kv
+from layers.linear import Linear
+from layers.norm import RMSNorm
+from layers.rope import apply_rope, inv_frequencies
+
+
+class Attention(nn.Module):
+    cfg: object  # infer.ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, kv=None, layer=None, meta=None):
+        cfg = self.cfg
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        dt = cfg.jnp_dtype
+        proj = lambda n, ax, name: Linear((D,), (n, H), (axes.EMBED,), (ax, axes.HEAD_DIM), dt,
+                                          use_bias=cfg.qkv_bias, name=name)
+        q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
+        k_BTKH = proj(K, axes.KV_HEADS, "k")(x_BTD)
+        v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
+        if cfg.qk_norm:
+            q_BTNH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="q_norm")(q_BTNH)
+            k_BTKH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="k_norm")(k_BTKH)
+        inv_freq = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling)
+        q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
+        k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
+
+        if kv is None:
+            B, T = positions_BT.shape
+            out_BTNH = dense.attend(
+                q_BTNH, jnp.swapaxes(k_BTKH, 1, 2), jnp.swapaxes(v_BTKH, 1, 2), positions_BT,
+                jnp.full((B,), T, jnp.int32), sliding_window=cfg.sliding_window, softcap=cfg.attn_logit_softcap)
+        else:  # one flat batch [1, T] over the page pools
+            kv = write_kv(kv, layer, k_BTKH[0], v_BTKH[0], meta.slot_T)
+            impl = registry.get(cfg.attention_impl)
+            out_BTNH = impl(q_BTNH[0], kv, layer, meta, sliding_window=cfg.sliding_window,
+                            softcap=cfg.attn_logit_softcap)[None]
+        o = Linear((N, H), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, name="o")(out_BTNH)
+        return o, kv

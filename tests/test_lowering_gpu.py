@@ -1,0 +1,114 @@
+"""Every GPU Pallas kernel lowers for CUDA on this CPU-only machine, at Llama-3-8B shapes in bfloat16.
+
+jax.export with platforms=["cuda"] runs the real Triton lowering (not interpret
+mode) on abstract arguments, so no memory is allocated for the multi-GiB pools.
+The Triton custom call is not on jax.export's list of stable targets ("Triton IR
+does not guarantee stability"), so its safety check is disabled by name: jaxlib
+<= 0.10.2 emits "__gpu$xla.gpu.triton" (Triton IR, compiled by XLA), newer jaxlib
+compiles the kernel at lowering time and emits "triton_kernel_call_ffi".
+
+Checked on the lowered module: exactly one kernel call, and no op but that call
+touches the page pools or the cache (no slice, transpose, gather or copy of them:
+the kernels compute layer/page addresses themselves).
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
+from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
+
+TRITON_TARGETS = ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi")
+# Llama-3-8B attention: 32 query heads over 8 KV heads of dim 128, 32 layers
+L, N, K, H = 32, 32, 8, 128
+Z, P = 16, 4096  # page size, pool pages (2 GiB of bf16 keys per pool)
+S = jax.ShapeDtypeStruct
+i32 = jnp.int32
+
+
+def _export(fn, *args):
+    exp = export.export(jax.jit(fn), platforms=["cuda"],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in TRITON_TARGETS])(*args)
+    assert exp.platforms == ("cuda",)
+    return exp, exp.mlir_module()
+
+
+def _tensor_type(shape, dtype):
+    mlir_dtype = {"bfloat16": "bf16", "int8": "i8", "float32": "f32"}[jnp.dtype(dtype).name]
+    return f"tensor<{'x'.join(map(str, shape))}x{mlir_dtype}>"
+
+
+def _check_kernel_only_user(text, *arrays):
+    """One Triton kernel call, and it is the only op that reads any of `arrays` (by their tensor types)."""
+    calls = [ln for ln in text.splitlines() if re.search(r"custom_call @(\S+)\(", ln)]
+    kernel_calls = [ln for ln in calls if any(f"@{t}(" in ln for t in TRITON_TARGETS)]
+    assert len(kernel_calls) == 1, [ln[:120] for ln in calls]
+    for a in arrays:
+        ty = _tensor_type(a.shape, a.dtype)
+        uses = [ln for ln in text.splitlines() if ty in ln and "func.func" not in ln]
+        allowed = kernel_calls + [ln for ln in uses if re.search(r"\bcall @|\breturn\b", ln)]
+        assert uses and all(ln in allowed for ln in uses), [ln[:160] for ln in uses]
+    return kernel_calls[0]
+
+
+def _pools(dtype, lead):
+    """k, v (and int8 scales) of shape lead + (K, Z_or_S, H), as abstract arrays."""
+    k = S(lead + (H,), dtype)
+    scales = [S(lead, jnp.float32)] * 2 if dtype == jnp.int8 else []
+    return [k, k] + scales
+
+
+@pytest.mark.parametrize("pool_dtype", [jnp.bfloat16, jnp.int8])
+def test_contiguous_decode_lowers(pool_dtype):
+    B, Sx = 8, 4096
+    arrays = _pools(pool_dtype, (L, B, K, Sx))
+
+    def fn(q, lens, layer, k, v, *scales):
+        ks, vs = scales or (None, None)
+        return decode_attention_gpu(q, k, v, lens, layer=layer, k_scale=ks, v_scale=vs, sliding_window=1024)
+
+    exp, text = _export(fn, S((B, N, H), jnp.bfloat16), S((B,), i32), S((), i32), *arrays)
+    assert exp.out_avals[0].shape == (B, N, H) and exp.out_avals[0].dtype == jnp.bfloat16
+    _check_kernel_only_user(text, *arrays)
+
+
+@pytest.mark.parametrize("pool_dtype", [jnp.bfloat16, jnp.int8])
+def test_paged_decode_lowers(pool_dtype):
+    B, M = 32, 512  # 8k-token tables
+    arrays = _pools(pool_dtype, (L, P, K, Z))
+
+    def fn(q, tables, lens, layer, k, v, *scales):
+        ks, vs = scales or (None, None)
+        return paged_decode_attention_gpu(q, k, v, tables, lens, layer=layer, k_scale=ks, v_scale=vs, softcap=50.0)
+
+    exp, text = _export(fn, S((B, N, H), jnp.bfloat16), S((B, M), i32), S((B,), i32), S((), i32), *arrays)
+    assert exp.out_avals[0].shape == (B, N, H)
+    _check_kernel_only_user(text, *arrays)
+
+
+@pytest.mark.parametrize("pool_dtype,R,T,max_q_len", [
+    (jnp.bfloat16, 64, 64, 1),  # a decode-only step
+    (jnp.bfloat16, 16, 2048, 512),  # mixed prefill chunks and decode rows
+    (jnp.int8, 8, 1024, 1024),
+])
+def test_ragged_lowers(pool_dtype, R, T, max_q_len):
+    M = 512
+    arrays = _pools(pool_dtype, (L, P, K, Z))
+
+    def fn(q, table, start, q_len, kv_len, layer, k, v, *scales):
+        ks, vs = scales or (None, None)
+        return ragged_paged_attention_gpu(q, k, v, table, start, q_len, kv_len, max_q_len=max_q_len, layer=layer,
+                                          k_scale=ks, v_scale=vs, sliding_window=4096, softcap=50.0)
+
+    exp, text = _export(fn, S((T, N, H), jnp.bfloat16), S((R, M), i32), S((R,), i32), S((R,), i32), S((R,), i32),
+                        S((), i32), *arrays)
+    assert exp.out_avals[0].shape == (T, N, H) and exp.out_avals[0].dtype == jnp.bfloat16
+    call = _check_kernel_only_user(text, *arrays)
+    # the grid is (query blocks, K, R): 64 packed rows = 16 tokens of G = 4 heads per program (1 when decoding)
+    assert re.search(rf"grid_y = {K} : i32, grid_z = {R} : i32", call), call[:300]
+    assert f"grid_x = {-(-max_q_len // 16)} : i32" in call
+    # the output is the aliased zero buffer (padding rows stay zero): one output aliased to an operand
+    assert "output_operand_aliases" in call

@@ -1,0 +1,113 @@
+"""Every Mosaic TPU Pallas kernel lowers for TPU on this CPU-only machine at Llama-3-8B shapes (bfloat16, N = 32
+query heads, K = 8 KV heads, H = 128), with bfloat16 and int8 caches.
+
+`jax.export` with platforms=["tpu"] runs the whole TPU lowering, the Pallas -> Mosaic kernel lowering
+included (block-shape rules, every in-kernel op's Mosaic lowering rule), and serialises the kernel into a
+`tpu_custom_call`; the custom-call safety check is disabled because exporting a Mosaic kernel is what we
+want here. (The Mosaic compiler proper runs only on a TPU.) Checked about each lowered program:
+
+- exactly one tpu_custom_call, named after the kernel: the attention is the kernel, not an XLA fallback;
+- the caches / page pools (and int8 value pools) reach the kernel whole and untouched: in the jaxpr no op
+  other than the pallas_call reads them, so no slice, gather or copy of the layer-stacked cache or pool
+  happens outside the kernel and the work is proportional to the pages the kernel fetches.
+"""
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from pallas_kernels.attention.decode_tpu import decode_attention_tpu, paged_decode_attention_tpu
+from pallas_kernels.attention.ragged_tpu import ragged_paged_attention_tpu
+
+L, N, K, H = 32, 32, 8, 128  # Llama-3-8B attention
+P = 4096  # pages in the pool
+BF16, I8, F32, I32 = jnp.bfloat16, jnp.int8, jnp.float32, jnp.int32
+
+
+def _sds(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def _lower_tpu(fn, args):
+    exported = export.export(jax.jit(fn), platforms=["tpu"],
+                             disabled_checks=[export.DisabledSafetyCheck.custom_call("tpu_custom_call")])(*args)
+    return exported.mlir_module()
+
+
+def _readers(jaxpr, var):
+    """Primitive names of the ops that read `var`, looking through nested jit calls (pallas_call is a leaf)."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        positions = [i for i, x in enumerate(eqn.invars) if x is var]
+        if not positions:
+            continue
+        sub = eqn.params.get("jaxpr")
+        if eqn.primitive.name != "pallas_call" and sub is not None:
+            inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr or Jaxpr
+            for i in positions:
+                found |= _readers(inner, inner.invars[i])
+        else:
+            found.add(eqn.primitive.name)
+    return found
+
+
+def _check(fn, args, pool_positions, kernel_name):
+    text = _lower_tpu(fn, args)
+    assert text.count("stablehlo.custom_call @tpu_custom_call") == 1
+    assert kernel_name in text
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    for i in pool_positions:
+        assert _readers(jaxpr, jaxpr.invars[i]) == {"pallas_call"}, (i, args[i].shape)
+
+
+@pytest.mark.parametrize("dtype", [BF16, I8])
+def test_contiguous_decode_lowers(dtype):
+    B, S = 8, 8192
+    q, kv = _sds((B, N, H), BF16), _sds((L, B, K, S, H), dtype)
+    if dtype == I8:
+        sc = _sds((L, B, K, S), F32)
+        fn = lambda q, k, v, ks, vs, n, layer: decode_attention_tpu(q, k, v, n, layer=layer, k_scale=ks,
+                                                                    v_scale=vs, num_splits=4, sliding_window=4096)
+        args = (q, kv, kv, sc, sc, _sds((B,), I32), _sds((), I32))
+    else:
+        fn = lambda q, k, v, n, layer: decode_attention_tpu(q, k, v, n, layer=layer, num_splits=4, softcap=30.0)
+        args = (q, kv, kv, _sds((B,), I32), _sds((), I32))
+    _check(fn, args, (1, 2), "decode_attn_tpu_dense")
+
+
+@pytest.mark.parametrize("Z", [16, 64])
+@pytest.mark.parametrize("dtype", [BF16, I8])
+def test_paged_decode_lowers(dtype, Z):
+    B, M = 32, 8192 // Z
+    q, pool = _sds((B, N, H), BF16), _sds((L, P, K, Z, H), dtype)
+    tables, lens = _sds((B, M), I32), _sds((B,), I32)
+    if dtype == I8:
+        sc = _sds((L, P, K, Z), F32)
+        fn = lambda q, k, v, ks, vs, t, n, layer: paged_decode_attention_tpu(q, k, v, t, n, layer=layer, k_scale=ks,
+                                                                             v_scale=vs, num_splits=2)
+        args = (q, pool, pool, sc, sc, tables, lens, _sds((), I32))
+    else:
+        fn = lambda q, k, v, t, n, layer: paged_decode_attention_tpu(q, k, v, t, n, layer=layer, sliding_window=4096)
+        args = (q, pool, pool, tables, lens, _sds((), I32))
+    # the int8 scale pools go through a [.., Z] -> [.., Z, 1] reshape before this kernel: only k/v are checked
+    _check(fn, args, (1, 2), "decode_attn_tpu_paged")
+
+
+@pytest.mark.parametrize("Z", [16, 64])
+@pytest.mark.parametrize("dtype", [BF16, I8])
+@pytest.mark.parametrize("R,T,max_q_len", [(64, 64, 1), (16, 1024, 512)])  # decode-only step, mixed step
+def test_ragged_paged_attention_lowers(dtype, Z, R, T, max_q_len):
+    M = 8192 // Z
+    q, pool = _sds((T, N, H), BF16), _sds((L, P, K, Z, H), dtype)
+    meta = (_sds((R, M), I32), _sds((R,), I32), _sds((R,), I32), _sds((R,), I32), _sds((), I32))
+    if dtype == I8:
+        sc = _sds((L, P, K, Z), F32)
+        fn = lambda q, k, v, ks, vs, t, s, ql, kl, layer: ragged_paged_attention_tpu(
+            q, k, v, t, s, ql, kl, max_q_len=max_q_len, layer=layer, k_scale=ks, v_scale=vs, sliding_window=4096,
+            softcap=30.0)
+        args, pools = (q, pool, pool, sc, sc, *meta), (1, 2, 3, 4)
+    else:
+        fn = lambda q, k, v, t, s, ql, kl, layer: ragged_paged_attention_tpu(q, k, v, t, s, ql, kl,
+                                                                              max_q_len=max_q_len, layer=layer)
+        args, pools = (q, pool, pool, *meta), (1, 2)
+    _check(fn, args, pools, "ragged_paged_attn_tpu")
