@@ -11,6 +11,9 @@ import sys
 import jax
 import numpy as np
 
+from infer.cli.metrics import print_metrics
+from infer.cli.text import cmd_generate_text
+
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="small", help="model config name in configs/models/ or a YAML path")
@@ -22,7 +25,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attention-impl", default=None, choices=["reference", "xla", "pallas"])
+    p.add_argument("--attention-impl", default=None, help="attention implementation (default auto: Pallas on GPU/TPU, reference on CPU)")
     # Text generation from real weights (infer/text_cli.py).
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint dir (Hugging Face config.json + *.safetensors, or infer.save_checkpoint)")
@@ -36,21 +39,11 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative-k", type=int, default=4, help="speculative: draft tokens per target pass")
 
 
-def _print_metrics(result, cfg_name: str, batch: int) -> None:
-    m = result.metrics()
-    print(f"\nmodel {cfg_name} | backend {jax.default_backend()} | batch {batch} | generated {m['num_generated']} tokens")
-    print(f"{'metric':<28}{'value':>14}")
-    print(f"{'TTFT (prefill + 1st token)':<28}{m['ttft_s'] * 1e3:>11.2f} ms")
-    print(f"{'latency per token':<28}{m['latency_s_per_token'] * 1e3:>11.3f} ms")
-    print(f"{'throughput':<28}{m['tokens_per_s']:>9.1f} tok/s")
-
-
 def cmd_generate(args) -> int:
     if (args.checkpoint is not None or args.prompt is not None) and (args.draft_config or args.draft_layers):
         raise ValueError("--draft-config/--draft-layers: speculative generation from the CLI uses random weights "
                          "only; drop --checkpoint/--prompt or the draft option")
     if args.checkpoint is not None or args.prompt is not None:
-        from infer.cli.text import cmd_generate_text
         return cmd_generate_text(args)
     import infer
     from infer.generation.batch import generate
@@ -79,7 +72,7 @@ def cmd_generate(args) -> int:
     result = run()
     for i, toks in enumerate(result.tokens):
         print(f"prompt {i} (len {lens[i]}): {toks[:16]}{' ...' if len(toks) > 16 else ''}")
-    _print_metrics(result, cfg.name or args.config, args.batch)
+    print_metrics(result, cfg.name or args.config, args.batch)
     if hasattr(result, "accept_hist"):
         print(f"{'speculative k':<28}{result.k:>14}")
         print(f"{'tokens per target pass':<28}{result.tokens_per_target_pass:>14.3f}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
+from infer.cli.metrics import print_metrics
+
 
 def cmd_generate_text(args) -> int:
     from infer.io.checkpoint import load_model_dir
-    from infer.cli.main import _print_metrics
     from infer.config import SamplingParams
     from infer.generation.text import TextStream
     from infer.io.tokenizer import load_tokenizer
@@ -36,5 +37,5 @@ def cmd_generate_text(args) -> int:
     for piece in stream:
         print(piece, end="", flush=True)
     print()
-    _print_metrics(stream, name, 1)
+    print_metrics(stream, name, 1)
     return 0

@@ -13,7 +13,7 @@ paged pool [L, P, K, Z, H]) and the kernel computes the address of
 cache is made on any call.
 
 Layout of this file: `_decode_kernel` is the kernel (backend-neutral refs
-indexing plus block_math); `_load_rows` and `_triton_call` are the only
+indexing plus block_math); `triton_glue.load_rows` and `_triton_call` are the only
 Triton-specific pieces (masked loads, CompilerParams), so a Mosaic GPU port
 replaces those two.
 """
@@ -26,20 +26,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.attention import block_math, layout
+from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows
 from pallas_kernels.attention.splits import merge_splits, plan_splits
 
 DEFAULT_BLOCK_K = 64  # keys per block: [64, 128] bf16 = 16 KiB per K or V tile
-MIN_TILE = 16  # tl.dot needs every dimension >= 16
-
-
-# ---------------------------------------------------------------- Triton glue
-def _load_rows(ref_view, row_valid_T1):
-    """Load a [T, ...] view; rows that fall past the array's end (row_valid False) read as 0."""
-    if row_valid_T1 is None:
-        return ref_view[...]
-    return plgpu.load(ref_view, mask=row_valid_T1, other=0)
-
-
 def _triton_call(kernel, grid, in_arrays, in_specs, out_shapes, out_specs, *, num_warps, num_stages, interpret,
                  name):
     return pl.pallas_call(
@@ -70,12 +60,12 @@ def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quanti
     def load_contiguous(start, pos_T):
         tail_T1 = (pos_T < seq_len)[:, None] if seq_len % block_k else None
         rows = (layer, b, kh, pl.ds(start, block_k))
-        k_TH = _load_rows(k_ref.at[rows + (slice(None),)], tail_T1)
-        v_TH = _load_rows(v_ref.at[rows + (slice(None),)], tail_T1)
+        k_TH = load_rows(k_ref.at[rows + (slice(None),)], tail_T1)
+        v_TH = load_rows(v_ref.at[rows + (slice(None),)], tail_T1)
         if not quantized:
             return k_TH, v_TH, None, None
-        ks = _load_rows(ks_ref.at[rows], None if tail_T1 is None else tail_T1[:, 0])
-        vs = _load_rows(vs_ref.at[rows], None if tail_T1 is None else tail_T1[:, 0])
+        ks = load_rows(ks_ref.at[rows], None if tail_T1 is None else tail_T1[:, 0])
+        vs = load_rows(vs_ref.at[rows], None if tail_T1 is None else tail_T1[:, 0])
         return k_TH, v_TH, ks[:, None], vs[:, None]
 
     def load_paged(start, pos_T):
@@ -83,7 +73,7 @@ def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quanti
         slot0 = jax.lax.div(start, page_size)
         slots_M = slot0 + jnp.arange(ppb)
         in_table = (slots_M < table_len) if table_len % ppb else None
-        ids_M = _load_rows(tables_ref.at[b, pl.ds(slot0, ppb)], in_table)
+        ids_M = load_rows(tables_ref.at[b, pl.ds(slot0, ppb)], in_table)
         # table entries outside the row's visible pages may be anything (freed, -1): read page 0 there instead
         ids_M = jnp.where((slots_M * page_size < s_end) & ((slots_M + 1) * page_size > s_begin), ids_M, 0)
         k_TH = k_ref[layer, ids_M, kh, :, :].reshape(block_k, H)

@@ -30,7 +30,7 @@ sequence owns come out exactly zero. A program whose block starts past its
 sequence's query_len does nothing.
 
 Layout of this file: `_ragged_kernel` is the kernel (backend-neutral ref
-indexing plus block_math); `_gather_rows`, `_scatter_rows`, `_load_rows` and
+indexing plus block_math); `_gather_rows`, `_scatter_rows`, `load_rows` and
 `_triton_call` are the only Triton-specific pieces (masked loads/stores,
 CompilerParams), so a Mosaic GPU port replaces those.
 """
@@ -43,7 +43,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.attention import block_math, layout
-from pallas_kernels.attention.decode_gpu import MIN_TILE, _load_rows
+from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows
 
 DEFAULT_ROWS = 64  # packed (token, head) rows per tile: [64, 128] f32 accumulator
 DEFAULT_BLOCK_K = 64  # keys per block (raised to the page size Z when Z is larger)
@@ -120,7 +120,7 @@ def _ragged_kernel(*refs, G, N, block_q, rows, block_k, page_size, table_len, nu
             slot0 = jax.lax.div(start, page_size)
             slots_M = slot0 + jnp.arange(ppb, dtype=jnp.int32)
             in_table = (slots_M < table_len) if table_len % ppb else None
-            ids_M = _load_rows(table_ref.at[r, pl.ds(slot0, ppb)], in_table)
+            ids_M = load_rows(table_ref.at[r, pl.ds(slot0, ppb)], in_table)
             # entries of pages outside [lo, hi) may be anything (-1, freed): read page 0 there instead
             seen_M = (slots_M * page_size < hi) & ((slots_M + 1) * page_size > lo)
             ids_M = jnp.clip(jnp.where(seen_M, ids_M, 0), 0, num_pages - 1)
