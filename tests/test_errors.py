@@ -51,23 +51,24 @@ def test_generate_rejects_bad_prompts(tiny):
     cfg, params = tiny
     sp = SamplingParams(max_new_tokens=4)
     with pytest.raises(ValueError, match=r"prompts\[1\]: empty prompt"):
-        infer.generation.batch(params, cfg, [[1, 2], []], sp)
+        infer.generate(params, cfg, [[1, 2], []], sp)
     with pytest.raises(ValueError, match=r"token id 256 outside \[0, vocab_size=256\)"):
-        infer.generation.batch(params, cfg, [[1, 256]], sp)
+        infer.generate(params, cfg, [[1, 256]], sp)
     with pytest.raises(ValueError, match="token id -1"):
-        infer.generation.batch(params, cfg, [[-1]], sp)
+        infer.generate(params, cfg, [[-1]], sp)
     with pytest.raises(ValueError, match="exceeds the cache"):
-        infer.generation.batch(params, cfg, [[1] * (cfg.max_seq_len - 2)], sp)
+        infer.generate(params, cfg, [[1] * (cfg.max_seq_len - 2)], sp)
     with pytest.raises(ValueError, match="no prompts"):
-        infer.generation.batch(params, cfg, [], sp)
+        infer.generate(params, cfg, [], sp)
 
 
 def test_prefill_rejects_prompt_longer_than_cache_and_bad_ids(tiny):
     cfg, params = tiny
     cache = infer.init_cache(cfg, 1, 8)
-    with pytest.raises(ValueError, match="longer than the cache"):
-        infer.prefill(params, cfg, np.ones((1, 9), np.int32), np.array([9]), cache)
-    with pytest.raises(ValueError, match="ids must be in"):
+    cap = infer.model.capacity(cache)  # 8 positions rounded up to whole pages
+    with pytest.raises(ValueError, match="past its .* reserved positions"):
+        infer.prefill(params, cfg, np.ones((1, cap + 1), np.int32), np.array([cap + 1]), cache)
+    with pytest.raises(ValueError, match="outside"):
         infer.prefill(params, cfg, np.full((1, 4), 300, np.int32), np.array([4]), cache)
     with pytest.raises(ValueError, match="lengths"):
         infer.prefill(params, cfg, np.ones((1, 4), np.int32), np.array([5]), cache)
@@ -78,9 +79,23 @@ def test_prefill_rejects_prompt_longer_than_cache_and_bad_ids(tiny):
 def test_decode_step_rejects_bad_ids_and_wrong_batch(tiny):
     cfg, params = tiny
     cache = infer.init_cache(cfg, 2, 8)
-    with pytest.raises(ValueError, match=r"ids must be in \[0, 256\)"):
+    with pytest.raises(ValueError, match=r"token id 256 is outside \[0, vocab_size=256\)"):
         infer.decode_step(params, cfg, np.array([1, 256]), cache)
     with pytest.raises(ValueError, match="one token per cache row"):
         infer.decode_step(params, cfg, np.array([1, 2, 3]), cache)
     logits, cache = infer.decode_step(params, cfg, np.array([1, 2]), cache)  # the cache was not consumed
     assert logits.shape == (2, cfg.vocab_size)
+
+
+def test_decode_step_on_a_full_cache_is_refused_and_the_cache_survives(tiny):
+    """A row with no reserved position left: refused on the host, nothing written, the cache not consumed."""
+    cfg, params = tiny
+    cache = infer.init_cache(cfg, 2, 16)
+    cap = infer.model.capacity(cache)
+    tokens = np.ones((2, cap), np.int32)
+    _, cache = infer.prefill(params, cfg, tokens, np.array([cap, 3]), cache)
+    before = np.asarray(cache["kv"]["k"]).copy()
+    with pytest.raises(ValueError, match=f"row 0 would reach {cap + 1} positions, past its {cap} reserved"):
+        infer.decode_step(params, cfg, np.array([1, 2]), cache)
+    np.testing.assert_array_equal(np.asarray(cache["kv"]["k"]), before)
+    np.testing.assert_array_equal(np.asarray(cache["lengths"]), [cap, 3])

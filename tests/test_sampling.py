@@ -114,3 +114,17 @@ def test_invalid_sampling_params_name_the_field():
                       (dict(stop_token_ids=(-3,)), "stop_token_ids")]:
         with pytest.raises(ValueError, match=field):
             SamplingParams(**kw)
+
+
+def test_top_p_one_keeps_every_token_whatever_the_neighbours_use():
+    """A row with top_p = 1 in a batch where another row needs the sort: its whole vocabulary survives,
+    including tokens whose mass-before rounds to 1.0 in float32 (a flat-ish tail after one huge logit)."""
+    V = 4096
+    logits = np.zeros((2, V), np.float32)
+    logits[:, 0] = 30.0  # token 0 holds almost all the mass: the cumulative sum reaches 1.0 early in float32
+    logits[:, 1:] = np.linspace(-5, 5, V - 1)
+    samp = {"temperature": jnp.array([1.0, 1.0]), "top_k": jnp.array([0, 0], jnp.int32),
+            "top_p": jnp.array([1.0, 0.5]), "min_p": jnp.array([0.0, 0.0])}
+    keep = np.isfinite(np.asarray(sampling.filter_logits(jnp.asarray(logits), samp)))
+    assert keep[0].all(), f"top_p=1 row lost {int((~keep[0]).sum())} tokens"
+    assert keep[1].sum() == 1  # the neighbour really used the sort

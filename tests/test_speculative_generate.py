@@ -16,6 +16,7 @@ import pytest
 
 import infer
 from infer.sampling import filters as S_
+import dataclasses
 from infer.generation import speculative_accept as SP
 from infer.generation.batch import generate
 from infer.config import SamplingParams
@@ -172,7 +173,9 @@ def distribution_statistic(tokens, joint):
 
 def _sample_first_tokens(pair, sp, accept_rule=None):
     tcfg, tparams, dcfg, dparams = pair
-    res = speculative_generate(tparams, tcfg, dparams, dcfg, [PROMPT] * N, sp, K, accept_rule=accept_rule)
+    # N independent requests of the same prompt: each its own seed (a request's draws depend on its seed only).
+    per_request = [dataclasses.replace(sp, seed=sp.seed * N + i) for i in range(N)]
+    res = speculative_generate(tparams, tcfg, dparams, dcfg, [PROMPT] * N, per_request, K, accept_rule=accept_rule)
     assert all(len(t) == NT for t in res.tokens)
     return res
 

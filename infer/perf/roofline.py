@@ -53,13 +53,15 @@ from typing import Optional, Union
 
 from infer.config.model_config import ModelConfig
 from infer.perf.hardware import HardwareProfile
+from infer.kv.pool import DEFAULT_PAGE_SIZE
 
 # ----------------------------------------------------------------------------------------------
 # Storage formats
 # ----------------------------------------------------------------------------------------------
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "int8": 1}
-LENGTHS_BYTES_PER_SEQ = 4  # the cache's int32 `lengths` entry
+LENGTHS_BYTES_PER_SEQ = 4  # the row cache's int32 `lengths` entry
+PAGE_TABLE_ENTRY_BYTES = 4  # one int32 page-table entry per page a sequence owns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,9 +235,9 @@ def kv_bytes_per_token(cfg: ModelConfig, kv: Union[str, KVFormat, None] = None) 
     return cfg.n_layers * per_layer
 
 
-def kv_positions_stored(cfg: ModelConfig, seq_len: int) -> int:
-    """Positions the cache holds for a sequence of `seq_len` tokens (this repo: all of them)."""
-    return seq_len
+def kv_positions_stored(cfg: ModelConfig, seq_len: int, page_size: int = DEFAULT_PAGE_SIZE) -> int:
+    """Positions the cache holds for a sequence of `seq_len` tokens: all of them, rounded up to whole pages."""
+    return -(-seq_len // page_size) * page_size
 
 
 def kv_positions_read(cfg: ModelConfig, seq_len: int) -> int:
@@ -245,12 +247,15 @@ def kv_positions_read(cfg: ModelConfig, seq_len: int) -> int:
     return seq_len
 
 
-def kv_bytes_per_sequence(cfg: ModelConfig, seq_len: int, kv: Union[str, KVFormat, None] = None) -> float:
-    return kv_positions_stored(cfg, seq_len) * kv_bytes_per_token(cfg, kv) + LENGTHS_BYTES_PER_SEQ
+def kv_bytes_per_sequence(cfg: ModelConfig, seq_len: int, kv: Union[str, KVFormat, None] = None,
+                          page_size: int = DEFAULT_PAGE_SIZE) -> float:
+    """Pages (k, v, scales) of one sequence, its page-table entries and its length."""
+    stored = kv_positions_stored(cfg, seq_len, page_size)
+    return stored * kv_bytes_per_token(cfg, kv) + (stored // page_size) * PAGE_TABLE_ENTRY_BYTES + LENGTHS_BYTES_PER_SEQ
 
 
 def kv_cache_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, kv: Union[str, KVFormat, None] = None) -> float:
-    """Bytes of `infer.init_cache(cfg, batch_size, seq_len)` (k, v, scales and lengths)."""
+    """Bytes of `infer.init_cache(cfg, batch_size, seq_len)` (page pools with scales, page table, lengths)."""
     return batch_size * kv_bytes_per_sequence(cfg, seq_len, kv)
 
 

@@ -1,0 +1,61 @@
+"""The ragged step refuses bad host input before the donated pools are consumed, and the pools survive."""
+import jax
+import numpy as np
+import pytest
+
+import infer
+from infer.kv import MetadataError, SequenceStep, build_metadata, init_pools
+
+Z, P = 4, 8
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    return tiny
+
+
+def _ok_step(cfg):
+    return build_metadata([SequenceStep(tokens=[1, 2, 3], pages=[5, 2])], page_size=Z, num_pages=P)
+
+
+def test_write_past_reserved_pages_is_refused_and_names_the_sequence():
+    with pytest.raises(MetadataError, match=r"sequence 1: writing positions \[6, 9\) goes past its 2 reserved pages"):
+        build_metadata([SequenceStep(tokens=[1], pages=[0]), SequenceStep(tokens=[1, 2, 3], pages=[1, 2], cached=6)],
+                       page_size=Z, num_pages=P)
+    with pytest.raises(MetadataError, match=r"sequence 0: page table entry 8 is outside the pool \[0, 8\)"):
+        build_metadata([SequenceStep(tokens=[1], pages=[8])], page_size=Z, num_pages=P)
+    with pytest.raises(MetadataError, match="num_tokens: bucket 2 is smaller"):
+        build_metadata([SequenceStep(tokens=[1, 2, 3], pages=[0])], page_size=Z, num_pages=P, num_tokens=2)
+
+
+@pytest.mark.parametrize("bad", ["token", "page_table", "slot"])
+def test_step_refuses_before_consuming_the_pools(model, bad):
+    cfg, params = model
+    kv = init_pools(cfg, P, Z)
+    tokens, meta = _ok_step(cfg)
+    _, kv = infer.step(params, cfg, tokens, meta, kv)
+    before = jax.tree_util.tree_map(np.asarray, kv)
+    if bad == "token":
+        tokens = tokens.copy()
+        tokens[1] = cfg.vocab_size
+        match = f"token id {cfg.vocab_size} is outside"
+    elif bad == "page_table":
+        meta = meta.replace(page_table_RM=np.where(meta.page_table_RM == 2, P + 3, meta.page_table_RM))
+        match = "page_table_RM: sequence 0 names a page outside the pool"
+    else:
+        meta = meta.replace(slot_T=np.where(meta.slot_T == 21, P * Z, meta.slot_T))
+        match = "slot_T: a write slot is outside the pool"
+    with pytest.raises(ValueError, match=match):
+        infer.step(params, cfg, tokens, meta, kv)
+    for name in kv:  # not donated, not changed
+        assert not kv[name].is_deleted()
+        np.testing.assert_array_equal(np.asarray(kv[name]), before[name])
+
+
+def test_step_donates_the_pools(model):
+    cfg, params = model
+    kv = init_pools(cfg, P, Z)
+    tokens, meta = _ok_step(cfg)
+    old = kv["k"]
+    _, kv = infer.step(params, cfg, tokens, meta, kv)
+    assert old.is_deleted()
