@@ -14,7 +14,7 @@ from infer import load_config
 from infer.perf import roofline as rl
 from infer.bench import report
 from infer.bench.__main__ import main as bench_main
-from infer.bench.experiment import SpecError, discover, load_experiment, parse_spec
+from infer.bench.experiment import EXPERIMENTS_DIR, SpecError, discover, load_experiment, parse_spec
 from infer.bench.timing import Timing, time_fn
 
 
@@ -76,16 +76,19 @@ def test_parse_spec_names_the_bad_field():
 def test_shipped_experiments_parse(size):
     paths = discover()
     names = {os.path.basename(p) for p in paths}
-    assert {"roofline_llama2_13b_h100.yaml", "decode_bench.yaml"} <= names
-    specs = {"roofline_table": "RooflineTableSpec", "decode_bench": "DecodeBenchSpec"}
-    for p in paths:
+    assert {"roofline_llama2_13b_h100.yaml", "decode_bench.yaml", "attention_bench.yaml", "step_scaling.yaml"} <= names
+    gpu_check = discover(os.path.join(EXPERIMENTS_DIR, "gpu_check"))  # `make gpu-check`'s sizes, not in the default run
+    assert sorted(os.path.basename(p) for p in gpu_check) == ["attention_llama3_8b.yaml", "decode_llama3_8b.yaml"]
+    specs = {"roofline_table": "RooflineTableSpec", "decode_bench": "DecodeBenchSpec",
+             "attention_bench": "AttentionBenchSpec", "step_scaling": "StepScalingSpec"}
+    for p in paths + gpu_check:
         e = load_experiment(p, size)
         module = importlib.import_module(f"infer.bench.{e.kind}")
         assert callable(module.run), e.kind
         if e.kind in specs:
             s = parse_spec(getattr(module, specs[e.kind]), e.spec)
-            if e.kind == "decode_bench":
-                load_config(s.model)
+            if e.kind in ("decode_bench", "step_scaling"):
+                s.model_config()
 
 
 def test_roofline_table_experiment_reproduces_the_lecture(tmp_path):
@@ -106,7 +109,7 @@ def test_decode_bench_runs_and_predicts_with_the_roofline(tmp_path):
             "probe_bytes": 1 << 20, "probe_matmul": 64}
     rows = decode_bench.run(spec, str(tmp_path))
     ok, skipped = rows
-    assert ok["status"] == "ok" and ok["B"] == 2 and ok["S"] == 8
+    assert ok["status"] == "ok" and ok["B"] == 2 and ok["S"] == 8 and ok["attn"] == "auto -> reference"
     assert ok["step_ms"] > 0 and ok["multi_ms_per_tok"] > 0 and ok["ttft_ms"] > 0 and ok["gen_ms_per_tok"] > 0
     assert ok["tok_s"] == pytest.approx(2 / (ok["multi_ms_per_tok"] / 1e3))
     # The prediction is the roofline's on the probed profile, at the run's mean context.
@@ -115,6 +118,58 @@ def test_decode_bench_runs_and_predicts_with_the_roofline(tmp_path):
     assert ok["mbu"] == pytest.approx(cost.bytes / (ok["step_ms"] / 1e3) / (ok["probe_GB_s"] * 1e9))
     # S + steps beyond the model's max_seq_len (512) is reported, not crashed on.
     assert skipped["S"] == 600 and skipped["status"].startswith("skipped")
+
+
+def test_attention_bench_times_every_impl_against_the_reference(tmp_path):
+    from infer.bench import attention_bench
+    spec = {"name": "t", "kind": "attention_bench", "batch_sizes": [2], "context_lens": [40], "query_lens": [1, 5],
+            "kv_heads": [2], "n_heads": 4, "head_dim": 16, "page_size": 16, "kv_dtypes": ["float32", "int8"],
+            "q_dtype": "float32", "impls": ["auto", "ragged", "decode", "reference", "xla", "cudnn"],
+            "warmup": 0, "repeats": 1, "probe_bytes": 1 << 20}
+    rows = attention_bench.run(spec, str(tmp_path))
+    assert len(rows) == 2 * 2 * 6  # dtypes x query lengths x impls
+    by = {(r["kv_dtype"], r["Q"], r["impl"]): r for r in rows}
+    for (dt, Q, impl), r in by.items():
+        if impl == "cudnn" or (impl == "decode" and Q > 1):
+            assert r["status"].startswith("skipped"), r
+            continue
+        assert r["status"] == "ok", r
+        # bytes: the 2 sequences' K and V pages (3 pages of 16 positions each), plus q and the output
+        kv = 2 * 2 * 48 * 2 * 16 * (1 if dt == "int8" else 4) + (2 * 2 * 48 * 2 * 4 if dt == "int8" else 0)
+        assert r["kv_bytes"] == kv and r["bytes"] == kv + 2 * 2 * Q * 4 * 16 * 4
+        assert r["GB_s"] == pytest.approx(r["bytes"] / (r["ms"] / 1e3) / 1e9)
+        if impl != "reference":
+            assert r["err_vs_ref"] < 1e-5, r
+    assert by[("float32", 1, "auto")]["kernel"] == "auto -> reference"  # what the model runs on CPU
+
+
+def test_step_scaling_sweeps_pool_and_context(tmp_path):
+    from infer.bench import step_scaling
+    spec = {"name": "t", "kind": "step_scaling", "model": "tiny", "rows": 2, "fixed_context": 20,
+            "pool_multipliers": [1, 8], "context_lens": [20, 100], "warmup": 1, "repeats": 1,
+            "probe_bytes": 1 << 20, "probe_matmul": 64}
+    rows = step_scaling.run(spec, str(tmp_path))
+    pool = [r for r in rows if r["sweep"] == "pool"]
+    ctx = [r for r in rows if r["sweep"] == "context"]
+    assert [r["P"] for r in pool] == [4, 32] and pool[1]["pool_MB"] == pytest.approx(8 * pool[0]["pool_MB"])
+    # The same step on a pool 8x larger: same pages per sequence, prediction and compiled FLOPs.
+    assert pool[0]["M"] == pool[1]["M"] and pool[0]["pred_ms"] == pool[1]["pred_ms"]
+    assert pool[1]["GFLOP"] == pytest.approx(pool[0]["GFLOP"], rel=0.05)
+    # A longer context at a fixed pool: more pages per sequence, more predicted time and FLOPs.
+    assert ctx[0]["P"] == ctx[1]["P"] == 32 and ctx[1]["M"] > ctx[0]["M"]
+    assert ctx[1]["pred_ms"] > ctx[0]["pred_ms"] and ctx[1]["GFLOP"] > ctx[0]["GFLOP"]
+    assert all(r["status"] == "ok" and r["step_ms"] > 0 for r in rows)
+    assert pool[0]["vs_first"] == 1.0 and ctx[1]["vs_first"] == pytest.approx(ctx[1]["step_ms"] / ctx[0]["step_ms"])
+
+
+def test_gpu_check_stops_without_a_gpu_and_says_so(tmp_path):
+    from infer.bench import gpu_check
+    assert gpu_check.main(["--size", "full", "--out", str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [s["stage"] for s in result["stages"]] == ["device"]
+    assert "not gpu" in result["stages"][0]["status"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "not gpu" in summary and "JAX " in summary and "device_info" in summary  # the exact command is listed
 
 
 def test_runner_continues_past_a_failure_and_writes_results(tmp_path):

@@ -5,7 +5,7 @@ Spec fields (configs/experiments/decode_bench*.yaml)::
     model: llama3-8b               # configs/models name (random weights: speed does not depend on values)
     model_overrides: {}            # ModelConfig fields to replace (e.g. n_kv_heads: 8)
     dtype: bfloat16                # optional override of the config's dtype
-    attention_impl: null           # optional: reference | xla | pallas
+    attention_impl: auto           # auto (Pallas on GPU/TPU, the reference on CPU) | reference | pallas
     batch_sizes: [1, 16, 64]
     context_lens: [512, 2048]      # S: cached tokens when decoding; prompt length for TTFT
     single_steps: 5                # individually timed (blocked) decode steps per round
@@ -19,6 +19,12 @@ Spec fields (configs/experiments/decode_bench*.yaml)::
     probe_matmul: 4096             # matmul probe size (FLOP/s)
     memory_fraction: 0.85          # skip (B, S) whose weights + KV exceed this share of device memory
 
+Every step is the model's one ragged paged step (`infer.model.step.run_step`) through the row view
+`infer.model.rows` (`init_cache`, `prefill`, `decode_step`: B rows, each owning M = ceil(max_len / Z)
+pages of a pool [L, P = B * M, K, Z, H], AttentionMetadata built by `rows_metadata`), and
+`infer.generate` (the on-device loop over the same step). The `attn` column names the attention
+implementation that ran (`auto` resolved for this backend).
+
 What is measured, per (B, S):
 - TTFT: `infer.prefill` of B prompts of S tokens into a fresh cache + argmax of the first token.
 - step: one `infer.decode_step` (cache donated), blocked on logits and cache; median.
@@ -28,7 +34,8 @@ What is measured, per (B, S):
   per-token latency = time / steps, tokens/s = B · steps / time.
 - gen: `infer.generation.batch` (greedy, `decode_steps` new tokens, prompts of S tokens): its own TTFT
   and per-token latency of the on-device `lax.while_loop` (its cache is bucketed to a power of
-  two >= S + steps, which the reference attention reads in full).
+  two >= S + steps; attention reads only the pages up to each row's length on GPU/TPU, all M pages
+  with the CPU reference).
 - predictions: `infer.perf.roofline` refined model on the hardware profile (the datasheet on
   GPU/TPU; on CPU the probed read bandwidth and matmul FLOP/s), at the mean context of the run.
 - probes: read bandwidth (column sums of a large array: the decode access pattern), copy
@@ -48,18 +55,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.perf import roofline as rl
 from infer.bench.device_probe import device_info, measure_bandwidth, measure_matmul_flops
 from infer.bench.experiment import parse_spec, positive_ints, require
 from infer.bench.timing import Timing, block, time_fn
-from infer.model.rows import init_cache
 from infer.config.model_config import load_config
-from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_device_kind
-from infer.model.rows import decode_step, prefill
 from infer.model.params import init_params
+from infer.model.rows import decode_step, init_cache, prefill
+from infer.perf import roofline as rl
+from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_device_kind
+from layers.attention import registry
 
 MARKDOWN_COLUMNS = (
-    "model", "K", "dtype", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
+    "model", "K", "dtype", "attn", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
     "multi_ms_per_tok", "gen_ms_per_tok", "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu", "mbu_probe", "mfu",
     "bound", "status",
 )
@@ -72,7 +79,7 @@ class DecodeBenchSpec:
     context_lens: Tuple[int, ...]
     model_overrides: Optional[dict] = None
     dtype: Optional[str] = None
-    attention_impl: Optional[str] = None
+    attention_impl: str = "auto"
     single_steps: int = 5
     decode_steps: int = 16
     warmup: int = 2
@@ -97,11 +104,9 @@ class DecodeBenchSpec:
         require(0 < self.memory_fraction <= 1, f"{n}.memory_fraction", f"must be in (0, 1], got {self.memory_fraction}")
 
     def model_config(self):
-        overrides = dict(self.model_overrides or {})
+        overrides = {"attention_impl": self.attention_impl, **(self.model_overrides or {})}
         if self.dtype is not None:
             overrides["dtype"] = self.dtype
-        if self.attention_impl is not None:
-            overrides["attention_impl"] = self.attention_impl
         return load_config(self.model, **overrides)
 
 
@@ -166,15 +171,20 @@ def _time_generate(params, cfg, B: int, S: int, spec: DecodeBenchSpec):
     return Timing(tuple(ttft)), Timing(tuple(per_tok))
 
 
-def _profiles(spec: DecodeBenchSpec, cfg, info: dict):
-    bw = measure_bandwidth(spec.probe_bytes, "read")
-    copy_bw = measure_bandwidth(spec.probe_bytes, "copy")
-    flops = measure_matmul_flops(spec.probe_matmul, cfg.dtype)
+def profiles(hardware: str, probe_bytes: int, probe_matmul: int, dtype: str, info: dict):
+    """(profile for predictions and MBU, the probed profile, copy bandwidth bytes/s).
+
+    hardware "auto": the datasheet of this device kind on GPU/TPU, the probed profile on CPU
+    (read bandwidth, matmul FLOP/s in `dtype`); otherwise a named profile (configs/hardware).
+    """
+    bw = measure_bandwidth(probe_bytes, "read")
+    copy_bw = measure_bandwidth(probe_bytes, "copy")
+    flops = measure_matmul_flops(probe_matmul, dtype)
     measured = HardwareProfile.measured(f"{info['device_kind']} (probe)", bw, flops, info["device_memory_bytes"])
-    if spec.hardware == "auto":
+    if hardware == "auto":
         hw = profile_for_device_kind(info["device_kind"]) if info["backend"] != "cpu" else None
     else:
-        hw = load_hardware(spec.hardware)
+        hw = load_hardware(hardware)
     return (hw or measured), measured, copy_bw
 
 
@@ -183,17 +193,18 @@ def run(spec: dict, out_dir: str) -> list:
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     cfg = s.model_config()
     info = device_info()
-    hw, measured, copy_bw = _profiles(s, cfg, info)
+    hw, measured, copy_bw = profiles(s.hardware, s.probe_bytes, s.probe_matmul, cfg.dtype, info)
     print(f"  device: {info['device_kind']}; probe: {measured.memory_bandwidth / 1e9:.1f} GB/s read, {copy_bw / 1e9:.1f} GB/s copy, "
           f"{measured.peak_flops_bf16 / 1e12:.3f} TFLOP/s {cfg.dtype} matmul; "
           f"profile for MBU: {hw.name} ({hw.source}, {hw.memory_bandwidth / 1e9:.1f} GB/s)", flush=True)
+    attn = f"{cfg.attention_impl} -> {registry.resolve(cfg.attention_impl)}"
     params = block(init_params(cfg, jax.random.PRNGKey(s.seed)))
     budget = s.memory_fraction * info["device_memory_bytes"]
     rows = []
     for S in sorted(s.context_lens):
         for B in sorted(s.batch_sizes):
             max_len = S + s.single_steps + s.decode_steps
-            base = {"model": cfg.name, "K": cfg.n_kv_heads, "dtype": cfg.dtype, "attn": cfg.attention_impl,
+            base = {"model": cfg.name, "K": cfg.n_kv_heads, "dtype": cfg.dtype, "attn": attn,
                     "weights_MB": rl.param_bytes(cfg) / 1e6,
                     "B": B, "S": S, "hardware": hw.name, "hardware_source": hw.source,
                     "probe_GB_s": measured.memory_bandwidth / 1e9, "probe_copy_GB_s": copy_bw / 1e9, "probe_TFLOP_s": measured.peak_flops_bf16 / 1e12}

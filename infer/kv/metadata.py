@@ -64,11 +64,12 @@ class SequenceStep:
 
 def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: int,
                    num_tokens: Optional[int] = None, num_seqs: Optional[int] = None,
-                   pages_per_seq: Optional[int] = None, num_logits: Optional[int] = None):
+                   pages_per_seq: Optional[int] = None, num_logits: Optional[int] = None,
+                   max_q_len: Optional[int] = None):
     """Host-side: (tokens_T, AttentionMetadata) as numpy arrays for a mix of sequences, padded to buckets.
 
-    Bucket sizes (T tokens, R sequences, M pages per sequence, O logits rows) default to the next
-    power of two of what the mix needs; pass them to pin the shapes. Refused with MetadataError
+    Bucket sizes (T tokens, R sequences, M pages per sequence, O logits rows, the static max_q_len)
+    default to the next power of two of what the mix needs; pass them to pin the compiled shapes. Refused with MetadataError
     before anything runs: a write past a sequence's reserved pages, a page outside [0, num_pages),
     a negative cached length, or buckets too small for the mix.
     """
@@ -81,8 +82,10 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
     R = num_seqs or bucket(len(seqs), minimum=1)
     M = pages_per_seq or bucket(need_m)
     O = num_logits or bucket(max(need_o, 1))
+    need_q = max([len(s.tokens) for s in seqs] + [1])
+    Q = max_q_len or bucket(need_q)
     for what, have, need in (("num_tokens", T, n_tok), ("num_seqs", R, len(seqs)), ("pages_per_seq", M, need_m),
-                             ("num_logits", O, need_o)):
+                             ("num_logits", O, need_o), ("max_q_len", Q, need_q)):
         if have < need:
             raise MetadataError(f"{what}: bucket {have} is smaller than the step needs ({need})")
 
@@ -124,7 +127,7 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
     logits[:len(logits_idx)] = logits_idx
     meta = AttentionMetadata(positions_T=positions, slot_T=slots, query_start_R=q_start, query_len_R=q_len,
                              kv_len_R=kv_len, page_table_RM=table, logits_indices_O=logits,
-                             max_q_len=bucket(max([len(s.tokens) for s in seqs] + [1])))
+                             max_q_len=Q)
     return tokens, meta
 
 

@@ -1,0 +1,155 @@
+"""`make gpu-check`: the Pallas kernels compiled for real, then attention and decode benchmarks at Llama 3 8B shapes.
+
+    python -m infer.bench.gpu_check [--size full|cpu] [--out results/gpu-check]
+
+Stages, each a subprocess of this Python with a time limit (one hang cannot eat the budget; the
+whole check is sized to finish in under 8 minutes on one H100):
+
+1. device: backend, device kind, JAX version. In `full` size a backend other than GPU stops the
+   check (the kernels would silently run nowhere).
+2. `pytest -m gpu` over the test files that carry the mark (tests/test_gpu_kernels.py): the
+   Triton kernels compiled with interpret=False, compared with their pure-JAX references.
+3. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
+4. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b`
+
+Writes <out>/summary.md (device, JAX version, the exact commands, each stage's status and time,
+the benchmark tables), <out>/gpu_check.json (the same, machine-readable), each stage's log
+<out>/<stage>.log and the benchmarks' own JSON and summaries under <out>/<stage>/.
+
+Size `cpu` (GPU_CHECK_SIZE=cpu in the Makefile) runs the same stages on the CPU backend at the
+YAMLs' `cpu:` sizes (the gpu tests skip): the pipeline end to end on any machine. Nothing is
+installed; this process never initializes a JAX backend itself (on a GPU that would reserve the
+memory the stages need).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from infer.bench import report
+from infer.config.paths import REPO_ROOT
+
+EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
+# seconds each stage may run: 30 + 150 + 130 + 150 = 460 s in all, under the 8 minute budget
+LIMITS = {"device": 30, "pytest": 150, "attention": 130, "decode": 150}
+BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b"}
+
+
+def _env(size: str) -> dict:
+    env = dict(os.environ)
+    if size == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    else:
+        # tests/conftest.py defaults JAX_PLATFORMS to cpu: name the GPU explicitly (unless the caller did).
+        env.setdefault("JAX_PLATFORMS", "cuda")
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")  # the decode bench's B=64 cache needs the room
+    return env
+
+
+def _commands(size: str, out: str) -> dict:
+    py = sys.executable
+    gpu_tests = sorted(os.path.relpath(p, REPO_ROOT) for p in glob.glob(os.path.join(REPO_ROOT, "tests", "test_*.py"))
+                       if "pytest.mark.gpu" in open(p).read())
+    cmds = {
+        "device": [py, "-c", "import json; from infer.bench.device_probe import device_info; "
+                             "print(json.dumps(device_info()))"],
+        "pytest": [py, "-m", "pytest", "-q", "-rs", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "gpu",
+                   *gpu_tests],
+    }
+    for stage, name in BENCHES.items():
+        cmds[stage] = [py, "-m", "infer.bench", "--experiments", EXPERIMENTS, "--only", name, "--size", size,
+                       "--out", os.path.join(out, stage)]
+    return cmds
+
+
+def _run_stage(stage: str, cmd: list, env: dict, out: str) -> dict:
+    log = os.path.join(out, f"{stage}.log")
+    print(f"[{stage}] {shlex.join(cmd)}  (limit {LIMITS[stage]} s, log {log})", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                timeout=LIMITS[stage]).returncode
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            rc, status = None, f"timed out after {LIMITS[stage]} s"
+    with open(log) as f:
+        lines = f.read().splitlines()
+    seconds = time.perf_counter() - t0
+    print("\n".join(f"  {line}" for line in lines[-15:]), flush=True)
+    print(f"[{stage}] {status} in {seconds:.1f} s", flush=True)
+    # the line that says how it went: the runner's "ok in ..., N rows" for a benchmark, else the last line
+    result = [line.strip() for line in lines if line.startswith("  ok in ") or line.startswith("  failed in ")]
+    return {"stage": stage, "command": shlex.join(cmd), "status": status, "exit_code": rc, "seconds": seconds,
+            "log": os.path.relpath(log, out), "result": (result or lines or [""])[-1]}
+
+
+def _describe(info: dict) -> str:
+    if not info:
+        return "unknown (the device stage failed)"
+    kind = "CPU" if info["backend"] == "cpu" else info["device_kind"]
+    return (f"{info['device_count']} x {kind} ({info['backend']}; {info['cpu_count']} CPU cores visible), "
+            f"JAX {info['jax_version']} (jaxlib {info['jaxlib_version']}), Python {info['python']}")
+
+
+def render_summary(size: str, info: dict, stages: list, out: str, invocation: str) -> str:
+    lines = ["# GPU check", "",
+             f"- invocation: `{invocation}` (size: {size})",
+             f"- device: {_describe(info)}",
+             f"- date: {datetime.date.today().isoformat()}",
+             f"- total: {sum(s['seconds'] for s in stages):.1f} s", "",
+             "| stage | status | seconds | result (from its log) |", "|---|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.1f} | {report.fmt(s['result'])} |" for s in stages]
+    lines += ["", "Commands (run from the repository root, in this order):", "", "```"]
+    lines += [s["command"] for s in stages] + ["```", ""]
+    for s in stages:
+        bench_summary = os.path.join(out, s["stage"], "summary.md")
+        if s["stage"] in BENCHES and os.path.exists(bench_summary):
+            with open(bench_summary) as f:
+                body = f.read().split("\n", 1)[1]  # drop its title
+            lines += [f"## {s['stage']}: `{BENCHES[s['stage']]}`", "", body.replace("\n## ", "\n### ")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infer.bench.gpu_check", description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=("full", "cpu"), default="full",
+                   help="full: Llama 3 8B shapes on the GPU; cpu: every stage at CPU sizes on the CPU backend")
+    p.add_argument("--out", default="results/gpu-check", help="output folder (default results/gpu-check)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    env = _env(args.size)
+    cmds = _commands(args.size, out)
+    invocation = "python -m infer.bench.gpu_check " + shlex.join(sys.argv[1:] if argv is None else argv)
+    stages = [_run_stage("device", cmds["device"], env, out)]
+    info = {}
+    if stages[0]["status"] == "ok":
+        info = json.loads(stages[0]["result"])
+        stages[0]["result"] = _describe(info)
+        print(f"device: {stages[0]['result']}", flush=True)
+        if args.size == "full" and info["backend"] != "gpu":
+            stages[0]["status"] = f"failed: backend is {info['backend']}, not gpu (GPU_CHECK_SIZE=cpu checks on CPU)"
+    if stages[0]["status"] == "ok":
+        stages += [_run_stage(stage, cmds[stage], env, out) for stage in ("pytest", *BENCHES)]
+    report.write_json({"size": args.size, "device": info, "invocation": invocation, "stages": stages,
+                       "env": {k: env.get(k) for k in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}},
+                      os.path.join(out, "gpu_check.json"))
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(render_summary(args.size, info, stages, out, invocation))
+    print(f"wrote {os.path.join(out, 'summary.md')}")
+    failed = [s["stage"] for s in stages if s["status"] != "ok"]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
