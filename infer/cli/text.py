@@ -2,9 +2,11 @@
 
 The generated text (not the prompt) is printed as it is produced (TextStream: host loop over the jitted
 decode_step), then the metrics. Compilation happens in a warm-up before the
-clock starts. DIR is a Hugging Face checkpoint (config.json + *.safetensors,
-tokenizer.json if any) or one written by `infer.save_checkpoint`; without a
-tokenizer.json the byte-level tokenizer is used.
+clock starts. DIR is a Hugging Face checkpoint (config.json + *.safetensors +
+tokenizer.json), one written by `infer.save_checkpoint` (tokenizer.json in it or
+its parent), a .gguf file (tokenizer from its metadata) or a model name such as
+smollm2-135m-instruct. A checkpoint without a tokenizer is refused, never read
+with a silent byte-level fallback.
 """
 from __future__ import annotations
 

@@ -124,7 +124,13 @@ def load_checkpoint(path: str, device=None) -> Tuple[ModelConfig, dict]:
 
 
 def load_model_dir(path: str, dtype=None) -> Tuple[ModelConfig, dict]:
-    """Either kind of checkpoint directory: ours (model_config.json) or Hugging Face (config.json)."""
+    """Any checkpoint: ours (model_config.json), Hugging Face (config.json), or GGUF (a .gguf file, a directory
+    holding one, or a model name from infer.io.model_names; dequantized, float32 unless dtype says otherwise)."""
+    from infer.io.model_names import resolve_gguf
+    gguf_path = resolve_gguf(path)
+    if gguf_path is not None:
+        from infer.io.gguf_loader import load_gguf
+        return load_gguf(gguf_path, dtype=dtype)
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         cfg, params = load_checkpoint(path)

@@ -75,8 +75,12 @@ def _open_files(path: str) -> Dict[str, SafetensorsFile]:
     return files
 
 
-def _plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Callable, Optional[int]]]]:
-    """For each parameter leaf path: [(hf_name, hf_shape, transform, layer index or None)]."""
+def param_plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Callable, Optional[int]]]]:
+    """For each parameter leaf path: [(hf_name, hf_shape, transform, layer index or None)].
+
+    hf_shape is the HF tensor's [out, in] shape; transform turns that tensor into the leaf's layout.
+    The GGUF loader reuses this plan (GGUF tensors dequantize to the same [out, in] layout).
+    """
     D, N, K, H, F, V, L = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size, \
         cfg.n_layers
     heads = {"q": N, "k": K, "v": K}
@@ -108,7 +112,8 @@ def _plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Call
     return plan
 
 
-def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: Tuple[str, ...], value) -> None:
+    """tree[path[0]][path[1]]... = value, creating the inner dicts."""
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
@@ -124,7 +129,7 @@ def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> T
     path = os.fspath(path)
     cfg = hf_to_model_config(read_config_json(path), dtype=dtype, name=os.path.basename(os.path.normpath(path)))
     files = _open_files(path)
-    plan = _plan(cfg)
+    plan = param_plan(cfg)
 
     # The model's own parameter tree is the authority on leaf paths, shapes and dtypes.
     expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
@@ -161,6 +166,6 @@ def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> T
             else:
                 host[i] = w
             del w
-        _set_path(params, leaf, jax.device_put(host, device))
+        set_path(params, leaf, jax.device_put(host, device))
         del host
     return cfg, params

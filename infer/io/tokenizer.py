@@ -1,6 +1,7 @@
-"""Tokenizers: a checkpoint's Hugging Face `tokenizer.json`, or a byte-level fallback.
+"""Tokenizers: a checkpoint's Hugging Face `tokenizer.json`, a GGUF file's, or a byte-level fallback.
 
-    tok = load_tokenizer("path/to/checkpoint")   # tokenizer.json if present, else bytes
+    tok = load_tokenizer("path/to/checkpoint")   # tokenizer.json beside it or one level up; bytes only for V <= 256
+    tok = load_tokenizer("smollm2-135m-instruct")  # a .gguf file, a dir holding one, or a model name
     ids = tok.encode("Hello")                    # special tokens (BOS) as the tokenizer.json's post-processor says
     text = tok.decode(ids)
 
@@ -15,6 +16,7 @@ import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 TOKENIZER_FILE = "tokenizer.json"
+DEFAULT_EOS_TOKEN = "<|endoftext|>"  # EOS of GPT-2-style tokenizers (and the shipped one) when no config names one
 
 
 def _read_json(path: str) -> dict:
@@ -60,10 +62,11 @@ class HFTokenizer:
 
     kind = "tokenizer.json"
 
-    def __init__(self, path: str, bos_id: Optional[int] = None, eos_ids: Sequence[int] = ()):
+    def __init__(self, path: str, bos_id: Optional[int] = None, eos_ids: Sequence[int] = (), tokenizer=None):
+        """path: the tokenizer.json read, or (with `tokenizer`, an already built `tokenizers.Tokenizer`) its source."""
         from tokenizers import Tokenizer
         self.path = path
-        self._tok = Tokenizer.from_file(path)
+        self._tok = Tokenizer.from_file(path) if tokenizer is None else tokenizer
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = bos_id
         self.eos_ids = tuple(eos_ids)
@@ -87,32 +90,73 @@ def _special_token_id(tok: HFTokenizer, tok_cfg: dict, key: str) -> Optional[int
     return tok.token_to_id(t) if isinstance(t, str) else None
 
 
-def load_tokenizer(path: str, vocab_size: Optional[int] = None):
-    """The tokenizer of checkpoint directory `path`: its tokenizer.json, or ByteTokenizer when there is none.
+def load_gguf_tokenizer(path: str) -> HFTokenizer:
+    """A GGUF file's tokenizer (infer.io.gguf_tokenizer) as an HFTokenizer of kind "gguf", carrying the file's
+    `chat_template` (an infer.io.chat_template.ChatTemplate, or None)."""
+    from infer.io.gguf_tokenizer import read_gguf_tokenizer
+    data = read_gguf_tokenizer(path)
+    tok = HFTokenizer(data.path, bos_id=data.bos_id, eos_ids=data.eos_ids, tokenizer=data.tokenizer)
+    tok.kind = "gguf"
+    tok.chat_template = data.chat_template
+    return tok
 
-    vocab_size (the model's): refuse a tokenizer that can produce ids the model has no embedding for.
+
+def find_tokenizer_json(path: str) -> Optional[str]:
+    """tokenizer.json next to checkpoint dir `path`, else in its parent (models/target shares models/tokenizer.json)."""
+    for d in (path, os.path.dirname(os.path.abspath(path))):
+        f = os.path.join(d, TOKENIZER_FILE)
+        if os.path.exists(f):
+            return f
+    return None
+
+
+def load_tokenizer(path: str, vocab_size: Optional[int] = None):
+    """The tokenizer of checkpoint `path`: a GGUF file's (a .gguf file, a dir holding one, or a model name in
+    infer.io.model_names), else the tokenizer.json next to the checkpoint or in its parent directory.
+
+    Without a tokenizer, ByteTokenizer only for a byte-level model (vocab_size None or <= 256); a larger
+    vocabulary without a tokenizer is an error naming the checkpoint. vocab_size (the model's): refuse a
+    tokenizer that can produce ids the model has no embedding for, and a parent directory's (shared)
+    tokenizer.json whose size is not exactly vocab_size (it belongs to another model).
     """
+    from infer.io.model_names import resolve_gguf
+    gguf_path = resolve_gguf(path)
+    if gguf_path is not None:
+        tok = load_gguf_tokenizer(gguf_path)
+        if vocab_size is not None and tok.vocab_size > vocab_size:
+            raise ValueError(f"{gguf_path}: the gguf tokenizer has {tok.vocab_size} ids but the model's vocab_size "
+                             f"is {vocab_size}")
+        return tok
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a checkpoint directory")
+        raise FileNotFoundError(f"{path}: not a checkpoint directory, .gguf file or known model name")
     model_cfg = _read_json(os.path.join(path, "config.json"))
     gen_cfg = _read_json(os.path.join(path, "generation_config.json"))
     tok_cfg = _read_json(os.path.join(path, "tokenizer_config.json"))
     bos = gen_cfg.get("bos_token_id", model_cfg.get("bos_token_id"))
     eos = _ids(gen_cfg.get("eos_token_id", model_cfg.get("eos_token_id")))
-    tok_file = os.path.join(path, TOKENIZER_FILE)
-    if os.path.exists(tok_file):
+    tok_file = find_tokenizer_json(path)
+    if tok_file is not None:
         tok = HFTokenizer(tok_file, bos_id=None if bos is None else int(bos), eos_ids=eos)
         if tok.bos_id is None:
             tok.bos_id = _special_token_id(tok, tok_cfg, "bos_token")
         if not tok.eos_ids:
             e = _special_token_id(tok, tok_cfg, "eos_token")
+            if e is None:
+                e = tok.token_to_id(DEFAULT_EOS_TOKEN)
             tok.eos_ids = () if e is None else (e,)
         n = tok.vocab_size
+        shared = os.path.dirname(os.path.abspath(tok_file)) != os.path.abspath(path)
+        if shared and vocab_size is not None and n != vocab_size:
+            raise ValueError(f"{tok_file}: the tokenizer.json in the parent directory has {n} ids but checkpoint "
+                             f"{path} has vocab_size {vocab_size}: it is not this checkpoint's tokenizer")
     else:
+        if vocab_size is not None and vocab_size > 256:
+            raise ValueError(f"{path}: no tokenizer found for this checkpoint (looked for {TOKENIZER_FILE} in it and "
+                             f"in its parent directory) and its vocab_size {vocab_size} is not byte-level")
         tok = ByteTokenizer(bos_id=None if bos is None else int(bos), eos_ids=eos)
         n = 256
     if vocab_size is not None and n > vocab_size:
         raise ValueError(f"{tok_file if tok.kind != 'bytes' else path}: the {tok.kind} tokenizer has {n} ids but "
-                         f"the model's vocab_size is {vocab_size}")
+                         f"the model's vocab_size is {vocab_size} (checkpoint {path})")
     return tok
