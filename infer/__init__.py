@@ -29,9 +29,10 @@ from infer.generation.chat import ChatSession, chat
 # Speculative sampling: `infer.speculative` is the exact acceptance rule's module.
 from infer.generation import speculative_accept as speculative
 from infer.generation.speculative import SpeculativeResult, speculative_generate
+from infer.generation.ngram import ngram_speculative_generate
 
 __all__ = [
-    "speculative", "speculative_generate", "SpeculativeResult",
+    "speculative", "speculative_generate", "SpeculativeResult", "ngram_speculative_generate",
     "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_dir",
     "load_tokenizer", "generate_text", "TextStream", "chat", "ChatSession",
     "roofline", "HardwareProfile", "load_hardware",

@@ -72,12 +72,15 @@ class ChatSession:
         self.messages: List[dict] = [] if system is None else [{"role": "system", "content": system}]
         self.last: Optional[TextStream] = None  # the latest turn's stream (its metrics and token ids)
 
-    def send(self, text: str) -> Iterator[str]:
-        """Add a user turn and yield the reply's text as it is generated; the reply then joins the messages."""
+    def send(self, text: str, warmup: bool = False) -> Iterator[str]:
+        """Add a user turn and yield the reply's text as it is generated; the reply then joins the messages.
+
+        warmup=True compiles this turn's shapes first, so `last.metrics()` excludes compilation.
+        """
         self.messages.append({"role": "user", "content": text})
         prompt = self.template.render(self.messages, add_generation_prompt=True)
         turn = sum(m["role"] == "user" for m in self.messages) - 1
         sampling = dataclasses.replace(self.sampling, seed=self.sampling.seed + turn)  # fresh draws each turn
-        self.last = TextStream(self.params, self.cfg, self.tokenizer, prompt, sampling)
+        self.last = TextStream(self.params, self.cfg, self.tokenizer, prompt, sampling, warmup=warmup)
         yield from self.last
         self.messages.append({"role": "assistant", "content": self.last.text})

@@ -1,7 +1,7 @@
-"""The main job: the shipped model completes Python code, streaming text, then the numbers.
+"""The training example's demo: the 5M model trained here completes Python code, then the numbers.
 
-    python -m infer.cli.demo                       # models/target (+ models/draft for speculative decoding)
-    python -m infer.cli.demo --max-new-tokens 96 --k 4
+    python -m infer.train.demo                     # models/target (+ models/draft for speculative decoding)
+    python -m infer.train.demo --max-new-tokens 96 --k 4
 
 1. Streams greedy continuations of a few code prompts (infer.generation.text.TextStream:
    prefill + cached decode steps, text printed as tokens arrive).
