@@ -57,6 +57,7 @@ import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
 from infer.generation import speculative_accept as SP
+from infer.generation.speculative_emit import emit_round
 from infer.generation.batch import bucket_shapes, pack_prompts, validate_prompts
 from infer.generation.speculative import SpeculativeResult
 from infer.model.rows import capacity, extend_rows, init_cache
@@ -115,7 +116,6 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
     idx_K1 = jnp.arange(k + 1, dtype=jnp.int32)
     samp_rep = {name: jnp.repeat(v, k + 1, axis=0) for name, v in samp.items()}  # row-major [B*(k+1)]
     max_new = samp["max_new_tokens"]
-    stops_in = lambda t_BK1: jnp.any(t_BK1[..., None] == samp["stop_ids"][:, None, :], axis=-1)
     accept_B = jax.vmap(accept_rule)
 
     out_BO = jnp.full((B, max_out), -1, jnp.int32).at[:, 0].set(jnp.where(active_B, first_B, -1))
@@ -145,12 +145,7 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
         j_B, y_B = accept_B(drafts_BK, p_BKV, q_BK1V, request_keys(samp["seed"], clen_B, ACCEPT))
 
         # d. Emitted tokens x_0..x_{j-1}, y; truncate at the first stop token and at max_new.
-        e_BK1 = jnp.where(idx_K1[None, :] < j_B[:, None], jnp.concatenate([drafts_BK, y_B[:, None]], axis=1),
-                          y_B[:, None])
-        stop_BK1 = stops_in(e_BK1) & (idx_K1[None, :] <= j_B[:, None])
-        first_stop_B = jnp.where(jnp.any(stop_BK1, axis=1), jnp.argmax(stop_BK1, axis=1), k + 1)
-        c_B = jnp.where(live_B, jnp.minimum(jnp.minimum(j_B + 1, first_stop_B + 1), max_new - n), 0)
-        write_BK1 = idx_K1[None, :] < c_B[:, None]
+        e_BK1, write_BK1, c_B, stopped_B = emit_round(drafts_BK, j_B, y_B, live_B, n, max_new, samp["stop_ids"])
         out = out.at[rows_B[:, None], jnp.where(write_BK1, n[:, None] + idx_K1[None, :], max_out)].set(
             e_BK1, mode="drop")
         ctx = ctx.at[rows_B[:, None], jnp.where(write_BK1, clen_B[:, None] + 1 + idx_K1[None, :], S_ctx)].set(
@@ -161,7 +156,7 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
         c["lengths"] = clen_B + live_i * (j_B + 1)
         last_B = jnp.where(live_B, y_B, last_B)
         hist = hist + jnp.sum(jax.nn.one_hot(j_B, k + 1, dtype=jnp.int32) * live_i[:, None], axis=0)
-        done = done | jnp.any(stop_BK1 & write_BK1, axis=1) | (n >= max_new) | (c["lengths"] + k + 1 > S)
+        done = done | stopped_B | (n >= max_new) | (c["lengths"] + k + 1 > S)
         return r + 1, last_B, c, ctx, out, done, n, hist
 
     state = (jnp.int32(0), first_B, cache, ctx_BS, out_BO, done_B, n_B, jnp.zeros((k + 1,), jnp.int32))

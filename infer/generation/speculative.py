@@ -53,6 +53,7 @@ import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
 from infer.generation import speculative_accept as SP
+from infer.generation.speculative_emit import emit_round
 from infer.generation.batch import GenerateResult, bucket_shapes, pack_prompts, validate_prompts
 from infer.model.rows import capacity, extend_rows, init_cache
 from infer.sampling import ACCEPT, DRAFT, filter_logits, is_stop, probs, request_keys, sample
@@ -140,7 +141,6 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
     idx_K1 = jnp.arange(k + 1, dtype=jnp.int32)
     samp_rep = {name: jnp.repeat(v, k + 1, axis=0) for name, v in samp.items()}  # row-major [B*(k+1)]
     max_new = samp["max_new_tokens"]
-    stops_in = lambda t_BK1: jnp.any(t_BK1[..., None] == samp["stop_ids"][:, None, :], axis=-1)
     accept_B = jax.vmap(accept_rule)
 
     out_BO = jnp.full((B, max_out), -1, jnp.int32).at[:, 0].set(jnp.where(active_B, first_B, -1))
@@ -186,12 +186,7 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
         j_B, y_B = accept_B(drafts_BK, p_BKV, q_BK1V, request_keys(samp["seed"], tlen_B, ACCEPT))
 
         # d. Emitted tokens x_0..x_{j-1}, y; truncate at the first stop token and at max_new.
-        e_BK1 = jnp.where(idx_K1[None, :] < j_B[:, None], jnp.concatenate([drafts_BK, y_B[:, None]], axis=1),
-                          y_B[:, None])
-        stop_BK1 = stops_in(e_BK1) & (idx_K1[None, :] <= j_B[:, None])
-        first_stop_B = jnp.where(jnp.any(stop_BK1, axis=1), jnp.argmax(stop_BK1, axis=1), k + 1)
-        c_B = jnp.where(live_B, jnp.minimum(jnp.minimum(j_B + 1, first_stop_B + 1), max_new - n), 0)
-        write_BK1 = idx_K1[None, :] < c_B[:, None]
+        e_BK1, write_BK1, c_B, stopped_B = emit_round(drafts_BK, j_B, y_B, live_B, n, max_new, samp["stop_ids"])
         out = out.at[rows_B[:, None], jnp.where(write_BK1, n[:, None] + idx_K1[None, :], max_out)].set(
             e_BK1, mode="drop")
         n = n + c_B
@@ -203,7 +198,7 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
         lagtok_B = jnp.where(live_B, drafts_BK[:, k - 1], lagtok_B)
         last_B = jnp.where(live_B, y_B, last_B)
         hist = hist + jnp.sum(jax.nn.one_hot(j_B, k + 1, dtype=jnp.int32) * live_i[:, None], axis=0)
-        done = (done | jnp.any(stop_BK1 & write_BK1, axis=1) | (n >= max_new)
+        done = (done | stopped_B | (n >= max_new)
                 | (tc["lengths"] + k + 1 > S) | (dc["lengths"] + k + 1 > S))
         return r + 1, last_B, lag_B, lagtok_B, tc, dc, out, done, n, hist
 
