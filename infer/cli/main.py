@@ -38,13 +38,16 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     d = p.add_mutually_exclusive_group()
     d.add_argument("--draft-config", default=None, help="speculative: draft model config (random weights, same vocab)")
     d.add_argument("--draft-layers", type=int, default=None, help="speculative: draft = the target's first N layers")
+    d.add_argument("--ngram", action="store_true",
+                   help="speculative: prompt-lookup proposals from each prompt's own context (no draft model)")
     p.add_argument("--speculative-k", type=int, default=4, help="speculative: draft tokens per target pass")
 
 
 def cmd_generate(args) -> int:
-    if (args.checkpoint is not None or args.prompt is not None) and (args.draft_config or args.draft_layers):
-        raise ValueError("--draft-config/--draft-layers: speculative generation from the CLI uses random weights "
-                         "only; drop --checkpoint/--prompt or the draft option")
+    speculative = args.draft_config or args.draft_layers or args.ngram
+    if (args.checkpoint is not None or args.prompt is not None) and speculative:
+        raise ValueError("--draft-config/--draft-layers/--ngram: speculative generation from the CLI uses random "
+                         "weights only; drop --checkpoint/--prompt or the speculative option")
     if args.checkpoint is not None or args.prompt is not None:
         return cmd_generate_text(args)
     import infer
@@ -70,6 +73,9 @@ def cmd_generate(args) -> int:
             dcfg = infer.load_config(args.draft_config, **overrides)
             dparams = infer.init_params(dcfg, jax.random.PRNGKey(args.seed + 1))
         run = lambda: speculative_generate(params, cfg, dparams, dcfg, prompts, sp, args.speculative_k)
+    elif args.ngram:
+        from infer.generation.ngram import ngram_speculative_generate
+        run = lambda: ngram_speculative_generate(params, cfg, prompts, sp, args.speculative_k)
     run()
     result = run()
     for i, toks in enumerate(result.tokens):
