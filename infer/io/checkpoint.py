@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from infer.config.model_config import ConfigError, ModelConfig
+from infer.io.dtype_policy import load_dtype
 from infer.io.hf_loader import CheckpointError
 from infer.model.params import init_params
 
@@ -125,7 +126,10 @@ def load_checkpoint(path: str, device=None) -> Tuple[ModelConfig, dict]:
 
 def load_model_dir(path: str, dtype=None) -> Tuple[ModelConfig, dict]:
     """Any checkpoint: ours (model_config.json), Hugging Face (config.json), or GGUF (a .gguf file, a directory
-    holding one, or a model name from infer.io.model_names; dequantized, float32 unless dtype says otherwise)."""
+    holding one, or a model name from infer.io.model_names; dequantized, float32 unless dtype says otherwise).
+
+    dtype None keeps the checkpoint's dtype, except that a bfloat16/float16 checkpoint loads as float32 on a
+    CPU backend (with a warning; infer/io/dtype_policy.py); an explicit dtype is always honoured."""
     from infer.io.model_names import resolve_gguf
     gguf_path = resolve_gguf(path)
     if gguf_path is not None:
@@ -134,9 +138,11 @@ def load_model_dir(path: str, dtype=None) -> Tuple[ModelConfig, dict]:
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         cfg, params = load_checkpoint(path)
-        if dtype is not None and dtype != cfg.dtype:
+        dtype = load_dtype(cfg.dtype, dtype)
+        if dtype != cfg.dtype:
             cfg = cfg.replace(dtype=dtype)
             params = jax.tree_util.tree_map(lambda x: x.astype(cfg.jnp_dtype), params)
         return cfg, params
+    from infer.io.hf_config import hf_to_model_config, read_config_json
     from infer.io.hf_loader import load_hf_checkpoint
-    return load_hf_checkpoint(path, dtype=dtype)
+    return load_hf_checkpoint(path, dtype=load_dtype(hf_to_model_config(read_config_json(path)).dtype, dtype))

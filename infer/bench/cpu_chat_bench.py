@@ -1,0 +1,262 @@
+"""SmolLM2-135M on CPU, side by side: this stack vs transformers (vs llama.cpp when installed).
+
+    python -m infer.bench.cpu_chat_bench --out results/cpu-chat
+
+Every engine gets the same prompts (B rows of `--prompt-len` token ids, fixed seed) and
+decodes `--new-tokens` tokens greedily, with no stop token, at each batch size and dtype:
+
+- this stack: `infer.generate` (prefill + first token timed as TTFT, then the on-device
+  `lax.while_loop` decode; ms/step = decode seconds / decode steps);
+- transformers: `model.generate(do_sample=False)` on the same GGUF file, timed by a streamer
+  that timestamps every generated step (TokenClock): TTFT = call to first token, ms/step =
+  first to last token / (N - 1) (generate's own per-step overhead included);
+- llama.cpp through llama-cpp-python, only if it is importable (batch 1, on the Q4_1 file as
+  stored: quantized arithmetic, unlike the two dequantized stacks).
+
+Each configuration is warmed up once, then timed `--repeats` times; the table reports the
+median with min/max and the run-to-run spread ((max - min) / median). tok/s = B * 1000 /
+ms_step (decode only). "same greedy" compares the first `--check-tokens` generated ids of
+every row with transformers float32 at the same batch. Writes cpu_chat.json and
+cpu_chat.md under --out. torch runs with OMP_WAIT_POLICY=PASSIVE unless the environment sets
+it (see the comment at the import).
+"""
+from __future__ import annotations
+
+import os
+
+# Before torch is imported: OpenMP's default busy-wait makes a 2-thread torch forward ~20x slower when the
+# 2 cores are shared with other processes (measured 7.9 s vs 0.45 s passive for 2 x 64 tokens).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import jax
+import numpy as np
+
+MODEL = "smollm2-135m-instruct"
+VOCAB = 49152  # its V: prompts are drawn before any model is loaded
+LLAMA_CPP_HINT = ("llama-cpp-python is not installed: `pip install llama-cpp-python` (builds llama.cpp from "
+                  "source, several minutes), then rerun")
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo ('unknown' elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_prompts(B: int, T: int, vocab: int, seed: int = 0) -> List[List[int]]:
+    """B prompts of T token ids, the same for every engine (ids from [100, vocab): no special tokens)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(100, vocab, T).tolist() for _ in range(B)]
+
+
+def summarize(samples_ms: List[float]) -> dict:
+    """Median, min, max and spread ((max - min) / median) of per-repeat ms/step samples."""
+    med = statistics.median(samples_ms)
+    return {"ms_step": med, "ms_min": min(samples_ms), "ms_max": max(samples_ms),
+            "spread": (max(samples_ms) - min(samples_ms)) / med, "samples_ms": samples_ms}
+
+
+@functools.lru_cache(maxsize=None)
+def load_ours(dtype: str):
+    """(cfg, params) of this stack at `dtype`, loaded once per dtype."""
+    import infer
+    return infer.load_model_dir(MODEL, dtype=dtype)
+
+
+def run_ours(dtype: str, B: int, prompts, new_tokens: int, repeats: int) -> dict:
+    """This stack at one dtype and batch: decode ms/step samples, TTFT and the generated ids."""
+    import infer
+    cfg, params = load_ours(dtype)
+    sp = infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+    # Warm-up: compiles both programs; half the tokens land in the same shape buckets.
+    infer.generate(params, cfg, prompts, infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens // 2 + 1))
+    steps, ttft = [], []
+    for _ in range(repeats):
+        r = infer.generate(params, cfg, prompts, sp)
+        steps.append(r.decode_s / r.decode_steps * 1e3)
+        ttft.append(r.ttft_s * 1e3)
+    return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=r.tokens)
+
+
+def load_transformers(dtype: str):
+    """The same GGUF file through transformers (dequantized to float32, then cast)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from infer.io.model_names import model_file
+    path = model_file(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 dtype=torch.float32)
+    return model.to(getattr(torch, dtype)).eval()
+
+
+class TokenClock:
+    """A transformers streamer that timestamps each put(): the prompt first, then every generated step."""
+
+    def __init__(self):
+        self.times: List[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def run_transformers(model, B: int, prompts, new_tokens: int, repeats: int) -> dict:
+    """model.generate greedy with a TokenClock: TTFT = start to first token, ms/step = first to last / (N - 1)."""
+    import torch
+    ids = torch.tensor(prompts, dtype=torch.long)
+    mask = torch.ones_like(ids)
+
+    def gen(n: int, clock=None):
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                 pad_token_id=0, eos_token_id=None, streamer=clock)
+        return out[:, ids.shape[1]:]
+
+    gen(8)  # warm-up (torch compiles nothing: this only warms the allocator and caches)
+    steps, ttft = [], []
+    for _ in range(repeats):
+        clock = TokenClock()
+        t0 = time.perf_counter()
+        out = gen(new_tokens, clock)
+        first, last = clock.times[1], clock.times[-1]  # times[0]: the prompt
+        steps.append((last - first) / (len(clock.times) - 2) * 1e3)
+        ttft.append((first - t0) * 1e3)
+    return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=out.tolist())
+
+
+def run_llama_cpp(prompts, new_tokens: int, repeats: int) -> dict:
+    """llama-cpp-python at batch 1 on the same GGUF file (only called when it is importable)."""
+    from llama_cpp import Llama
+    from infer.io.model_names import model_file
+    llm = Llama(model_path=model_file(MODEL), n_ctx=512, n_threads=os.cpu_count(), verbose=False)
+
+    def gen(n: int):
+        llm.reset()
+        toks = []
+        t0 = time.perf_counter()
+        for tok in llm.generate(prompts[0], temp=0.0, top_k=1, reset=True):
+            toks.append(tok)
+            if len(toks) == n:
+                break
+        return toks, (time.perf_counter() - t0) * 1e3
+
+    gen(2)
+    steps, ttft = [], []
+    for _ in range(repeats):
+        _, t1 = gen(1)
+        toks, tn = gen(new_tokens)
+        steps.append((tn - t1) / (new_tokens - 1))
+        ttft.append(t1)
+    return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=[toks])
+
+
+def same_greedy(tokens: List[List[int]], ref: List[List[int]], n: int) -> str:
+    """'k/B rows' whose first n generated ids equal the reference's."""
+    k = sum(list(a[:n]) == list(b[:n]) for a, b in zip(tokens, ref))
+    return f"{k}/{len(ref)}"
+
+
+def table(rows: List[dict]) -> str:
+    """The markdown table of the results."""
+    head = ("| engine | dtype | batch | decode tok/s | ms/step (median) | min / max ms | spread | × this stack f32 "
+            "| TTFT ms | same greedy as transformers f32 (first 32) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    body = ""
+    for r in rows:
+        if r.get("skipped"):
+            body += f"| {r['engine']} | {r['dtype']} | {r['batch']} |" + " – |" * 6 + f" {r['skipped']} |\n"
+            continue
+        body += (f"| {r['engine']} | {r['dtype']} | {r['batch']} | {r['tok_s']:.1f} | {r['ms_step']:.1f} | "
+                 f"{r['ms_min']:.1f} / {r['ms_max']:.1f} | {100 * r['spread']:.0f}% | "
+                 f"{r['ratio_to_ours_f32']:.2f} | {r['ttft_ms']:.0f} | {r['same_greedy']} |\n")
+    return head + body
+
+
+def main(argv=None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/cpu-chat")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--check-tokens", type=int, default=32)
+    args = ap.parse_args(argv)
+    import torch
+    import transformers
+    batches = [int(b) for b in args.batches.split(",")]
+    dtypes = args.dtypes.split(",")
+    t_start = time.perf_counter()
+    results: List[dict] = []
+    prompts = {B: make_prompts(B, args.prompt_len, VOCAB) for B in batches}
+    runs: Dict[tuple, Callable[[], dict]] = {}
+    for dt in dtypes:
+        for B in batches:
+            runs[("this stack", dt, B)] = (lambda dt=dt, B=B: run_ours(dt, B, prompts[B], args.new_tokens,
+                                                                       args.repeats))
+    for dt in dtypes:
+        model = None
+        for B in batches:
+            def hf(dt=dt, B=B):
+                nonlocal model
+                model = model if model is not None else load_transformers(dt)
+                return run_transformers(model, B, prompts[B], args.new_tokens, args.repeats)
+            runs[("transformers", dt, B)] = hf
+    for key, fn in runs.items():
+        print(f"[cpu_chat_bench] {key[0]} {key[1]} batch {key[2]} ...", file=sys.stderr, flush=True)
+        r = fn()
+        results.append(dict(engine=key[0], dtype=key[1], batch=key[2], **r))
+    try:
+        import llama_cpp  # noqa: F401
+        r = run_llama_cpp(prompts[1], args.new_tokens, args.repeats)
+        results.append(dict(engine="llama.cpp (llama-cpp-python)", dtype="gguf Q4_1", batch=1, **r))
+    except ImportError:
+        results.append(dict(engine="llama.cpp", dtype="–", batch=1, skipped=LLAMA_CPP_HINT))
+
+    ours_f32 = {r["batch"]: r["ms_step"] for r in results if r["engine"] == "this stack" and r["dtype"] == "float32"}
+    ref = {r["batch"]: r["tokens"] for r in results if r["engine"] == "transformers" and r["dtype"] == "float32"}
+    for r in results:
+        if r.get("skipped"):
+            continue
+        r["tok_s"] = r["batch"] * 1e3 / r["ms_step"]
+        base = ours_f32.get(r["batch"])
+        r["ratio_to_ours_f32"] = base / r["ms_step"] if base else float("nan")
+        r["same_greedy"] = (same_greedy(r["tokens"], ref[r["batch"]], args.check_tokens) if r["batch"] in ref
+                            else "n/a")
+    env = {"cpu": cpu_name(), "cores": os.cpu_count(), "jax": jax.__version__, "transformers": transformers.__version__,
+           "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "model": MODEL,
+           "command": "python -m infer.bench.cpu_chat_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
+           "total_s": time.perf_counter() - t_start}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "cpu_chat.json"), "w") as f:
+        json.dump({"env": env, "results": results}, f, indent=1)
+    md = (f"{env['cpu']}, {env['cores']} cores; JAX {env['jax']}, transformers {env['transformers']} (torch "
+          f"{env['torch']}, {env['torch_threads']} threads); {args.prompt_len}-token prompts, {args.new_tokens} new "
+          f"tokens, greedy; median of {args.repeats} after a warm-up; ratio > 1 = faster than this stack f32.\n\n"
+          + table(results))
+    with open(os.path.join(args.out, "cpu_chat.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    print(f"[cpu_chat_bench] total {env['total_s']:.0f} s", file=sys.stderr)
+    return {"env": env, "results": results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The compute dtype a checkpoint loads in when the caller names none: float32 for 16-bit checkpoints on CPU.
+
+    dtype = load_dtype(stored="bfloat16", requested=None)   # "float32" on a CPU backend, with a warning
+
+XLA's CPU backend has no fast bfloat16/float16 matmul: a one-row bfloat16 dot runs a
+slow generic loop and bfloat16 dots inside the layer scan stay slow at every batch,
+so SmolLM2-135M decodes about 2.4x slower in bfloat16 than in float32 on CPU
+(BENCHMARKS.md, "SmolLM2-135M on CPU: this stack vs transformers"). A checkpoint
+stored in bfloat16 or float16 therefore loads as float32 on CPU unless the caller
+asks for a dtype: an explicit request is always honoured.
+"""
+import warnings
+from typing import Optional
+
+import jax
+
+SIXTEEN_BIT = ("bfloat16", "float16")
+CPU_BF16_SLOWDOWN = 2.4  # decode time bfloat16 / float32, SmolLM2-135M, batch 1, 2-core CPU (BENCHMARKS.md)
+
+
+def load_dtype(stored: str, requested: Optional[str] = None, platform: Optional[str] = None) -> str:
+    """The dtype to load and run in: `requested` if given, else `stored`, except float32 for 16-bit on CPU.
+
+    stored: the checkpoint's own dtype; platform: the JAX backend (default: jax.default_backend()).
+    The CPU fallback warns once per load, saying why and how to force the stored dtype.
+    """
+    if requested is not None:
+        return requested
+    platform = jax.default_backend() if platform is None else platform
+    if platform == "cpu" and stored in SIXTEEN_BIT:
+        warnings.warn(f"checkpoint stored in {stored}: loading it as float32 because the backend is CPU, where "
+                      f"XLA's {stored} matmuls are slow ({stored} decodes ~{CPU_BF16_SLOWDOWN}x slower than "
+                      f"float32 here); pass dtype={stored!r} to load it in {stored} anyway", stacklevel=3)
+        return "float32"
+    return stored
