@@ -2,11 +2,15 @@
 
     python -m infer.bench.cpu_chat_bench --out results/cpu-chat
 
-Every engine gets the same prompts (B rows of `--prompt-len` token ids, fixed seed) and
-decodes `--new-tokens` tokens greedily, with no stop token, at each batch size and dtype:
+Every engine gets the same prompts (B rows of `--prompt-len` tokens: windows of real Python
+source, models/val_slice.txt, encoded with the model's tokenizer; `--prompts random` draws ids
+instead) and decodes `--new-tokens` tokens greedily, with no stop token, at each batch size and dtype:
 
 - this stack: `infer.generate` (prefill + first token timed as TTFT, then the on-device
   `lax.while_loop` decode; ms/step = decode seconds / decode steps);
+- this stack, speculative (float32, k = `--k`): prompt lookup (`infer.ngram_speculative_generate`,
+  no draft model) and, when one is shipped, the pruned + distilled draft; ms/step = decode
+  seconds / tokens emitted per row after the first, so tok/s compares directly with plain;
 - transformers: `model.generate(do_sample=False)` on the same GGUF file, timed by a streamer
   that timestamps every generated step (TokenClock): TTFT = call to first token, ms/step =
   first to last token / (N - 1) (generate's own per-step overhead included);
@@ -59,9 +63,19 @@ def cpu_name() -> str:
 
 
 def make_prompts(B: int, T: int, vocab: int, seed: int = 0) -> List[List[int]]:
-    """B prompts of T token ids, the same for every engine (ids from [100, vocab): no special tokens)."""
+    """B prompts of T random token ids (ids from [100, vocab): no special tokens)."""
     rng = np.random.default_rng(seed)
     return [rng.integers(100, vocab, T).tolist() for _ in range(B)]
+
+
+def text_prompts(B: int, T: int) -> List[List[int]]:
+    """B windows of T tokens of real Python source (models/val_slice.txt), spread over the file."""
+    import infer
+    from infer.config import REPO_ROOT
+    with open(os.path.join(REPO_ROOT, "models", "val_slice.txt")) as f:
+        ids = infer.load_tokenizer(MODEL).encode(f.read(), add_special_tokens=False)
+    step = (len(ids) - T) // max(B, 1)
+    return [ids[i * step:i * step + T] for i in range(B)]
 
 
 def summarize(samples_ms: List[float]) -> dict:
@@ -91,6 +105,27 @@ def run_ours(dtype: str, B: int, prompts, new_tokens: int, repeats: int) -> dict
         steps.append(r.decode_s / r.decode_steps * 1e3)
         ttft.append(r.ttft_s * 1e3)
     return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=r.tokens)
+
+
+def run_ours_speculative(kind: str, B: int, prompts, new_tokens: int, repeats: int, k: int) -> dict:
+    """This stack in float32 with speculative decoding ("prompt lookup" or "draft"): ms per emitted token per row."""
+    import infer
+    cfg, params = load_ours("float32")
+    sp = infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+    if kind == "prompt lookup":
+        run = lambda s: infer.ngram_speculative_generate(params, cfg, prompts, s, k)
+    else:
+        from infer.train.smollm2_draft import load_smollm2_draft
+        dcfg, dparams = load_smollm2_draft(target_params=params)
+        run = lambda s: infer.speculative_generate(params, cfg, dparams, dcfg, prompts, s, k)
+    run(infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens // 2 + 1))
+    steps, ttft = [], []
+    for _ in range(repeats):
+        r = run(sp)
+        steps.append(r.decode_s / max(r.decode_steps, 1) * 1e3)
+        ttft.append(r.ttft_s * 1e3)
+    return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=r.tokens,
+                acceptance=r.mean_accepted / k, tokens_per_pass=r.tokens_per_target_pass)
 
 
 def load_transformers(dtype: str):
@@ -176,15 +211,17 @@ def same_greedy(tokens: List[List[int]], ref: List[List[int]], n: int) -> str:
 def table(rows: List[dict]) -> str:
     """The markdown table of the results."""
     head = ("| engine | dtype | batch | decode tok/s | ms/step (median) | min / max ms | spread | × this stack f32 "
-            "| TTFT ms | same greedy as transformers f32 (first 32) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "| TTFT ms | same greedy as transformers f32 (first 32) | acceptance (tokens/pass) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = ""
     for r in rows:
         if r.get("skipped"):
-            body += f"| {r['engine']} | {r['dtype']} | {r['batch']} |" + " – |" * 6 + f" {r['skipped']} |\n"
+            body += f"| {r['engine']} | {r['dtype']} | {r['batch']} |" + " – |" * 6 + f" {r['skipped']} | – |\n"
             continue
         body += (f"| {r['engine']} | {r['dtype']} | {r['batch']} | {r['tok_s']:.1f} | {r['ms_step']:.1f} | "
                  f"{r['ms_min']:.1f} / {r['ms_max']:.1f} | {100 * r['spread']:.0f}% | "
-                 f"{r['ratio_to_ours_f32']:.2f} | {r['ttft_ms']:.0f} | {r['same_greedy']} |\n")
+                 f"{r['ratio_to_ours_f32']:.2f} | {r['ttft_ms']:.0f} | {r['same_greedy']} | "
+                 + (f"{r['acceptance']:.1%} ({r['tokens_per_pass']:.2f}) |\n" if "acceptance" in r else "– |\n"))
     return head + body
 
 
@@ -197,6 +234,10 @@ def main(argv=None) -> Dict:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--check-tokens", type=int, default=32)
+    ap.add_argument("--prompts", choices=["text", "random"], default="text")
+    ap.add_argument("--k", type=int, default=4, help="proposals per target pass for the speculative rows")
+    ap.add_argument("--speculative", default="prompt lookup,draft",
+                    help="comma list of speculative rows: 'prompt lookup', 'draft' (skipped if none is shipped)")
     args = ap.parse_args(argv)
     import torch
     import transformers
@@ -204,12 +245,19 @@ def main(argv=None) -> Dict:
     dtypes = args.dtypes.split(",")
     t_start = time.perf_counter()
     results: List[dict] = []
-    prompts = {B: make_prompts(B, args.prompt_len, VOCAB) for B in batches}
+    prompts = {B: (text_prompts(B, args.prompt_len) if args.prompts == "text" else
+                   make_prompts(B, args.prompt_len, VOCAB)) for B in batches}
     runs: Dict[tuple, Callable[[], dict]] = {}
     for dt in dtypes:
         for B in batches:
             runs[("this stack", dt, B)] = (lambda dt=dt, B=B: run_ours(dt, B, prompts[B], args.new_tokens,
                                                                        args.repeats))
+    kinds = [x.strip() for x in args.speculative.split(",") if x.strip()]
+    for kind in kinds:
+        for B in batches:
+            runs[(f"this stack + {kind} k={args.k}", "float32", B)] = (
+                lambda kind=kind, B=B: run_ours_speculative(kind, B, prompts[B], args.new_tokens, args.repeats,
+                                                            args.k))
     for dt in dtypes:
         model = None
         for B in batches:
@@ -220,7 +268,11 @@ def main(argv=None) -> Dict:
             runs[("transformers", dt, B)] = hf
     for key, fn in runs.items():
         print(f"[cpu_chat_bench] {key[0]} {key[1]} batch {key[2]} ...", file=sys.stderr, flush=True)
-        r = fn()
+        try:
+            r = fn()
+        except FileNotFoundError as e:  # e.g. no shipped draft
+            results.append(dict(engine=key[0], dtype=key[1], batch=key[2], skipped=f"skipped: {e}"))
+            continue
         results.append(dict(engine=key[0], dtype=key[1], batch=key[2], **r))
     try:
         import llama_cpp  # noqa: F401
