@@ -135,7 +135,6 @@ def _measure(params, cfg, s: StepScalingSpec, hw, P: int, S: int, rng) -> dict:
 
     t = time_fn(one_step, warmup=s.warmup, repeats=s.repeats)
     pool_bytes = sum(x.size * x.dtype.itemsize for x in state["kv"].values())
-    del state
     return {"P": P, "pool_MB": pool_bytes / 1e6, "R": R, "S": S, "M": meta.page_table_RM.shape[1],
             "step_ms": t.median_s * 1e3, "step_min_ms": t.min_s * 1e3,
             "pred_ms": rl.decode_cost(cfg, R, S).time(hw) * 1e3,

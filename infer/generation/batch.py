@@ -36,7 +36,7 @@ import numpy as np
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
 from infer.kv.metadata import bucket
 from infer.kv.pool import DEFAULT_PAGE_SIZE
-from infer.model.rows import extend_rows, init_cache
+from infer.model.rows import capacity, extend_rows, init_cache
 from infer.sampling import is_stop, request_keys, sample
 
 
@@ -105,24 +105,32 @@ def pack_prompts(prompts: Sequence[Sequence[int]], B: int, T: int):
     return tokens, lengths, np.arange(B) < len(prompts)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "S", "page_size"))
-def _start(params, cfg, tokens_BT, lengths_B, samp, S, page_size):
-    B = tokens_BT.shape[0]
-    cache = init_cache(cfg, B, S, page_size=page_size)
+def prefill_and_sample(params, cfg, tokens_BT, lengths_B, samp, S, page_size=DEFAULT_PAGE_SIZE):
+    """A fresh row cache reserving S positions per row, the right-padded prompts prefilled, and each
+    request's first token sampled with the key of its position (unjitted: every generation loop's start)."""
+    cache = init_cache(cfg, tokens_BT.shape[0], S, page_size=page_size)
     logits_BV, cache = extend_rows(params, cfg, tokens_BT, lengths_B, cache)
-    first_B = sample(logits_BV, samp, request_keys(samp["seed"], lengths_B))
-    return first_B, cache
+    return sample(logits_BV, samp, request_keys(samp["seed"], lengths_B)), cache
+
+
+def init_outputs(first_B, active_B, samp, max_out):
+    """The loops' output state after the first token: out [B, max_out] (-1 = empty), count n [B], done [B]."""
+    out_BO = jnp.full((first_B.shape[0], max_out), -1, jnp.int32).at[:, 0].set(jnp.where(active_B, first_B, -1))
+    n_B = active_B.astype(jnp.int32)
+    done_B = ~active_B | is_stop(first_B, samp["stop_ids"]) | (n_B >= samp["max_new_tokens"])
+    return out_BO, n_B, done_B
+
+
+_start = jax.jit(prefill_and_sample, static_argnames=("cfg", "S", "page_size"))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_out"), donate_argnames=("cache",))
 def _decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
-    B = first_B.shape[0]
-    S = cache["page_table"].shape[1] * cache["kv"]["k"].shape[3]
-    rows_B = jnp.arange(B)
+    S = capacity(cache)
+    rows_B = jnp.arange(first_B.shape[0])
     max_new_B = samp["max_new_tokens"]
-    out_BO = jnp.full((B, max_out), -1, jnp.int32).at[:, 0].set(jnp.where(active_B, first_B, -1))
-    n_B = active_B.astype(jnp.int32)
-    done_B = ~active_B | is_stop(first_B, samp["stop_ids"]) | (n_B >= max_new_B) | (cache["lengths"] >= S)
+    out_BO, n_B, done_B = init_outputs(first_B, active_B, samp, max_out)
+    done_B = done_B | (cache["lengths"] >= S)
 
     def cond(state):
         step, _, _, _, _, done = state

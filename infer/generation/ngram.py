@@ -57,11 +57,11 @@ import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
 from infer.generation import speculative_accept as SP
-from infer.generation.speculative_emit import emit_round
-from infer.generation.batch import bucket_shapes, pack_prompts, validate_prompts
-from infer.generation.speculative import SpeculativeResult
-from infer.model.rows import capacity, extend_rows, init_cache
-from infer.sampling import ACCEPT, is_stop, probs, request_keys, sample
+from infer.generation.batch import bucket_shapes, init_outputs, pack_prompts, prefill_and_sample
+from infer.generation.speculative_round import (SpeculativeResult, record_round, speculative_result, validate_round,
+                                                verify_probs)
+from infer.model.rows import capacity
+from infer.sampling import ACCEPT, request_keys
 
 
 def ngram_proposals(ctx_BS, len_B, k: int, min_ngram: int = 1, max_ngram: int = 3):
@@ -99,9 +99,7 @@ def ngram_proposals(ctx_BS, len_B, k: int, min_ngram: int = 1, max_ngram: int = 
 @functools.partial(jax.jit, static_argnames=("cfg", "S"))
 def _ngram_start(params, cfg, tokens_BT, lengths_B, samp, S):
     B, T = tokens_BT.shape
-    cache = init_cache(cfg, B, S)
-    logits_BV, cache = extend_rows(params, cfg, tokens_BT, lengths_B, cache)
-    first_B = sample(logits_BV, samp, request_keys(samp["seed"], lengths_B))  # the key generate uses
+    first_B, cache = prefill_and_sample(params, cfg, tokens_BT, lengths_B, samp, S)  # as generate does
     ctx_BS = jnp.zeros((B, S), jnp.int32).at[:, :T].set(tokens_BT).at[jnp.arange(B), lengths_B].set(first_B)
     return first_B, cache, ctx_BS
 
@@ -114,13 +112,8 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
     V = cfg.vocab_size
     rows_B = jnp.arange(B)
     idx_K1 = jnp.arange(k + 1, dtype=jnp.int32)
-    samp_rep = {name: jnp.repeat(v, k + 1, axis=0) for name, v in samp.items()}  # row-major [B*(k+1)]
-    max_new = samp["max_new_tokens"]
     accept_B = jax.vmap(accept_rule)
-
-    out_BO = jnp.full((B, max_out), -1, jnp.int32).at[:, 0].set(jnp.where(active_B, first_B, -1))
-    n_B = active_B.astype(jnp.int32)
-    done_B = ~active_B | is_stop(first_B, samp["stop_ids"]) | (n_B >= max_new)
+    out_BO, n_B, done_B = init_outputs(first_B, active_B, samp, max_out)
 
     def cond(state):
         r, done = state[0], state[5]
@@ -136,27 +129,21 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
         drafts_BK, _ = ngram_proposals(ctx, clen_B + 1, k, min_ngram, max_ngram)
 
         # b. Target: one pass over k+1 positions.
-        verify_BK1 = jnp.concatenate([last_B[:, None], drafts_BK], axis=1)
-        logits_BK1V, c = extend_rows(params, cfg, verify_BK1, live_i * (k + 1), c, logits="all")
-        q_BK1V = probs(logits_BK1V.reshape(B * (k + 1), V), samp_rep).reshape(B, k + 1, V)
+        q_BK1V, c = verify_probs(params, cfg, last_B, drafts_BK, live_B, c, samp)
 
         # c. Accept per row; the proposals' distribution is one-hot.
         p_BKV = jax.nn.one_hot(drafts_BK, V, dtype=jnp.float32)
         j_B, y_B = accept_B(drafts_BK, p_BKV, q_BK1V, request_keys(samp["seed"], clen_B, ACCEPT))
 
-        # d. Emitted tokens x_0..x_{j-1}, y; truncate at the first stop token and at max_new.
-        e_BK1, write_BK1, c_B, stopped_B = emit_round(drafts_BK, j_B, y_B, live_B, n, max_new, samp["stop_ids"])
-        out = out.at[rows_B[:, None], jnp.where(write_BK1, n[:, None] + idx_K1[None, :], max_out)].set(
-            e_BK1, mode="drop")
+        # d. Emitted tokens x_0..x_{j-1}, y (truncated at the first stop token and at max_new), also into the history.
+        out, n, hist, e_BK1, write_BK1, stopped_B = record_round(out, n, hist, drafts_BK, j_B, y_B, live_B, samp)
         ctx = ctx.at[rows_B[:, None], jnp.where(write_BK1, clen_B[:, None] + 1 + idx_K1[None, :], S_ctx)].set(
             e_BK1, mode="drop")
-        n = n + c_B
 
         # Roll back by moving lengths: the cache keeps [last, x_0..x_{j-1}].
         c["lengths"] = clen_B + live_i * (j_B + 1)
         last_B = jnp.where(live_B, y_B, last_B)
-        hist = hist + jnp.sum(jax.nn.one_hot(j_B, k + 1, dtype=jnp.int32) * live_i[:, None], axis=0)
-        done = done | stopped_B | (n >= max_new) | (c["lengths"] + k + 1 > S)
+        done = done | stopped_B | (n >= samp["max_new_tokens"]) | (c["lengths"] + k + 1 > S)
         return r + 1, last_B, c, ctx, out, done, n, hist
 
     state = (jnp.int32(0), first_B, cache, ctx_BS, out_BO, done_B, n_B, jnp.zeros((k + 1,), jnp.int32))
@@ -166,17 +153,10 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
 
 def _validate(cfg: ModelConfig, prompts, max_new, k, min_ngram, max_ngram) -> None:
     is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-    if not (is_int(k) and k >= 1):
-        raise ValueError(f"k: number of proposed tokens per round must be an int >= 1, got {k!r}")
     if not (is_int(min_ngram) and is_int(max_ngram) and 1 <= min_ngram <= max_ngram):
         raise ValueError(f"min_ngram, max_ngram: need ints with 1 <= min_ngram <= max_ngram, "
                          f"got {min_ngram!r}, {max_ngram!r}")
-    validate_prompts(cfg, prompts, max_new)
-    for i, p in enumerate(prompts):
-        if len(p) + max_new[i] + k > cfg.max_seq_len:
-            raise ValueError(f"prompts[{i}]: prompt length {len(p)} + max_new_tokens {max_new[i]} + k {k} "
-                             f"(verify positions) exceeds max_seq_len={cfg.max_seq_len} of {cfg.name or 'the model'}; "
-                             f"shorten the prompt, max_new_tokens or k")
+    validate_round(cfg, prompts, max_new, k)
 
 
 def ngram_speculative_generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
@@ -207,9 +187,4 @@ def ngram_speculative_generate(params, cfg: ModelConfig, prompts: Sequence[Seque
     out, n, rounds, hist, _ = _ngram_loop(params, cfg, first, cache, ctx, jnp.asarray(active), samp, k, max_out,
                                              min_ngram, max_ngram, accept_rule or SP.accept)
     out = np.asarray(out)
-    t2 = time.perf_counter()
-    n = np.asarray(n)[:n_real]
-    toks = [out[i, :n[i]].tolist() for i in range(n_real)]
-    return SpeculativeResult(tokens=toks, ttft_s=t1 - t0, decode_s=t2 - t1, decode_steps=int(max(n.max() - 1, 0)),
-                             num_generated=int(n.sum()), k=k, rounds=int(rounds),
-                             accept_hist=np.asarray(hist).tolist(), verify_tokens=int(n.sum() - n_real))
+    return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())

@@ -42,10 +42,9 @@ Metrics (`SpeculativeResult`), counted over rows that took part in a round
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -53,51 +52,11 @@ import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
 from infer.generation import speculative_accept as SP
-from infer.generation.speculative_emit import emit_round
-from infer.generation.batch import GenerateResult, bucket_shapes, pack_prompts, validate_prompts
+from infer.generation.batch import bucket_shapes, init_outputs, pack_prompts, prefill_and_sample
+from infer.generation.speculative_round import (SpeculativeResult, record_round, speculative_result, validate_round,
+                                                verify_probs)
 from infer.model.rows import capacity, extend_rows, init_cache
-from infer.sampling import ACCEPT, DRAFT, filter_logits, is_stop, probs, request_keys, sample
-
-
-@dataclasses.dataclass
-class SpeculativeResult(GenerateResult):
-    """GenerateResult plus the acceptance statistics defined in the module docstring."""
-
-    k: int = 0
-    rounds: int = 0  # iterations of the device loop (verify passes over the whole batch)
-    accept_hist: List[int] = dataclasses.field(default_factory=list)  # [k+1] row-rounds by drafts accepted
-    verify_tokens: int = 0  # tokens emitted by verify passes (num_generated minus each row's first token)
-
-    @property
-    def target_passes(self) -> int:
-        return int(sum(self.accept_hist))
-
-    @property
-    def acceptance_rate_by_position(self) -> List[float]:
-        h, tot = np.asarray(self.accept_hist, np.float64), max(1, self.target_passes)
-        return [float(h[i + 1:].sum() / tot) for i in range(self.k)]
-
-    @property
-    def conditional_acceptance_by_position(self) -> List[float]:
-        h = np.asarray(self.accept_hist, np.float64)
-        return [float(h[i + 1:].sum() / h[i:].sum()) if h[i:].sum() else float("nan") for i in range(self.k)]
-
-    @property
-    def mean_accepted(self) -> float:
-        h = np.asarray(self.accept_hist, np.float64)
-        return float((h * np.arange(len(h))).sum() / h.sum()) if h.sum() else float("nan")
-
-    @property
-    def tokens_per_target_pass(self) -> float:
-        return self.verify_tokens / self.target_passes if self.target_passes else float("nan")
-
-    def metrics(self) -> dict:
-        m = super().metrics()
-        m.update(k=self.k, rounds=self.rounds, target_passes=self.target_passes, accept_hist=list(self.accept_hist),
-                 mean_accepted=self.mean_accepted, tokens_per_target_pass=self.tokens_per_target_pass,
-                 acceptance_rate_by_position=self.acceptance_rate_by_position,
-                 conditional_acceptance_by_position=self.conditional_acceptance_by_position)
-        return m
+from infer.sampling import ACCEPT, DRAFT, filter_logits, request_keys
 
 
 def truncated_draft(params, cfg: ModelConfig, n_layers: int):
@@ -122,11 +81,8 @@ def _draw(logits_BV, samp, keys_B):
 
 @functools.partial(jax.jit, static_argnames=("tcfg", "dcfg", "S"))
 def _spec_start(tparams, tcfg, dparams, dcfg, tokens_BT, lengths_B, samp, S):
-    B = tokens_BT.shape[0]
-    tcache = init_cache(tcfg, B, S)
-    logits_BV, tcache = extend_rows(tparams, tcfg, tokens_BT, lengths_B, tcache)
-    first_B = sample(logits_BV, samp, request_keys(samp["seed"], lengths_B))  # the key generate uses
-    dcache = init_cache(dcfg, B, S)
+    first_B, tcache = prefill_and_sample(tparams, tcfg, tokens_BT, lengths_B, samp, S)  # as generate does
+    dcache = init_cache(dcfg, tokens_BT.shape[0], S)
     _, dcache = extend_rows(dparams, dcfg, tokens_BT, lengths_B, dcache)
     return first_B, tcache, dcache
 
@@ -136,16 +92,8 @@ def _spec_start(tparams, tcfg, dparams, dcfg, tokens_BT, lengths_B, samp, S):
 def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, samp, k, max_out, accept_rule):
     B = first_B.shape[0]
     S = capacity(tcache)
-    V = tcfg.vocab_size
-    rows_B = jnp.arange(B)
-    idx_K1 = jnp.arange(k + 1, dtype=jnp.int32)
-    samp_rep = {name: jnp.repeat(v, k + 1, axis=0) for name, v in samp.items()}  # row-major [B*(k+1)]
-    max_new = samp["max_new_tokens"]
     accept_B = jax.vmap(accept_rule)
-
-    out_BO = jnp.full((B, max_out), -1, jnp.int32).at[:, 0].set(jnp.where(active_B, first_B, -1))
-    n_B = active_B.astype(jnp.int32)
-    done_B = ~active_B | is_stop(first_B, samp["stop_ids"]) | (n_B >= max_new)
+    out_BO, n_B, done_B = init_outputs(first_B, active_B, samp, max_out)
     false_B = jnp.zeros((B,), jnp.bool_)
 
     def cond(state):
@@ -178,18 +126,13 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
         p_BKV = jnp.stack(ps, axis=1)
 
         # b. Target: one pass over k+1 positions.
-        verify_BK1 = jnp.concatenate([last_B[:, None], drafts_BK], axis=1)
-        tlogits_BK1V, tc = extend_rows(tparams, tcfg, verify_BK1, live_i * (k + 1), tc, logits="all")
-        q_BK1V = probs(tlogits_BK1V.reshape(B * (k + 1), V), samp_rep).reshape(B, k + 1, V)
+        q_BK1V, tc = verify_probs(tparams, tcfg, last_B, drafts_BK, live_B, tc, samp)
 
         # c. Accept per row.
         j_B, y_B = accept_B(drafts_BK, p_BKV, q_BK1V, request_keys(samp["seed"], tlen_B, ACCEPT))
 
-        # d. Emitted tokens x_0..x_{j-1}, y; truncate at the first stop token and at max_new.
-        e_BK1, write_BK1, c_B, stopped_B = emit_round(drafts_BK, j_B, y_B, live_B, n, max_new, samp["stop_ids"])
-        out = out.at[rows_B[:, None], jnp.where(write_BK1, n[:, None] + idx_K1[None, :], max_out)].set(
-            e_BK1, mode="drop")
-        n = n + c_B
+        # d. Emitted tokens x_0..x_{j-1}, y; truncated at the first stop token and at max_new.
+        out, n, hist, _, _, stopped_B = record_round(out, n, hist, drafts_BK, j_B, y_B, live_B, samp)
 
         # Roll back by moving lengths: target keeps [last, x_0..x_{j-1}], draft keeps up to x_{min(j,k-1)-1}.
         tc["lengths"] = tlen_B + live_i * (j_B + 1)
@@ -197,8 +140,7 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
         lag_B = jnp.where(live_B, j_B == k, lag_B)
         lagtok_B = jnp.where(live_B, drafts_BK[:, k - 1], lagtok_B)
         last_B = jnp.where(live_B, y_B, last_B)
-        hist = hist + jnp.sum(jax.nn.one_hot(j_B, k + 1, dtype=jnp.int32) * live_i[:, None], axis=0)
-        done = (done | stopped_B | (n >= max_new)
+        done = (done | stopped_B | (n >= samp["max_new_tokens"])
                 | (tc["lengths"] + k + 1 > S) | (dc["lengths"] + k + 1 > S))
         return r + 1, last_B, lag_B, lagtok_B, tc, dc, out, done, n, hist
 
@@ -208,13 +150,12 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
     return out_BO, n_B, r, hist, tcache, dcache
 
 
-def validate_pair(target_cfg: ModelConfig, draft_cfg: ModelConfig, k) -> None:
+def validate_pair(target_cfg: ModelConfig, draft_cfg: ModelConfig) -> None:
+    """The draft must share the target's vocabulary."""
     if draft_cfg.vocab_size != target_cfg.vocab_size:
         raise ValueError(f"draft_cfg.vocab_size: the draft's vocabulary ({draft_cfg.vocab_size}) must equal the "
                          f"target's ({target_cfg.vocab_size}); speculative sampling compares their distributions "
                          f"token by token")
-    if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
-        raise ValueError(f"k: number of draft tokens per round must be an int >= 1, got {k!r}")
 
 
 def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, draft_cfg: ModelConfig,
@@ -229,17 +170,12 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
     `infer.generation.speculative_accept.accept`); tests substitute a broken one to show
     the statistical test catches it.
     """
-    validate_pair(target_cfg, draft_cfg, k)
-    k = int(k)
+    validate_pair(target_cfg, draft_cfg)
     per = as_per_request(sampling, len(prompts))
     max_new = [p.max_new_tokens for p in per]
     for cfg in (target_cfg, draft_cfg):
-        validate_prompts(cfg, prompts, max_new)
-        for i, p in enumerate(prompts):
-            if len(p) + max_new[i] + k > cfg.max_seq_len:
-                raise ValueError(f"prompts[{i}]: prompt length {len(p)} + max_new_tokens {max_new[i]} "
-                                 f"+ k {k} (verify positions) exceeds max_seq_len={cfg.max_seq_len} of "
-                                 f"{cfg.name or 'a model'}; shorten the prompt, max_new_tokens or k")
+        validate_round(cfg, prompts, max_new, k, proposals="draft tokens")
+    k = int(k)
     cap = min(target_cfg.max_seq_len, draft_cfg.max_seq_len)
     n_real = len(prompts)
     B, T, max_out, S = bucket_shapes(n_real, max(len(p) for p in prompts), max(max_new), cap, extra=k)
@@ -255,9 +191,4 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
         target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(active), samp, k,
         max_out, accept_rule or SP.accept)
     out = np.asarray(out)
-    t2 = time.perf_counter()
-    n = np.asarray(n)[:n_real]
-    toks = [out[i, :n[i]].tolist() for i in range(n_real)]
-    return SpeculativeResult(tokens=toks, ttft_s=t1 - t0, decode_s=t2 - t1, decode_steps=int(max(n.max() - 1, 0)),
-                             num_generated=int(n.sum()), k=k, rounds=int(rounds),
-                             accept_hist=np.asarray(hist).tolist(), verify_tokens=int(n.sum() - n_real))
+    return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())

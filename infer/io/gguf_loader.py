@@ -29,12 +29,10 @@ Q4_0, Q4_1. Anything else is a `GGUFError` naming the metadata key or tensor.
 import os
 from typing import Dict, Optional, Tuple
 
-import jax
 import numpy as np
 
 from infer.config.model_config import DTYPES, ConfigError, ModelConfig, RopeScaling
-from infer.io.hf_loader import CheckpointError, param_plan, set_path
-from infer.model.params import init_params
+from infer.io.hf_loader import CheckpointError, fill_params, param_plan
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
@@ -179,9 +177,6 @@ def load_gguf(path: str, dtype: Optional[str] = None, device=None) -> Tuple[Mode
     cfg = gguf_to_model_config(reader, dtype=dtype)
     tensors: Dict[str, object] = {t.name: t for t in reader.tensors}
     plan = param_plan(cfg)
-    expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-    flat = {tuple(k.key for k in kp): v for kp, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    assert set(flat) == set(plan), f"internal: loader plan {sorted(plan)} != model tree {sorted(flat)}"
 
     wanted = {gguf_name(hf): shape for srcs in plan.values() for hf, shape, *_ in srcs}
     missing = sorted(set(wanted) - set(tensors))
@@ -203,23 +198,12 @@ def load_gguf(path: str, dtype: Optional[str] = None, device=None) -> Tuple[Mode
                             f"metadata implies {list(shape)}")
 
     heads = {"attn_q.weight": cfg.n_heads, "attn_k.weight": cfg.n_kv_heads}
-    device = device or jax.devices()[0]
-    params: dict = {}
-    for leaf, srcs in plan.items():
-        target = flat[leaf]
-        host = np.empty(target.shape, target.dtype)
-        for hf, _, fn, i in srcs:
-            name = gguf_name(hf)
-            w = _dequantize(tensors[name])
-            n = heads.get(name.split(".", 2)[-1])
-            if n is not None:
-                w = unpermute_rotary(w, n)
-            w = fn(w).astype(target.dtype)
-            if i is None:
-                host[...] = w
-            else:
-                host[i] = w
-            del w
-        set_path(params, leaf, jax.device_put(host, device))
-        del host
-    return cfg, params
+
+    def read(hf: str):
+        """The HF-layout weight of an HF tensor name: dequantized, q/k rows un-permuted."""
+        name = gguf_name(hf)
+        w = _dequantize(tensors[name])
+        n = heads.get(name.split(".", 2)[-1])
+        return w if n is None else unpermute_rotary(w, n)
+
+    return cfg, fill_params(cfg, plan, read, device)

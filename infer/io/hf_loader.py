@@ -112,11 +112,39 @@ def param_plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple,
     return plan
 
 
-def set_path(tree: dict, path: Tuple[str, ...], value) -> None:
+def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
     """tree[path[0]][path[1]]... = value, creating the inner dicts."""
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
+
+
+def fill_params(cfg: ModelConfig, plan: dict, read, device=None) -> dict:
+    """The parameter tree of `cfg`, each leaf filled from its plan's sources: read(source name) -> numpy array.
+
+    One stacked leaf at a time is assembled on the host in the target dtype and put on `device`,
+    so peak host memory stays near one leaf beyond the source. The model's own parameter tree is
+    the authority on leaf paths, shapes and dtypes. Shared by every checkpoint format whose plan
+    names its tensors (Hugging Face safetensors, GGUF).
+    """
+    expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+    flat = {tuple(k.key for k in kp): v for kp, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    assert set(flat) == set(plan), f"internal: loader plan {sorted(plan)} != model tree {sorted(flat)}"
+    device = device or jax.devices()[0]
+    params: dict = {}
+    for leaf, srcs in plan.items():
+        target = flat[leaf]
+        host = np.empty(target.shape, target.dtype)
+        for name, _, fn, i in srcs:
+            w = fn(read(name)).astype(target.dtype)
+            if i is None:
+                host[...] = w
+            else:
+                host[i] = w
+            del w
+        _set_path(params, leaf, jax.device_put(host, device))
+        del host
+    return params
 
 
 def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> Tuple[ModelConfig, dict]:
@@ -130,11 +158,6 @@ def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> T
     cfg = hf_to_model_config(read_config_json(path), dtype=dtype, name=os.path.basename(os.path.normpath(path)))
     files = _open_files(path)
     plan = param_plan(cfg)
-
-    # The model's own parameter tree is the authority on leaf paths, shapes and dtypes.
-    expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-    flat = {tuple(k.key for k in kp): v for kp, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    assert set(flat) == set(plan), f"internal: loader plan {sorted(plan)} != model tree {sorted(flat)}"
 
     wanted = {name for srcs in plan.values() for name, *_ in srcs}
     missing = sorted(wanted - set(files))
@@ -154,18 +177,4 @@ def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> T
                 raise CheckpointError(f"tensor {name!r}: shape mismatch: checkpoint has {list(got)}, "
                                       f"config.json implies {list(hf_shape)}")
 
-    device = device or jax.devices()[0]
-    params: dict = {}
-    for leaf, srcs in plan.items():
-        target = flat[leaf]
-        host = np.empty(target.shape, target.dtype)
-        for name, _, fn, i in srcs:
-            w = fn(files[name].read(name)).astype(target.dtype)
-            if i is None:
-                host[...] = w
-            else:
-                host[i] = w
-            del w
-        set_path(params, leaf, jax.device_put(host, device))
-        del host
-    return cfg, params
+    return cfg, fill_params(cfg, plan, lambda name: files[name].read(name), device)

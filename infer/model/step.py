@@ -9,7 +9,6 @@ decode, verify, the on-device generation loops -- is this step with different
 metadata. `step` is jitted with the pools donated (XLA updates them in place);
 `run_step` is the same function unjitted, for use inside other jitted programs.
 """
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from infer.model.forward import forward
 from infer.train.config import DistillConfig, TrainConfig, load_run_config
 from infer.train.shipped import load_model
-from infer.train.train import make_optimizer, train_loop
+from infer.train.train import make_optimizer, make_train_step, open_run, train_loop
 
 
 def distill_loss(params, cfg, teacher_params, teacher_cfg, windows_BT1, dc):
@@ -84,22 +84,10 @@ def distill_prebuilt(params, cfg, frozen, train_arrays: dict, val_arrays: dict, 
     """
     tx = make_optimizer(tc)
     opt_state = tx.init(params)
-    mngr = ocp.CheckpointManager(os.path.abspath(tc.run_dir),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    start = 0
-    if mngr.latest_step() is not None:
-        start = mngr.latest_step()
-        state = mngr.restore(start, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
-        params, opt_state = state["params"], state["opt_state"]
-        print(f"resumed from {tc.run_dir} at step {start}", flush=True)
+    mngr, start, params, opt_state = open_run(tc.run_dir, params, opt_state)
     loss_fn = lambda p, b: topk_distill_loss(p, cfg, frozen, b, dc)
 
-    @jax.jit
-    def step_fn(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
-
+    step_fn = make_train_step(tx, loss_fn)
     eval_fn = jax.jit(loss_fn)
 
     def val_loss(params):

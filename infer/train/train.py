@@ -44,6 +44,29 @@ def make_optimizer(tc) -> optax.GradientTransformation:
 _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 
+def open_run(run_dir: str, params, opt_state):
+    """(CheckpointManager, start step, params, opt_state): resumed from run_dir's latest checkpoint if any."""
+    mngr = ocp.CheckpointManager(os.path.abspath(run_dir),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    start = 0
+    if mngr.latest_step() is not None:
+        start = mngr.latest_step()
+        state = mngr.restore(start, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
+        params, opt_state = state["params"], state["opt_state"]
+        print(f"resumed from {run_dir} at step {start}", flush=True)
+    return mngr, start, params, opt_state
+
+
+def make_train_step(tx, loss_fn):
+    """jitted (params, opt_state, *batch) -> (params, opt_state, loss, grad norm) for loss_fn(params, *batch)."""
+    @jax.jit
+    def step_fn(params, opt_state, *batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, _global_norm(grads)
+    return step_fn
+
+
 def lm_loss(params, cfg, windows_BT1):
     """Mean next-token cross-entropy (nats) of windows [B, T+1]."""
     logits_BTV = forward(params, cfg, windows_BT1[:, :-1])
@@ -79,22 +102,11 @@ def train_loop(rc: RunConfig, loss_fn: Callable, extra=None, init=None) -> dict:
     tx = make_optimizer(tc)
     params = init if init is not None else init_params(cfg, jax.random.PRNGKey(tc.seed))
     opt_state = tx.init(params)
-    mngr = ocp.CheckpointManager(os.path.abspath(tc.run_dir),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    start = 0
-    if mngr.latest_step() is not None:
-        start = mngr.latest_step()
-        state = mngr.restore(start, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
-        params, opt_state = state["params"], state["opt_state"]
-        print(f"resumed from {tc.run_dir} at step {start}", flush=True)
+    mngr, start, params, opt_state = open_run(tc.run_dir, params, opt_state)
     print(f"{rc.name}: {count_params(params) / 1e6:.2f}M params, {len(train_ids) / 1e6:.2f}M train tokens, "
           f"{len(val_ids) / 1e6:.3f}M val tokens; {tc.steps} steps of {tc.batch_size}x{tc.seq_len}", flush=True)
 
-    @jax.jit
-    def step_fn(params, opt_state, windows, extra):
-        loss, grads = jax.value_and_grad(loss_fn)(params, windows, extra)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, _global_norm(grads)
+    step_fn = make_train_step(tx, loss_fn)
 
     log_path = os.path.join(tc.run_dir, "log.jsonl")
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, mininterval=5, desc=rc.name)
