@@ -25,6 +25,7 @@ Other tokenizer models (SentencePiece "llama", "t5", ...) are refused by name.
 import dataclasses
 from typing import Optional, Tuple
 
+from infer.io.byte_alphabet import byte_to_unicode
 from infer.io.chat_template import ChatTemplate, gguf_chat_template
 from infer.io.gguf_loader import GGUFError, metadata_value, open_gguf
 
@@ -42,19 +43,6 @@ PRE_TOKENIZER_SPLITS = {
 }
 
 
-def _bytes_to_unicode() -> dict:
-    """GPT-2's reversible byte -> printable character table (the alphabet byte-level BPE tokens are spelled in)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def build_gguf_tokenizer(reader):
     """A `tokenizers.Tokenizer` from an open GGUF reader's tokenizer metadata (see the module docstring)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
@@ -68,7 +56,7 @@ def build_gguf_tokenizer(reader):
     tokens = metadata_value(reader, "tokenizer.ggml.tokens")
     types = metadata_value(reader, "tokenizer.ggml.token_type", [])
     merges = [tuple(m.split(" ")) for m in metadata_value(reader, "tokenizer.ggml.merges")]
-    spelling = _bytes_to_unicode()
+    spelling = byte_to_unicode()
     alphabet = set(spelling.values())
     vocab = {}
     for i, t in enumerate(tokens):

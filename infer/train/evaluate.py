@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from infer.io.byte_alphabet import byte_to_unicode
 from infer.train import corpus, data
 from infer.train.shipped import MODELS_DIR, TOKENIZER_PATH, load_model, load_tokenizer, report_json
 from infer.train.train import eval_loss
@@ -29,21 +30,9 @@ VAL_SLICE_PATH = os.path.join(MODELS_DIR, "val_slice.txt")
 SEQ_LEN = 256
 
 
-def _bytes_to_unicode():
-    """GPT-2's byte <-> printable-unicode table used by the ByteLevel pre-tokenizer."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def token_byte_lengths(tok) -> np.ndarray:
     """[V] number of UTF-8 bytes each token stands for (0 for special tokens)."""
-    inv = {c: b for b, c in _bytes_to_unicode().items()}
+    inv = {c: b for b, c in byte_to_unicode().items()}
     specials = {t.content for t in tok.get_added_tokens_decoder().values()}
     V = tok.get_vocab_size()
     out = np.zeros(V, np.int64)
