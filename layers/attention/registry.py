@@ -1,18 +1,18 @@
 """The attention-implementation registry: names (as in ModelConfig.attention_impl) -> implementations.
 
-Built in: "reference" (pure JAX, layers/attention/impls.py) and "pallas" (the
-Pallas kernels). "auto", the default, resolves when the step is traced: the
-Pallas kernels on GPU and TPU, the reference on CPU. A new implementation is
-added with `register(name, fn)`; ModelConfig accepts any registered name.
+Built in: "reference" (pure JAX) and "pallas" (the Pallas kernels), both in
+layers/attention/impls.py and imported on first use, so validating a config
+(which asks for `names()`) never loads the kernels. "auto", the default,
+resolves when the step is traced: the Pallas kernels on GPU and TPU, the
+reference on CPU. A new implementation is added with `register(name, fn)`;
+ModelConfig accepts any registered name.
 """
+import importlib
 from typing import Callable, Dict, Tuple
 
-import jax
-
-from layers.attention import impls
-
 AUTO = "auto"
-_IMPLS: Dict[str, Callable] = {"reference": impls.reference, "pallas": impls.pallas}
+_BUILTIN = {"reference": "reference", "pallas": "pallas"}  # name -> function in layers.attention.impls
+_IMPLS: Dict[str, Callable] = {}
 
 
 def register(name: str, fn: Callable) -> None:
@@ -24,18 +24,23 @@ def register(name: str, fn: Callable) -> None:
 
 def names() -> Tuple[str, ...]:
     """Every name ModelConfig.attention_impl accepts."""
-    return (AUTO,) + tuple(sorted(_IMPLS))
+    return (AUTO,) + tuple(sorted(set(_BUILTIN) | set(_IMPLS)))
 
 
 def resolve(name: str, platform: str = None) -> str:
     """The registered name that runs for `name` on `platform` (default: JAX's default backend)."""
     if name == AUTO:
-        platform = platform or jax.default_backend()
+        if platform is None:
+            import jax
+            platform = jax.default_backend()
         return "pallas" if platform in ("gpu", "cuda", "rocm", "tpu") else "reference"
-    if name not in _IMPLS:
+    if name not in _IMPLS and name not in _BUILTIN:
         raise ValueError(f"attention_impl: unknown implementation {name!r}; registered: {names()}")
     return name
 
 
 def get(name: str) -> Callable:
-    return _IMPLS[resolve(name)]
+    name = resolve(name)
+    if name not in _IMPLS:
+        _IMPLS[name] = getattr(importlib.import_module("layers.attention.impls"), _BUILTIN[name])
+    return _IMPLS[name]
