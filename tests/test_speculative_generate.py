@@ -1,4 +1,4 @@
-"""speculative_generate end to end (infer/speculative_generate.py).
+"""speculative_generate end to end (infer/generation/speculative.py).
 
 - Cache mechanics: per-row verify windows and rollback by moving lengths equal the uncached forward.
 - Greedy speculative == greedy plain, token for token, for a mixed-length batch with stop tokens.

@@ -30,7 +30,7 @@ Rows: one `plain` row (infer.generation.batch on the target) and one row per k.
 - accept_rate = mean accepted drafts per target pass / k; mean_accepted (0..k);
   tok_per_pass = tokens emitted per target verify pass per row (mean_accepted + 1 unless a
   stop or max_new_tokens cut the round short); accept_by_pos = P(draft i accepted), i = 0..k-1
-  (definitions: infer/speculative_generate.py).
+  (definitions: infer/generation/speculative.py).
 - greedy_match: at temperature 0, whether the speculative tokens equal plain generate's
   (a correctness check on every run; in float32 they must. In bf16 the k+1-token verify pass and
   the 1-token decode step round differently, so a near-tie argmax can legitimately flip and

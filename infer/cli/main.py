@@ -34,7 +34,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
-    # Speculative sampling (infer/speculative_generate.py), random weights only.
+    # Speculative sampling (infer/generation/speculative.py), random weights only.
     d = p.add_mutually_exclusive_group()
     d.add_argument("--draft-config", default=None, help="speculative: draft model config (random weights, same vocab)")
     d.add_argument("--draft-layers", type=int, default=None, help="speculative: draft = the target's first N layers")

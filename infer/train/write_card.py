@@ -76,7 +76,7 @@ def main():
     card = f"""# Shipped models: a code-completion target and its distilled draft
 
 Two Llama-style GQA decoders trained from scratch in this repository on CPU, for
-the main command (`make demo` = `python -m infer.cli.demo`) and speculative decoding.
+the training example's demo (`make demo-trained` = `python -m infer.train.demo`) and speculative decoding.
 Loaded with `infer.train.shipped.load_model("models/target")` (= `infer.io.checkpoint.load_model_dir(path, dtype="float32")`,
 returns `(ModelConfig, params)`); tokenizer `models/tokenizer.json`.
 
@@ -135,7 +135,7 @@ CPU timings are from a 2-core machine shared with other jobs (timings vary with 
 side-by-side runs are the meaningful part). On CPU at these sizes a step is largely overhead-bound, so a
 draft step costs a good fraction of a target step and the gain from speculation is small or negative; it
 pays off where a target step is memory-bound and much more expensive than a draft step (GPU, larger target).
-Acceptance depends on the text: on the demo's hand-written prompts (`python -m infer.cli.demo`) it differs from that
+Acceptance depends on the text: on the demo's hand-written prompts (`python -m infer.train.demo`) it differs from that
 on these validation windows (83% at batch 1, 55% at batch 4 in one run).
 
 ## Reproduce
