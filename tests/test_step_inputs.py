@@ -59,3 +59,23 @@ def test_step_donates_the_pools(model):
     old = kv["k"]
     _, kv = infer.step(params, cfg, tokens, meta, kv)
     assert old.is_deleted()
+
+
+def test_metadata_that_does_not_fit_the_pools_or_tokens_is_refused(model):
+    cfg, params = model
+    kv = init_pools(cfg, P, Z)
+    tokens, meta = build_metadata([SequenceStep(tokens=[1, 2, 3], pages=[0])], page_size=2 * Z, num_pages=P)
+    with pytest.raises(MetadataError, match=f"built for pages of {2 * Z} tokens, the pools hold pages of {Z}"):
+        infer.step(params, cfg, tokens, meta, kv)
+    tokens, meta = _ok_step(cfg)
+    with pytest.raises(MetadataError, match="tokens_T: 5 tokens, but the metadata describes 8"):
+        infer.step(params, cfg, tokens[:5], meta, kv)
+    assert not kv["k"].is_deleted()
+
+
+def test_pool_dtype_and_sampling_list_errors_name_the_problem(model):
+    cfg, params = model
+    with pytest.raises(ValueError, match="dtype: page pools hold one of .* got 'int4'"):
+        init_pools(cfg, P, Z, dtype="int4")
+    with pytest.raises(ValueError, match=r"sampling\[0\]: expected a SamplingParams, got dict"):
+        infer.generate(params, cfg, [[1]], [{"temperature": 0}])

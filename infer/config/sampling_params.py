@@ -76,7 +76,10 @@ def as_per_request(sampling: Union[SamplingParams, Sequence[SamplingParams]], n:
     if isinstance(sampling, SamplingParams):
         return (sampling,) * n
     sampling = tuple(sampling)
-    if len(sampling) != n or not all(isinstance(p, SamplingParams) for p in sampling):
+    bad = [i for i, p in enumerate(sampling) if not isinstance(p, SamplingParams)]
+    if bad:
+        raise ValueError(f"sampling[{bad[0]}]: expected a SamplingParams, got {type(sampling[bad[0]]).__name__}")
+    if len(sampling) != n:
         raise ValueError(f"sampling: expected one SamplingParams or a sequence of {n} (one per prompt), "
                          f"got {len(sampling)} items")
     return sampling

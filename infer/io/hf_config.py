@@ -48,7 +48,7 @@ def read_config_json(path: str) -> dict:
     """The parsed config.json of a checkpoint directory."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a checkpoint directory")
+        raise FileNotFoundError(f"{path}: not a checkpoint directory, .gguf file or known model name")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: missing (a Hugging Face checkpoint needs config.json)")
     with open(cfg_path) as f:

@@ -14,6 +14,7 @@ requests reuses the compiled step):
     page_table_RM      the pages of sequence r in order (entries past its pages: 0)
     logits_indices_O   the rows whose logits the step returns, in order
     max_q_len          (static) bound on query_len_R, bucketed: sizes the kernels' query grid
+    page_size          (static) the Z the slots and page tables were computed with (None: not recorded)
 
 Two builders: `build_metadata` on the host (numpy, validated, any mix of
 sequences; the engine's path) and `rows_metadata` on the device (jnp, a static
@@ -40,6 +41,7 @@ class AttentionMetadata:
     page_table_RM: jnp.ndarray
     logits_indices_O: jnp.ndarray
     max_q_len: int = flax.struct.field(pytree_node=False, default=1)
+    page_size: Optional[int] = flax.struct.field(pytree_node=False, default=None)
 
 
 class MetadataError(ValueError):
@@ -127,7 +129,7 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
     logits[:len(logits_idx)] = logits_idx
     meta = AttentionMetadata(positions_T=positions, slot_T=slots, query_start_R=q_start, query_len_R=q_len,
                              kv_len_R=kv_len, page_table_RM=table, logits_indices_O=logits,
-                             max_q_len=Q)
+                             max_q_len=Q, page_size=Z)
     return tokens, meta
 
 
@@ -163,4 +165,4 @@ def rows_metadata(page_table_BM, lengths_B, n_new_B, tokens_per_row: int, page_s
     return AttentionMetadata(positions_T=pos_BT.reshape(-1), slot_T=slot_BT.reshape(-1), query_start_R=start_B,
                              query_len_R=n_new_B, kv_len_R=lengths_B + n_new_B,
                              page_table_RM=page_table_BM.astype(jnp.int32), logits_indices_O=logits_idx,
-                             max_q_len=Tr)
+                             max_q_len=Tr, page_size=Z)

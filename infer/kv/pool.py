@@ -14,10 +14,11 @@ from typing import Optional
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from infer.config import ModelConfig
+from infer.config import DTYPES, ModelConfig
 from layers import axes
 
 DEFAULT_PAGE_SIZE = 16  # Z: tokens per page
+POOL_DTYPES = DTYPES + ("int8",)
 
 
 def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_SIZE,
@@ -27,6 +28,8 @@ def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_S
         raise ValueError(f"num_pages: must be an int > 0, got {num_pages!r}")
     if not (isinstance(page_size, int) and page_size > 0):
         raise ValueError(f"page_size: must be an int > 0, got {page_size!r}")
+    if dtype is not None and dtype not in POOL_DTYPES:
+        raise ValueError(f"dtype: page pools hold one of {POOL_DTYPES} (int8 with per-token scales), got {dtype!r}")
     dt = jnp.dtype(dtype or cfg.dtype)
     shape = (cfg.n_layers, num_pages, cfg.n_kv_heads, page_size, cfg.head_dim)
     kv = {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
