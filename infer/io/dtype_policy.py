@@ -2,10 +2,11 @@
 
     dtype = load_dtype(stored="bfloat16", requested=None)   # "float32" on a CPU backend, with a warning
 
-XLA's CPU backend has no fast bfloat16/float16 matmul: a one-row bfloat16 dot runs a
-slow generic loop and bfloat16 dots inside the layer scan stay slow at every batch,
-so SmolLM2-135M decodes about 2.4x slower in bfloat16 than in float32 on CPU
-(BENCHMARKS.md, "SmolLM2-135M on CPU: this stack vs transformers"). A checkpoint
+XLA's CPU backend has no fast bfloat16/float16 matmul inside the model: a one-row bfloat16
+dot runs a slow generic loop (21x float32, `scripts/cpu_dot_probe.py`) and bfloat16 dots
+inside the layer scan stay slow, so SmolLM2-135M decodes 1.1-1.6x slower at batch 1 and
+5-7x slower at batch 8 in bfloat16 than in float32 (BENCHMARKS.md, "SmolLM2-135M on CPU:
+this stack vs transformers", two runs). A checkpoint
 stored in bfloat16 or float16 therefore loads as float32 on CPU unless the caller
 asks for a dtype: an explicit request is always honoured.
 """
@@ -15,7 +16,7 @@ from typing import Optional
 import jax
 
 SIXTEEN_BIT = ("bfloat16", "float16")
-CPU_BF16_SLOWDOWN = 2.4  # decode time bfloat16 / float32, SmolLM2-135M, batch 1, 2-core CPU (BENCHMARKS.md)
+CPU_BF16_SLOWDOWN = "1.1-1.6x at batch 1, 5-7x at batch 8"  # SmolLM2-135M decode, bf16 vs f32 (BENCHMARKS.md)
 
 
 def load_dtype(stored: str, requested: Optional[str] = None, platform: Optional[str] = None) -> str:
@@ -29,7 +30,7 @@ def load_dtype(stored: str, requested: Optional[str] = None, platform: Optional[
     platform = jax.default_backend() if platform is None else platform
     if platform == "cpu" and stored in SIXTEEN_BIT:
         warnings.warn(f"checkpoint stored in {stored}: loading it as float32 because the backend is CPU, where "
-                      f"XLA's {stored} matmuls are slow ({stored} decodes ~{CPU_BF16_SLOWDOWN}x slower than "
-                      f"float32 here); pass dtype={stored!r} to load it in {stored} anyway", stacklevel=3)
+                      f"XLA's {stored} matmuls are slow (SmolLM2-135M decodes {CPU_BF16_SLOWDOWN} slower in "
+                      f"bfloat16 than in float32 there); pass dtype={stored!r} to load it in {stored} anyway", stacklevel=3)
         return "float32"
     return stored
