@@ -25,19 +25,6 @@ from infer.generation.text import TextStream, generate_text
 from infer.io.chat_template import ChatTemplate, ChatTemplateError
 
 
-class TemplateTokenizer:
-    """A tokenizer whose `encode` adds no special tokens (for text a chat template rendered); the rest delegates."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> List[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-
 def _template_of(tokenizer, template: Optional[ChatTemplate]) -> ChatTemplate:
     template = template if template is not None else getattr(tokenizer, "chat_template", None)
     if template is None:
@@ -56,8 +43,8 @@ def chat(params, cfg: ModelConfig, tokenizer, messages: Sequence[dict],
     """The assistant's reply to `messages` ([{"role", "content"}], ending with the user's turn)."""
     template = _template_of(tokenizer, template)
     prompt = template.render(messages, add_generation_prompt=True)
-    return generate_text(params, cfg, TemplateTokenizer(tokenizer), prompt,
-                         _chat_sampling(sampling, tokenizer, template)).text
+    return generate_text(params, cfg, tokenizer, prompt, _chat_sampling(sampling, tokenizer, template),
+                         add_special_tokens=False).text
 
 
 class ChatSession:
@@ -67,7 +54,7 @@ class ChatSession:
                  system: Optional[str] = None, template: Optional[ChatTemplate] = None):
         self.params, self.cfg = params, cfg
         self.template = _template_of(tokenizer, template)
-        self.tokenizer = TemplateTokenizer(tokenizer)
+        self.tokenizer = tokenizer
         self.sampling = _chat_sampling(sampling, tokenizer, self.template)
         self.messages: List[dict] = [] if system is None else [{"role": "system", "content": system}]
         self.last: Optional[TextStream] = None  # the latest turn's stream (its metrics and token ids)
@@ -81,6 +68,7 @@ class ChatSession:
         prompt = self.template.render(self.messages, add_generation_prompt=True)
         turn = sum(m["role"] == "user" for m in self.messages) - 1
         sampling = dataclasses.replace(self.sampling, seed=self.sampling.seed + turn)  # fresh draws each turn
-        self.last = TextStream(self.params, self.cfg, self.tokenizer, prompt, sampling, warmup=warmup)
+        self.last = TextStream(self.params, self.cfg, self.tokenizer, prompt, sampling, warmup=warmup,
+                               add_special_tokens=False)  # the template writes them
         yield from self.last
         self.messages.append({"role": "assistant", "content": self.last.text})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,17 +44,29 @@ class TextResult:
     metrics: dict
 
 
+def prompt_ids(tokenizer, prompt: str, add_special_tokens: Optional[bool] = None) -> List[int]:
+    """The prompt's ids: the tokenizer's own default for special tokens unless add_special_tokens says."""
+    if add_special_tokens is None:
+        return tokenizer.encode(prompt)
+    return tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+
 def generate_text(params, cfg: ModelConfig, tokenizer, prompt: str,
-                  sampling: SamplingParams = SamplingParams()) -> TextResult:
-    """Generate a completion of one text prompt with the on-device loop of `infer.generate`."""
+                  sampling: SamplingParams = SamplingParams(),
+                  add_special_tokens: Optional[bool] = None) -> TextResult:
+    """Generate a completion of one text prompt with the on-device loop of `infer.generate`.
+
+    add_special_tokens=False encodes the prompt as it is (e.g. a rendered chat template, which
+    writes its own BOS).
+    """
     sampling = _with_eos(sampling, tokenizer)
-    prompt_ids = tokenizer.encode(prompt)
-    result = generate(params, cfg, [prompt_ids], sampling)
+    ids_in = prompt_ids(tokenizer, prompt, add_special_tokens)
+    result = generate(params, cfg, [ids_in], sampling)
     ids = result.tokens[0]
     text_ids = ids[:-1] if ids and ids[-1] in sampling.stop_token_ids else ids
-    detok = StreamingDetokenizer(tokenizer, prompt_ids)  # same text as the stream: decoded in context
+    detok = StreamingDetokenizer(tokenizer, ids_in)  # same text as the stream: decoded in context
     text = detok.add_many(text_ids) + detok.flush()
-    return TextResult(text=text, prompt_ids=prompt_ids, token_ids=ids, metrics=result.metrics())
+    return TextResult(text=text, prompt_ids=ids_in, token_ids=ids, metrics=result.metrics())
 
 
 @jax.jit
@@ -71,10 +83,11 @@ class TextStream:
     """
 
     def __init__(self, params, cfg: ModelConfig, tokenizer, prompt: str,
-                 sampling: SamplingParams = SamplingParams(), warmup: bool = False):
+                 sampling: SamplingParams = SamplingParams(), warmup: bool = False,
+                 add_special_tokens: Optional[bool] = None):
         self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
         self.sampling = _with_eos(sampling, tokenizer)
-        self.prompt_ids = tokenizer.encode(prompt)
+        self.prompt_ids = prompt_ids(tokenizer, prompt, add_special_tokens)
         validate_prompts(cfg, [self.prompt_ids], self.sampling.max_new_tokens)
         self.token_ids: List[int] = []
         self.text = ""
