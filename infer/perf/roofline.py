@@ -26,7 +26,8 @@ Two models live here.
      (group-wise float32 scales, group 128) for the Linear kernels; embedding, norms and biases
      stay in the base dtype (they do not go through the `Linear` quantization seam).
      KV: bf16/fp32/fp8, or int8 with one float32 scale per (layer, token, KV head) for k and v.
-   - the cache's `lengths` vector (4 bytes per sequence) is part of the KV cache footprint.
+   - the KV footprint counts whole pages (positions rounded up to the page size Z), one int32
+     page-table entry per page and the row cache's `lengths` entry (4 bytes per sequence).
 
    Ignored by both: activations and logits traffic, softmax/RoPE/norm elementwise FLOPs,
    kernel launch and host overhead, communication between devices.
@@ -40,7 +41,7 @@ MBU / MFU of a measured step: `utilization(cost, seconds, hw)`.
 
 Room for later issues: `kv_values_per_token_per_layer` is the one place MLA's latent cache
 (C + rope dims instead of 2·K·H) plugs in; `kv_positions_stored` / `kv_positions_read` are
-where a ring-buffer sliding-window cache plugs in (this repo's cache stores all S positions;
+where a ring-buffer sliding-window cache plugs in (this repo's pools store all S positions;
 an ideal sliding-window kernel reads only the last W).
 
 Dimension letters: B batch, T new tokens, S cached tokens, D, F, N, K, H, L, V as in config.py.
