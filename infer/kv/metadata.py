@@ -64,6 +64,12 @@ class SequenceStep:
     logits: str = "last"  # "last": the logits of its last new token; "all": of every new token; "none"
 
 
+def _check_buckets(*checks) -> None:
+    for what, have, need in checks:
+        if have < need:
+            raise MetadataError(f"{what}: bucket {have} is smaller than the step needs ({need})")
+
+
 def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: int,
                    num_tokens: Optional[int] = None, num_seqs: Optional[int] = None,
                    pages_per_seq: Optional[int] = None, num_logits: Optional[int] = None,
@@ -78,18 +84,13 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
     Z = page_size
     n_tok = sum(len(s.tokens) for s in seqs)
     need_m = max([len(s.pages) for s in seqs] + [1])
-    need_o = sum(len(s.tokens) if s.logits == "all" else int(s.logits == "last" and len(s.tokens) > 0)
-                 for s in seqs)
     T = num_tokens or bucket(n_tok, minimum=8)
     R = num_seqs or bucket(len(seqs), minimum=1)
     M = pages_per_seq or bucket(need_m)
-    O = num_logits or bucket(max(need_o, 1))
     need_q = max([len(s.tokens) for s in seqs] + [1])
     Q = max_q_len or bucket(need_q)
-    for what, have, need in (("num_tokens", T, n_tok), ("num_seqs", R, len(seqs)), ("pages_per_seq", M, need_m),
-                             ("num_logits", O, need_o), ("max_q_len", Q, need_q)):
-        if have < need:
-            raise MetadataError(f"{what}: bucket {have} is smaller than the step needs ({need})")
+    _check_buckets(("num_tokens", T, n_tok), ("num_seqs", R, len(seqs)), ("pages_per_seq", M, need_m),
+                   ("max_q_len", Q, need_q))
 
     tokens = np.zeros((T,), np.int32)
     positions = np.zeros((T,), np.int32)
@@ -116,7 +117,7 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
         pos = s.cached + np.arange(n)
         tokens[row:row + n] = s.tokens
         positions[row:row + n] = pos
-        slots[row:row + n] = pages[pos // Z] * Z + pos % Z if n else []
+        slots[row:row + n] = pages[pos // Z] * Z + pos % Z
         q_start[r], q_len[r], kv_len[r] = row, n, s.cached + n
         table[r, :len(pages)] = pages
         if s.logits == "all":
@@ -125,6 +126,8 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
             logits_idx.append(row + n - 1)
         row += n
     q_start[len(seqs):] = row  # padding sequences: empty, past the real rows
+    O = num_logits or bucket(max(len(logits_idx), 1))
+    _check_buckets(("num_logits", O, len(logits_idx)))
     logits = np.zeros((O,), np.int32)
     logits[:len(logits_idx)] = logits_idx
     meta = AttentionMetadata(positions_T=positions, slot_T=slots, query_start_R=q_start, query_len_R=q_len,
