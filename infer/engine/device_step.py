@@ -1,0 +1,52 @@
+"""The engine's one device call per step: page copies, the ragged model step, and sampling.
+
+    engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sample_rows_S, positions_S, samp,
+                poison_P=None) -> (tokens_S, logprobs_S, kv)
+
+1. copy-on-write: page copy_src_C[c] -> copy_dst_C[c] in every pool array (entries with
+   dst = P are padding and dropped);
+2. (debugging) pages with poison_P set are overwritten with NaN (their scales for int8
+   pools), so a page handed to a new owner with its old data is caught by the tests;
+3. the model's ragged step (infer/model/step.py) over the flat batch;
+4. S samples: sample s draws from logits row sample_rows_S[s] with its own settings
+   and the key (seed_S[s], positions_S[s]); a prompt with n samples has n entries
+   pointing at one row. Also returns log p of each drawn token under the raw logits.
+
+Shapes are fixed by the engine (T, R, M, O, S, C), so a new mix of requests reuses the
+compiled program; only the static max_q_len bucket selects among a few programs.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from infer.model.step import run_step
+from infer.sampling import request_keys, sample
+
+
+def copy_pages(kv: dict, src_C, dst_C) -> dict:
+    """Copy whole pages src -> dst in every pool array ([L, P, ...]); dst out of range drops the copy."""
+    return {name: x.at[:, dst_C].set(x[:, src_C], mode="drop") for name, x in kv.items()}
+
+
+def poison_pages(kv: dict, poison_P) -> dict:
+    """NaN into the marked pages of every floating-point pool array (int8 values keep theirs; their scales go NaN)."""
+    def one(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        mask = poison_P.reshape((1, -1) + (1,) * (x.ndim - 2))
+        return jnp.where(mask, jnp.asarray(jnp.nan, x.dtype), x)
+    return {name: one(x) for name, x in kv.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("kv",))
+def engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sample_rows_S, positions_S, samp,
+                poison_P=None):
+    kv = copy_pages(kv, copy_src_C, copy_dst_C)
+    if poison_P is not None:
+        kv = poison_pages(kv, poison_P)
+    logits_OV, kv = run_step(params, cfg, tokens_T, meta, kv)
+    logits_SV = logits_OV[sample_rows_S]
+    tokens_S = sample(logits_SV, samp, request_keys(samp["seed"], positions_S))
+    logprobs_S = jnp.take_along_axis(jax.nn.log_softmax(logits_SV, axis=-1), tokens_S[:, None], axis=-1)[:, 0]
+    return tokens_S, logprobs_S, kv

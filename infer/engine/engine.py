@@ -1,0 +1,391 @@
+"""The serving engine: continuous batching of requests over one set of page pools.
+
+    engine = infer.Engine(params, cfg, num_pages=512, page_size=16, max_num_seqs=16,
+                          max_num_batched_tokens=256, tokenizer=tok)
+    rid = engine.add_request("Hello", infer.SamplingParams(max_new_tokens=32))
+    while engine.has_unfinished_requests():
+        for update in engine.step():        # new token ids / text, finished flag, finish reason
+            ...
+    for update in engine.stream("Hi", sp):  # or one request's updates as they come
+        print(update.new_text, end="")
+
+Each `step()` asks the scheduler (infer/engine/scheduler.py) which sequences run how
+many tokens, builds the step's AttentionMetadata on the host, and makes one device call
+(infer/engine/device_step.py: page copies, the ragged model step, sampling); its results
+come back in one host transfer. Requests join and leave between any two steps.
+
+Shapes are fixed per engine (T = max_num_batched_tokens tokens, R = max_num_seqs
+sequences and samples, M pages per sequence for max_model_len, C = R page copies); the
+static max_q_len takes power-of-two buckets up to T, so after `warmup()` (or a workload
+that has visited the buckets) no step compiles.
+
+Bad requests are refused by `add_request` with a RequestError naming the request; nothing
+of the engine's state changes, and the other requests keep running.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import time
+from typing import Dict, Iterator, List, Optional, Sequence as Seq, Union
+
+import jax
+import numpy as np
+
+from infer.config import ModelConfig, SamplingParams
+from infer.engine.block_manager import BlockManager
+from infer.engine.device_step import engine_step
+from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request, RequestMetrics, RequestOutput,
+                                  RequestUpdate, Sequence, Status)
+from infer.engine.scheduler import Scheduler
+from infer.kv.metadata import SequenceStep, bucket, build_metadata
+from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
+
+# How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
+SAMPLE_SEED_STRIDE = 0x9E3779B9
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve; the message names the request and the problem."""
+
+
+def _sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int) -> dict:
+    """Per-sample numpy rows for the device sampler, padded to S with greedy rows."""
+    greedy = SamplingParams(temperature=0.0)
+    rows = per_sample + [greedy] * (S - len(per_sample))
+    col = lambda f, dt: np.array([getattr(p, f) for p in rows], dt)
+    return {"temperature": col("temperature", np.float32), "top_k": col("top_k", np.int32),
+            "top_p": col("top_p", np.float32), "min_p": col("min_p", np.float32),
+            "seed": np.array(seeds + [0] * (S - len(seeds)), np.uint32)}
+
+
+class Engine:
+    def __init__(self, params, cfg: ModelConfig, *, num_pages: Optional[int] = None,
+                 page_size: int = DEFAULT_PAGE_SIZE, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
+                 tokenizer=None, max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
+                 kv_dtype: Optional[str] = None, poison_freed_pages: bool = False):
+        max_model_len = min(cfg.max_seq_len, max_model_len or cfg.max_seq_len)
+        for name, v in (("page_size", page_size), ("max_num_seqs", max_num_seqs),
+                        ("max_num_batched_tokens", max_num_batched_tokens), ("max_model_len", max_model_len)):
+            if not (isinstance(v, int) and v > 0):
+                raise ValueError(f"{name}: must be an int > 0, got {v!r}")
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_num_seqs "
+                             f"({max_num_seqs}): every running sequence needs room for its decode token")
+        pages_per_seq = -(-max_model_len // page_size)
+        if num_pages is None:  # room for every sequence at up to 1024 tokens (or the context, if shorter)
+            num_pages = max_num_seqs * -(-min(max_model_len, 1024) // page_size)
+        self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
+        self.page_size, self.num_pages = page_size, num_pages
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.max_model_len, self.pages_per_seq = max_model_len, pages_per_seq
+        self.poison_freed_pages = poison_freed_pages
+        self.kv = init_pools(cfg, num_pages, page_size, kv_dtype)
+        self.blocks = BlockManager(num_pages, page_size, enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens)
+        self.requests: Dict[str, Request] = {}
+        self.finished_metrics: collections.deque = collections.deque(maxlen=100_000)
+        self._outbox: List[RequestUpdate] = []
+        self._ids = itertools.count()
+        self._seq_ids = itertools.count()
+        self.counters = collections.Counter()  # steps, prefill/decode tokens, prefix hit/query tokens, kv slots
+
+    # ---- requests -------------------------------------------------------------------------------------------
+    def add_request(self, prompt: Union[str, Seq[int]], sampling_params: Optional[SamplingParams] = None,
+                    request_id: Optional[str] = None, n: int = 1, stop: Seq[str] = ()) -> str:
+        """Queue a request (token ids, or text when the engine has a tokenizer); returns its id.
+
+        n > 1 draws n samples that share the prompt's pages (sample i uses seed + i * SAMPLE_SEED_STRIDE).
+        `stop` strings end a sample's text before the string (needs a tokenizer). Refused with a
+        RequestError naming the request: a duplicate id, an empty prompt, ids outside [0, V), a prompt plus
+        max_new_tokens longer than max_model_len, a request larger than the whole pool, a bad n or stop."""
+        rid = str(next(self._ids)) if request_id is None else str(request_id)
+        sp = sampling_params if sampling_params is not None else SamplingParams()
+        err = lambda msg: RequestError(f"request {rid!r}: {msg}")
+        if rid in self.requests:
+            raise err("a request with this id is still running")
+        if not isinstance(sp, SamplingParams):
+            raise err(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
+        if not (isinstance(n, int) and 1 <= n <= self.max_num_seqs):
+            raise err(f"n must be an int in [1, max_num_seqs={self.max_num_seqs}], got {n!r}")
+        if isinstance(stop, str):
+            stop = (stop,)
+        stop = tuple(stop)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise err(f"stop must be non-empty strings, got {stop!r}")
+        if stop and self.tokenizer is None:
+            raise err("stop strings need an engine with a tokenizer")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise err("a text prompt needs an engine with a tokenizer (or pass token ids)")
+            ids = list(self.tokenizer.encode(prompt))
+        else:
+            try:
+                ids = [int(t) for t in prompt]
+            except (TypeError, ValueError):
+                raise err(f"prompt must be text or a sequence of token ids, got {type(prompt).__name__}") from None
+        if not ids:
+            raise err("empty prompt (need at least one token)")
+        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise err(f"token id {bad[0]} outside [0, vocab_size={self.cfg.vocab_size})")
+        total = len(ids) + sp.max_new_tokens
+        if total > self.max_model_len:
+            raise err(f"prompt length {len(ids)} + max_new_tokens {sp.max_new_tokens} = {total} exceeds the "
+                      f"context (max_model_len={self.max_model_len})")
+        if self.blocks.pages_for(total) > self.num_pages:
+            raise err(f"needs {self.blocks.pages_for(total)} pages of {self.page_size} tokens, more than the "
+                      f"whole pool ({self.num_pages} pages)")
+        if self.tokenizer is not None:
+            eos = tuple(getattr(self.tokenizer, "eos_ids", ()))
+            sp = dataclasses.replace(sp, stop_token_ids=tuple(dict.fromkeys(sp.stop_token_ids + eos)))
+        req = Request(request_id=rid, prompt=ids, sampling=sp, n=n, stop=stop,
+                      metrics=RequestMetrics(arrival=time.perf_counter(), num_prompt_tokens=len(ids)))
+        req.sequences.append(self._new_sequence(req, 0, list(ids)))
+        self.requests[rid] = req
+        self.scheduler.add(req.sequences[0])
+        return rid
+
+    def _new_sequence(self, req: Request, index: int, tokens: List[int]) -> Sequence:
+        seq = Sequence(seq_id=next(self._seq_ids), request=req, index=index, tokens=tokens,
+                       seed=(req.sampling.seed + index * SAMPLE_SEED_STRIDE) % 2 ** 32)
+        if self.tokenizer is not None:
+            from infer.io.detokenize import StreamingDetokenizer
+            seq.detok = StreamingDetokenizer(self.tokenizer, req.prompt)
+        return seq
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request: its pages are freed now; each unfinished sample reports finish_reason 'abort'."""
+        req = self.requests.pop(str(request_id), None)
+        if req is None:
+            return False
+        now = time.perf_counter()
+        for seq in req.sequences:
+            if seq.status is not Status.FINISHED:
+                self.scheduler.remove(seq)
+                seq.finish_reason = ABORT
+                self._outbox.append(RequestUpdate(req.request_id, seq.index, [], "", True, ABORT))
+        req.metrics.finished = now
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests) or bool(self._outbox)
+
+    # ---- the step -------------------------------------------------------------------------------------------
+    def step(self) -> List[RequestUpdate]:
+        """Run one iteration: schedule, one device call, new tokens to their requests. Returns the updates."""
+        updates, self._outbox = self._outbox, []
+        sched = self.scheduler.schedule()
+        now = time.perf_counter()
+        for seq, cached in sched.admitted:
+            self.counters["prefix_query_tokens"] += len(seq.tokens)
+            self.counters["prefix_hit_tokens"] += cached
+            m = seq.request.metrics
+            if m.first_scheduled is None:
+                m.first_scheduled, m.num_cached_tokens = now, cached
+        if not sched.scheduled:
+            return updates
+        tokens_S, logprobs_S = self._run(sched.scheduled)
+        now = time.perf_counter()
+        self._advance(sched.scheduled, tokens_S, logprobs_S, now, updates)
+        used, alloc = self.blocks.kv_slots({s.seq_id: s.num_computed for s in self.scheduler.running})
+        self.counters["kv_used_slots"] += used
+        self.counters["kv_alloc_slots"] += alloc
+        self.counters["steps"] += 1
+        return updates
+
+    def _run(self, scheduled):
+        """Build the step's inputs on the host, run the device step, bring the samples back in one transfer."""
+        R, Z, P = self.max_num_seqs, self.page_size, self.num_pages
+        steps, sample_rows, seeds, per_sample, positions = [], [], [], [], []
+        n_logits = 0
+        for seq, n in scheduled:
+            c = seq.num_computed
+            done = c + n == len(seq.tokens)
+            steps.append(SequenceStep(tokens=seq.tokens[c:c + n], pages=self.blocks.table(seq.seq_id), cached=c,
+                                      logits="last" if done else "none"))
+            if done:
+                req = seq.request
+                for i in range(1 if req.forked else req.n):
+                    idx = seq.index if req.forked else i
+                    sample_rows.append(n_logits)
+                    seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
+                    per_sample.append(req.sampling)
+                    positions.append(len(seq.tokens))
+                n_logits += 1
+        max_q = bucket(max(n for _, n in scheduled), cap=self.max_num_batched_tokens)
+        tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, num_tokens=self.max_num_batched_tokens,
+                                        num_seqs=R, pages_per_seq=self.pages_per_seq, num_logits=R, max_q_len=max_q)
+        copies, fresh = self.blocks.drain()
+        if len(copies) > R:
+            raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
+        src = np.zeros((R,), np.int32)
+        dst = np.full((R,), P, np.int32)  # P: out of range, dropped
+        for i, (s, d) in enumerate(copies):
+            src[i], dst[i] = s, d
+        poison = None
+        if self.poison_freed_pages:
+            poison = np.zeros((P,), bool)
+            poison[sorted(set(fresh) - {d for _, d in copies})] = True
+        S = R
+        rows = np.zeros((S,), np.int32)
+        rows[:len(sample_rows)] = sample_rows
+        pos = np.zeros((S,), np.int32)
+        pos[:len(positions)] = positions
+        samp = _sampling_arrays(per_sample, seeds, S)
+        tok_S, logp_S, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows, pos,
+                                             samp, poison)
+        tok_S, logp_S = jax.device_get((tok_S, logp_S))
+        return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
+
+    def _advance(self, scheduled, tokens_S, logprobs_S, now, updates) -> None:
+        """Record what the step computed, fork prompts into their samples, append the sampled tokens."""
+        k = 0
+        got = set()
+        for seq, n in scheduled:
+            is_decode = n == 1 and not seq.is_prefill and len(seq.tokens) > seq.num_prompt
+            self.counters["decode_tokens" if is_decode else "prefill_tokens"] += n
+            seq.num_computed += n
+            self.blocks.register_computed(seq.seq_id, seq.tokens, seq.num_computed)
+            if seq.num_computed != len(seq.tokens):
+                continue
+            req = seq.request
+            if not req.forked:
+                children = [self._new_sequence(req, i, list(seq.tokens)) for i in range(1, req.n)]
+                for c in children:
+                    c.num_computed = seq.num_computed
+                    self.blocks.fork(seq.seq_id, c.seq_id)
+                self.scheduler.insert_after(seq, children)
+                req.sequences.extend(children)
+                req.forked = True
+                samples = [seq] + children
+            else:
+                samples = [seq]
+            for s in samples:
+                self._append(s, tokens_S[k], logprobs_S[k], now, updates)
+                k += 1
+            got.add(req.request_id)
+        for rid in got:
+            req = self.requests.get(rid)
+            if req is not None and req.metrics.first_token is None:
+                req.metrics.first_token = now
+            if req is not None:
+                req.metrics.last_token = now
+                req.metrics.token_times.append(now)
+            if req is not None and req.finished:
+                self._finish_request(req, now, updates)
+
+    def _append(self, seq: Sequence, token: int, logprob: float, now: float, updates) -> None:
+        req, sp = seq.request, seq.request.sampling
+        seq.tokens.append(int(token))
+        seq.logprobs.append(float(logprob))
+        req.metrics.num_output_tokens += 1
+        reason = None
+        if token in sp.stop_token_ids:
+            reason = STOP
+        elif len(seq.output) >= sp.max_new_tokens or len(seq.tokens) >= self.max_model_len:
+            reason = LENGTH
+        text = ""
+        if seq.detok is not None:
+            piece = seq.detok.add(token) + (seq.detok.flush() if reason else "")
+            text, hit = self._release_text(seq, piece, final=reason is not None)
+            if hit:
+                reason = STOP
+        if reason is not None:
+            seq.finish_reason = reason
+            self.scheduler.remove(seq)
+        updates.append(RequestUpdate(req.request_id, seq.index, [int(token)], text, reason is not None, reason,
+                                     [float(logprob)]))
+
+    @staticmethod
+    def _release_text(seq: Sequence, piece: str, final: bool):
+        """Text safe to emit: cut at a stop string; hold back what could still become one. -> (text, stopped)."""
+        stop = seq.request.stop
+        buf = seq.held + piece
+        hits = [i for i in (buf.find(s) for s in stop) if i >= 0]
+        if hits:
+            out, seq.held = buf[:min(hits)], ""
+            seq.text += out
+            return out, True
+        keep = 0 if final or not stop else max(len(s) for s in stop) - 1
+        cut = max(0, len(buf) - keep)
+        out, seq.held = buf[:cut], buf[cut:]
+        seq.text += out
+        return out, False
+
+    def _finish_request(self, req: Request, now: float, updates) -> None:
+        req.metrics.finished = now
+        self.requests.pop(req.request_id, None)
+        self.finished_metrics.append(req.metrics)
+        out = RequestOutput(req.request_id, list(req.prompt),
+                            [CompletionOutput(s.index, s.text, list(s.output), s.finish_reason, list(s.logprobs))
+                             for s in req.sequences], req.metrics)
+        for u in reversed(updates):  # the request's last update carries its whole output
+            if u.request_id == req.request_id:
+                u.output = out
+                break
+
+    # ---- convenience ----------------------------------------------------------------------------------------
+    def stream(self, prompt, sampling_params: Optional[SamplingParams] = None, request_id: Optional[str] = None,
+               n: int = 1, stop: Seq[str] = ()) -> Iterator[RequestUpdate]:
+        """Add a request and yield its updates as steps produce them (other requests' updates wait for step()).
+
+        Closing the generator early aborts the request."""
+        rid = self.add_request(prompt, sampling_params, request_id, n=n, stop=stop)
+        pending = n
+        try:
+            while pending:
+                for u in self.step():
+                    if u.request_id == rid:
+                        pending -= u.finished
+                        yield u
+                    else:
+                        self._outbox.append(u)
+        finally:
+            if rid in self.requests:
+                self.abort(rid)
+                self._outbox = [u for u in self._outbox if u.request_id != rid]
+
+    def run_to_completion(self) -> Dict[str, RequestOutput]:
+        """Step until every request has finished; their outputs by request id."""
+        outs: Dict[str, RequestOutput] = {}
+        while self.has_unfinished_requests():
+            for u in self.step():
+                if u.output is not None:
+                    outs[u.request_id] = u.output
+        return outs
+
+    def warmup(self) -> None:
+        """Compile every max_q_len bucket with empty steps (they write nothing), so serving never compiles."""
+        R, P = self.max_num_seqs, self.num_pages
+        q = 1
+        while True:
+            tokens_T, meta = build_metadata([], page_size=self.page_size, num_pages=P,
+                                            num_tokens=self.max_num_batched_tokens, num_seqs=R,
+                                            pages_per_seq=self.pages_per_seq, num_logits=R, max_q_len=q)
+            poison = np.zeros((P,), bool) if self.poison_freed_pages else None
+            out = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, np.zeros((R,), np.int32),
+                              np.full((R,), P, np.int32), np.zeros((R,), np.int32), np.zeros((R,), np.int32),
+                              _sampling_arrays([], [], R), poison)
+            self.kv = out[2]
+            if q >= self.max_num_batched_tokens:
+                break
+            q = min(2 * q, self.max_num_batched_tokens)
+        jax.block_until_ready(self.kv)
+
+    def stats(self) -> dict:
+        """Engine-wide counters: queue sizes, pages, KV waste (now and averaged over steps), prefix cache, preemptions."""
+        c = self.counters
+        used, alloc = self.blocks.kv_slots({s.seq_id: s.num_computed for s in self.scheduler.running})
+        return {
+            "running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+            "pages_in_use": self.blocks.num_pages - len(self.blocks.free) - len(self.blocks.evictable),
+            "pages_cached": len(self.blocks.evictable), "num_pages": self.num_pages,
+            "kv_waste": 1 - used / alloc if alloc else 0.0,
+            "kv_waste_mean": 1 - c["kv_used_slots"] / c["kv_alloc_slots"] if c["kv_alloc_slots"] else 0.0,
+            "prefix_hit_rate": c["prefix_hit_tokens"] / c["prefix_query_tokens"] if c["prefix_query_tokens"] else 0.0,
+            "prefix_hit_tokens": c["prefix_hit_tokens"], "prefill_tokens": c["prefill_tokens"],
+            "decode_tokens": c["decode_tokens"], "preemptions": self.scheduler.num_preemptions,
+            "evictions": self.blocks.evictions, "steps": c["steps"],
+        }
