@@ -7,13 +7,18 @@
 Packages, by concern (a token goes config -> io -> generation -> model -> kv -> layers -> pallas_kernels):
 config/ (pure data), model/ (params, the ragged step, row view, forward), kv/ (page pools,
 AttentionMetadata), sampling/, generation/ (static batch, speculative, text), io/ (checkpoints,
-tokenizers), perf/ (roofline, hardware), parallel/ (sharding), cli/, bench/, train/.
+tokenizers), engine/ (serving: block manager, scheduler, Engine, LLM), perf/ (roofline, hardware),
+parallel/ (sharding), cli/, bench/, train/.
 """
 from infer.config import ConfigError, ModelConfig, RopeScaling, SamplingParams, load_config
 from infer.kv import AttentionMetadata, MetadataError, SequenceStep, build_metadata, init_pools
 from infer.model import (count_params, decode_step, extend, forward, init_cache, init_params, param_logical_axes,
                          prefill, step)
 from infer.generation.batch import GenerateResult, generate
+
+# Serving: continuous batching over the page pools (block manager, scheduler, engine, offline LLM).
+from infer.engine import CompletionOutput, Engine, RequestError, RequestOutput, RequestUpdate
+from infer.engine.llm import LLM
 
 # Performance model and hardware profiles.
 from infer.perf import roofline
@@ -32,6 +37,7 @@ from infer.generation.speculative import SpeculativeResult, speculative_generate
 from infer.generation.ngram import ngram_speculative_generate
 
 __all__ = [
+    "Engine", "LLM", "RequestError", "RequestUpdate", "RequestOutput", "CompletionOutput",
     "speculative", "speculative_generate", "SpeculativeResult", "ngram_speculative_generate",
     "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_dir",
     "load_tokenizer", "generate_text", "TextStream", "chat", "ChatSession",

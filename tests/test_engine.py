@@ -7,7 +7,6 @@ prefix-cache hits, parallel samples, poisoned pages and aborts.
 """
 import os
 
-import jax
 import numpy as np
 import pytest
 
