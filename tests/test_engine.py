@@ -7,8 +7,10 @@ prefix-cache hits, parallel samples, poisoned pages and aborts.
 """
 import os
 
+import jax
 import numpy as np
 import pytest
+from conftest import make_cfg
 
 import infer
 from infer.config.paths import REPO_ROOT
@@ -294,3 +296,14 @@ def test_request_metrics_are_consistent(tiny):
     s = summarize([o.metrics for o in outs])
     assert s["ttft_s"]["p50"] <= s["ttft_s"]["p90"] <= s["ttft_s"]["p99"]
     assert s["requests"] == len(outs) and s["output_tokens"] == sum(len(o.token_ids) for o in outs)
+
+
+def test_the_pallas_kernels_serve_the_same_tokens(tiny):
+    """The engine runs whatever the step runs: the ragged/decode Pallas kernels (interpret mode here)."""
+    cfg = make_cfg(head_dim=16, attention_impl="reference")  # the Triton kernels tile H >= 16
+    params = infer.init_params(cfg, jax.random.PRNGKey(1))
+    prompts, arrivals = workload(cfg, seed=10, n=3, shared=5, max_len=12)
+    sp = infer.SamplingParams(temperature=0.0, max_new_tokens=5)
+    ref = serve(make_engine((cfg, params)), prompts, sp, arrivals)
+    pallas = serve(make_engine((cfg.replace(attention_impl="pallas"), params)), prompts, sp, arrivals)
+    assert [o.token_ids for o in pallas] == [o.token_ids for o in ref]
