@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-trained demo-random test bench clean-venv
+.PHONY: demo demo-trained demo-random test bench serve clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo-trained: $(BIN)/.installed
 # The same metrics with random weights of any config (no checkpoint needed).
 demo-random: $(BIN)/.installed
 	$(BIN)/python -m infer generate --config small --max-new-tokens 64
+
+# The OpenAI-compatible server on 127.0.0.1:8000 (SmolLM2-135M-Instruct; MODEL=... PORT=... to change).
+MODEL ?= smollm2-135m-instruct
+PORT ?= 8000
+serve: $(BIN)/.installed
+	$(BIN)/python -m infer serve --model $(MODEL) --port $(PORT)
 
 # The test suite (CPU; Pallas kernels in interpret mode).
 test: $(BIN)/.installed

@@ -13,6 +13,7 @@ import numpy as np
 
 from infer.cli.chat import add_chat_args, cmd_chat
 from infer.cli.metrics import print_metrics
+from infer.cli.serve import add_serve_args, cmd_serve
 from infer.cli.text import cmd_generate_text
 
 
@@ -98,6 +99,9 @@ def main(argv=None) -> int:
     c = sub.add_parser("chat", help="chat with an instruction-tuned model (stdin lines are user turns)")
     add_chat_args(c)
     c.set_defaults(func=cmd_chat)
+    s = sub.add_parser("serve", help="the OpenAI-compatible HTTP server (completions, chat, streaming, /metrics)")
+    add_serve_args(s)
+    s.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,40 @@
+"""`python -m infer serve --model smollm2-135m-instruct`: the OpenAI-compatible HTTP server.
+
+Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming with `"stream": true`),
+/health, /metrics (Prometheus). Ctrl-C shuts down gracefully: requests in flight finish (up to
+--graceful-timeout seconds), then the rest are aborted.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "--checkpoint", dest="model", default="smollm2-135m-instruct",
+                   help="model name, .gguf file or checkpoint dir (default: smollm2-135m-instruct)")
+    p.add_argument("--served-model-name", default=None, help="the name clients send as `model`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--num-pages", type=int, default=None, help="KV pages in the pool (default: max-num-seqs "
+                                                               "sequences of up to 1024 tokens)")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=256)
+    p.add_argument("--max-model-len", type=int, default=2048, help="longest prompt + completion, in tokens")
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--no-warmup", action="store_true", help="skip compiling every step shape at start")
+    p.add_argument("--graceful-timeout", type=float, default=30.0)
+    p.add_argument("--log-level", default="info")
+
+
+def cmd_serve(args) -> int:
+    from infer.server.serve import build_server
+    server, _ = build_server(args.model, host=args.host, port=args.port, dtype=args.dtype,
+                             served_model_name=args.served_model_name, warmup=not args.no_warmup,
+                             log_level=args.log_level, graceful_timeout_s=args.graceful_timeout,
+                             num_pages=args.num_pages, page_size=args.page_size, max_num_seqs=args.max_num_seqs,
+                             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+                             enable_prefix_caching=not args.no_prefix_caching)
+    server.run()
+    return 0

@@ -1,0 +1,177 @@
+"""The OpenAI request fields we accept, checked one by one, and the response shapes we send.
+
+Every refusal is an APIError carrying the OpenAI error shape
+{"error": {"message", "type", "param", "code"}} with the offending field in `param`.
+Fields the OpenAI API has but this server does not implement are refused when set to
+anything but their neutral value (a penalty of 0 is fine, 0.5 is refused by name);
+unknown fields are ignored, as OpenAI-compatible servers do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Any, List, Optional, Sequence, Union
+
+from infer.config import SamplingParams
+
+MAX_STOP_STRINGS = 4
+
+
+class APIError(Exception):
+    def __init__(self, message: str, param: Optional[str] = None, code: Optional[str] = None, status: int = 400,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _get(body: dict, name: str, check, expect: str, default=None):
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if not check(v):
+        raise APIError(f"'{name}': expected {expect}, got {v!r}"[:300], param=name, code="invalid_value")
+    return v
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """What the engine needs, from either endpoint."""
+
+    model: str
+    prompts: List[Union[str, List[int]]]  # completions may send several; chat sends one (ids)
+    sampling: SamplingParams
+    n: int
+    stop: tuple
+    stream: bool
+    logprobs: bool
+    include_usage: bool = True
+
+
+def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> SamplingParams:
+    max_tokens = _get(body, max_tokens_field, lambda v: _is_int(v) and 1 <= v <= max_model_len,
+                      f"an integer in [1, {max_model_len}] (the context length)", 16)
+    temperature = _get(body, "temperature", lambda v: _is_num(v) and 0 <= v <= 2, "a number in [0, 2]", 1.0)
+    top_p = _get(body, "top_p", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", 1.0)
+    top_k = _get(body, "top_k", lambda v: _is_int(v) and v >= -1, "an integer >= -1 (-1 or 0: off)", 0)
+    min_p = _get(body, "min_p", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]", 0.0)
+    seed = _get(body, "seed", lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2**32)", None)
+    for name in ("presence_penalty", "frequency_penalty"):
+        _get(body, name, lambda v: _is_num(v) and v == 0, "0 (penalties are not supported)", 0)
+    return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=max(0, int(top_k)),
+                          min_p=float(min_p), max_new_tokens=int(max_tokens),
+                          seed=int(seed) if seed is not None else secrets.randbits(32))
+
+
+def _common(body: dict, served: Sequence[str], max_num_seqs: int):
+    if not isinstance(body, dict):
+        raise APIError("the request body must be a JSON object", code="invalid_json")
+    model = _get(body, "model", lambda v: isinstance(v, str), "a string")
+    if model is None:
+        raise APIError("'model' is required", param="model", code="missing_field")
+    if model not in served:
+        raise APIError(f"'model': the model {model!r} does not exist here; this server serves {list(served)}",
+                       param="model", code="model_not_found")
+    n = _get(body, "n", lambda v: _is_int(v) and 1 <= v <= max_num_seqs, f"an integer in [1, {max_num_seqs}]", 1)
+    stream = _get(body, "stream", lambda v: isinstance(v, bool), "a boolean", False)
+    stop = _get(body, "stop", lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) <= MAX_STOP_STRINGS
+                                                              and all(isinstance(s, str) and s for s in v)),
+                f"a string or a list of at most {MAX_STOP_STRINGS} non-empty strings", [])
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    opts = _get(body, "stream_options", lambda v: isinstance(v, dict), "an object", {})
+    include_usage = _get(opts, "include_usage", lambda v: isinstance(v, bool), "a boolean", True)
+    return model, n, stream, stop, include_usage
+
+
+def parse_completion(body: Any, served: Sequence[str], max_model_len: int, max_num_seqs: int) -> GenerationRequest:
+    model, n, stream, stop, include_usage = _common(body, served, max_num_seqs)
+    prompt = body.get("prompt")
+    ok_ids = lambda p: isinstance(p, list) and len(p) > 0 and all(_is_int(t) for t in p)
+    if isinstance(prompt, str) or ok_ids(prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or ok_ids(p) for p in prompt):
+        prompts = list(prompt)
+    else:
+        raise APIError("'prompt': expected a string, a list of token ids, or a list of those (non-empty)",
+                       param="prompt", code="invalid_value")
+    if any(isinstance(p, str) and not p for p in prompts):
+        raise APIError("'prompt': empty prompt", param="prompt", code="invalid_value")
+    if body.get("echo"):
+        raise APIError("'echo': not supported", param="echo", code="unsupported")
+    if body.get("best_of") not in (None, 1, n):
+        raise APIError("'best_of': not supported", param="best_of", code="unsupported")
+    logprobs = _get(body, "logprobs", lambda v: _is_int(v) and 0 <= v <= 5, "an integer in [0, 5] or null", None)
+    return GenerationRequest(model, prompts, _sampling(body, "max_tokens", max_model_len), n, stop, stream,
+                             logprobs is not None, include_usage)
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def parse_chat(body: Any, served: Sequence[str], max_model_len: int, max_num_seqs: int) -> tuple:
+    """(GenerationRequest without prompts, messages) for /v1/chat/completions."""
+    model, n, stream, stop, include_usage = _common(body, served, max_num_seqs)
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise APIError("'messages': expected a non-empty list of {role, content}", param="messages",
+                       code="invalid_value")
+    clean = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise APIError(f"'messages[{i}]': expected an object with role one of {ROLES}", param=f"messages[{i}]",
+                           code="invalid_value")
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                       for c in content):
+                raise APIError(f"'messages[{i}].content': only text parts are supported",
+                               param=f"messages[{i}].content", code="invalid_value")
+            content = "".join(c["text"] for c in content)
+        if not isinstance(content, str):
+            raise APIError(f"'messages[{i}].content': expected a string", param=f"messages[{i}].content",
+                           code="invalid_value")
+        clean.append({"role": m["role"], "content": content})
+    field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    logprobs = _get(body, "logprobs", lambda v: isinstance(v, bool), "a boolean", False)
+    _get(body, "top_logprobs", lambda v: _is_int(v) and v == 0, "0 (only the chosen token's logprob)", 0)
+    req = GenerationRequest(model, [], _sampling(body, field, max_model_len), n, stop, stream, logprobs,
+                            include_usage)
+    return req, clean
+
+
+# ---- responses --------------------------------------------------------------------------------------------------
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_logprobs(tokens: List[str], logprobs: List[float], offset: int = 0) -> dict:
+    offsets, o = [], offset
+    for t in tokens:
+        offsets.append(o)
+        o += len(t)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
+
+
+def chat_logprobs(tokens: List[str], logprobs: List[float]) -> dict:
+    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": []}
+                        for t, lp in zip(tokens, logprobs)]}
+
+
+def envelope(kind: str, rid: str, model: str, choices: list, usage_: Optional[dict] = None,
+             created: Optional[int] = None) -> dict:
+    out = {"id": rid, "object": kind, "created": created or int(time.time()), "model": model, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out

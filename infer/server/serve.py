@@ -1,0 +1,47 @@
+"""Build and run the server: a model, an Engine on its thread, the FastAPI app on uvicorn.
+
+    python -m infer serve --model smollm2-135m-instruct --port 8000
+    server, handle = build_server("smollm2-135m-instruct", port=0)   # tests: port 0 = any free port
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from infer.engine import Engine
+from infer.server.app import create_app
+from infer.server.async_engine import AsyncEngine
+from infer.server.prom import ServerMetrics
+
+
+def served_name(model: str) -> str:
+    """The name clients send as `model`: a model name as given, a path's last component."""
+    return os.path.basename(os.path.normpath(model)) if os.path.sep in model or os.path.exists(model) else model
+
+
+def build_app(params, cfg, tokenizer, model_name: str, warmup: bool = False, **engine_options):
+    """(FastAPI app, AsyncEngine) over a fresh Engine (warmup: every step shape compiled first); its thread runs."""
+    metrics = ServerMetrics()
+    engine = AsyncEngine(Engine(params, cfg, tokenizer=tokenizer, **engine_options), on_step=metrics.on_step)
+    if warmup:
+        engine.engine.warmup()
+    metrics.refresh(engine.engine)
+    engine.start()
+    return create_app(engine, tokenizer, model_name, metrics), engine
+
+
+def build_server(model: str, host: str = "127.0.0.1", port: int = 8000, dtype=None,
+                 served_model_name: Optional[str] = None, warmup: bool = True, log_level: str = "info",
+                 graceful_timeout_s: float = 30.0, **engine_options):
+    """(uvicorn.Server, AsyncEngine) for a checkpoint (ours, Hugging Face, GGUF or a model name)."""
+    import uvicorn
+
+    from infer.io.checkpoint import load_model_dir
+    from infer.io.tokenizer import load_tokenizer
+    cfg, params = load_model_dir(model, dtype=dtype)
+    tok = load_tokenizer(model, vocab_size=cfg.vocab_size)
+    app, engine = build_app(params, cfg, tok, served_model_name or served_name(model), warmup=warmup,
+                            **engine_options)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                            timeout_graceful_shutdown=graceful_timeout_s)
+    return uvicorn.Server(config), engine

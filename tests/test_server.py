@@ -1,0 +1,204 @@
+"""The OpenAI-compatible server, driven by the official `openai` client over loopback (SmolLM2-135M-Instruct).
+
+Outputs are compared with the single-request paths (`infer.generate_text`, `infer.chat`) and with the same
+request served alone; pages in use are read from the engine and from /metrics.
+"""
+import asyncio
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import infer
+from infer.config import SamplingParams
+from infer.server.serve import build_app
+
+NAME = "smollm2-135m-instruct"
+MAX_LEN = 512
+
+
+@pytest.fixture(scope="module")
+def server():
+    import uvicorn
+    cfg, params = infer.load_model_dir(NAME)
+    tok = infer.load_tokenizer(NAME, vocab_size=cfg.vocab_size)
+    app, engine = build_app(params, cfg, tok, NAME, num_pages=160, page_size=16, max_num_seqs=16,
+                            max_num_batched_tokens=64, max_model_len=MAX_LEN)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert time.time() < deadline and th.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "cfg": cfg, "params": params, "tok": tok}
+    srv.should_exit = True
+    th.join(30)
+    assert not th.is_alive(), "the server did not shut down"
+    assert not engine._thread.is_alive(), "the engine loop did not stop"
+
+
+def client(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key="unused", max_retries=0)
+
+
+def wait_idle(server, timeout=20.0):
+    """Pages in use back to 0 (the idle value: finished prompts stay only as evictable cache)."""
+    eng = server["engine"].engine
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server["engine"].num_active == 0 and eng.stats()["pages_in_use"] == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_completion_and_chat_streamed_and_not(server):
+    c, tok = client(server), server["tok"]
+    prompt = "def fibonacci(n):"
+    ref = infer.generate_text(server["params"], server["cfg"], tok, prompt,
+                              SamplingParams(temperature=0.0, max_new_tokens=20))
+    r = c.completions.create(model=NAME, prompt=prompt, max_tokens=20, temperature=0)
+    assert r.choices[0].text == ref.text and r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(tok.encode(prompt)) and r.usage.completion_tokens == len(ref.token_ids) == 20
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 20
+    chunks = list(c.completions.create(model=NAME, prompt=prompt, max_tokens=20, temperature=0, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == r.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 20 and chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    want = infer.chat(server["params"], server["cfg"], tok, conv, SamplingParams(temperature=0.0, max_new_tokens=32))
+    r = c.chat.completions.create(model=NAME, messages=conv, max_tokens=32, temperature=0)
+    assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "stop" and "Paris" in want
+    assert r.usage.prompt_tokens == len(tok.chat_template.encode(tok, conv))
+    chunks = list(c.chat.completions.create(model=NAME, messages=conv, max_tokens=32, temperature=0, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert wait_idle(server)
+
+
+def test_token_prompts_n_samples_logprobs_and_stop(server):
+    c, tok = client(server), server["tok"]
+    ids = tok.encode("import numpy as np\n")
+    r = c.completions.create(model=NAME, prompt=ids, max_tokens=8, temperature=0.8, seed=3, n=3, logprobs=1)
+    assert sorted(ch.index for ch in r.choices) == [0, 1, 2]
+    assert r.usage.completion_tokens == sum(len(ch.logprobs.tokens) for ch in r.choices) == 24
+    assert all(lp <= 0 for ch in r.choices for lp in ch.logprobs.token_logprobs)
+    again = c.completions.create(model=NAME, prompt=ids, max_tokens=8, temperature=0.8, seed=3, n=3)
+    assert [ch.text for ch in again.choices] == [ch.text for ch in r.choices]  # a seed reproduces
+    full = c.completions.create(model=NAME, prompt="def add(a, b):", max_tokens=24, temperature=0).choices[0].text
+    stop = full[10:13]
+    cut = c.completions.create(model=NAME, prompt="def add(a, b):", max_tokens=24, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_32_concurrent_streams_each_equal_to_the_request_alone(server):
+    c = client(server)
+    prompts = [f"def function_{i}(x):" for i in range(8)]
+    alone = [c.completions.create(model=NAME, prompt=p, max_tokens=12, temperature=0).choices[0].text for p in prompts]
+    aclient = openai.AsyncOpenAI(base_url=server["url"] + "/v1", api_key="unused", max_retries=0)
+
+    async def one(p):
+        stream = await aclient.completions.create(model=NAME, prompt=p, max_tokens=12, temperature=0, stream=True)
+        return "".join([ch.choices[0].text async for ch in stream if ch.choices])
+
+    async def all_():
+        return await asyncio.gather(*[one(prompts[i % 8]) for i in range(32)])
+    got = asyncio.run(all_())
+    assert got == [alone[i % 8] for i in range(32)]
+    assert wait_idle(server)
+
+
+def test_a_client_that_goes_away_frees_its_pages(server):
+    body = {"model": NAME, "prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 400, "temperature": 0}  # counts on
+    with httpx.Client(base_url=server["url"], timeout=30) as h:
+        with h.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(line.startswith("data: {") for line in got) and not any("[DONE]" in x for x in got)
+            assert server["engine"].engine.stats()["pages_in_use"] > 0
+        # closed mid-stream
+    assert wait_idle(server)
+    with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client hangs up
+        httpx.post(server["url"] + "/v1/completions", json=body, timeout=1.0)
+    assert wait_idle(server)
+    assert client(server).completions.create(model=NAME, prompt="1, 2, 3,", max_tokens=4, temperature=0).choices
+
+
+BAD = [
+    ({"model": "gpt-4", "prompt": "hi"}, "model"),
+    ({"model": NAME, "prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ({"model": NAME, "prompt": "hi", "max_tokens": 10 ** 9}, "max_tokens"),
+    ({"model": NAME, "prompt": "hi", "max_tokens": "10"}, "max_tokens"),
+    ({"model": NAME, "prompt": "hi", "temperature": 5}, "temperature"),
+    ({"model": NAME, "prompt": "hi", "temperature": "hot"}, "temperature"),
+    ({"model": NAME, "prompt": "hi", "top_p": 0}, "top_p"),
+    ({"model": NAME, "prompt": "hi", "n": 0}, "n"),
+    ({"model": NAME, "prompt": "hi", "stream": "yes"}, "stream"),
+    ({"model": NAME, "prompt": "hi", "seed": -1}, "seed"),
+    ({"model": NAME, "prompt": "hi", "stop": [1, 2]}, "stop"),
+    ({"model": NAME, "prompt": 123}, "prompt"),
+    ({"model": NAME, "prompt": [1, 2, 10 ** 7]}, "prompt"),
+    ({"model": NAME, "prompt": "word " * 600, "max_tokens": 4}, "prompt"),
+    ({"model": NAME, "prompt": "hi there", "max_tokens": MAX_LEN - 1}, "max_tokens"),
+    ({"model": NAME, "prompt": "hi", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"prompt": "hi"}, "model"),
+]
+
+
+def test_every_bad_input_gets_a_400_naming_the_field_and_the_server_keeps_serving(server):
+    with httpx.Client(base_url=server["url"], timeout=30) as h:
+        for body, field in BAD:
+            r = h.post("/v1/completions", json=body)
+            assert r.status_code == 400, (body, r.text)
+            err = r.json()["error"]
+            assert err["param"] == field and field in err["message"] and err["type"] == "invalid_request_error"
+        for path, body, field in [("/v1/chat/completions", {"model": NAME, "messages": "hi"}, "messages"),
+                                  ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "bot"}]},
+                                   "messages[0]"),
+                                  ("/v1/chat/completions", {"model": NAME, "messages": [
+                                      {"role": "user", "content": "hi"}], "max_completion_tokens": 0},
+                                   "max_completion_tokens")]:
+            r = h.post(path, json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+        r = h.post("/v1/completions", content=b'{"model": "x", "prompt": ', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+        assert h.get("/health").json() == {"status": "ok"}
+    r = client(server).completions.create(model=NAME, prompt="Hello", max_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3
+    assert wait_idle(server)
+
+
+def metric_values(server):
+    text = httpx.get(server["url"] + "/metrics").text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_parse_and_move_by_the_expected_amounts(server):
+    assert wait_idle(server)
+    before = metric_values(server)
+    c = client(server)
+    for p in ("one two three", "alpha beta"):
+        c.completions.create(model=NAME, prompt=p, max_tokens=5, temperature=0)
+    time.sleep(0.2)  # the engine thread records metrics right after the step that finishes
+    after = metric_values(server)
+    d = lambda name, labels=(): after.get((name, labels), 0) - before.get((name, labels), 0)
+    assert d("infer_requests_total", (("finish_reason", "length"),)) == 2
+    assert d("infer_generation_tokens_total") == 10
+    tok = server["tok"]
+    assert d("infer_prompt_tokens_total") == len(tok.encode("one two three")) + len(tok.encode("alpha beta"))
+    assert d("infer_time_to_first_token_seconds_count") == 2
+    assert d("infer_e2e_request_latency_seconds_count") == 2
+    assert d("infer_inter_token_latency_seconds_count") == 2 * 4
+    assert after[("infer_kv_pages_in_use", ())] == 0
+    assert after[("infer_kv_pages_total", ())] == 160
+    assert ("infer_preemptions_total", ()) in after and ("infer_prefix_cache_hit_rate", ()) in after
