@@ -97,3 +97,14 @@ def test_query_chunking_and_traced_layer_change_nothing():
         case["kv_len"], max_q_len=case["max_q_len"], layer=layer))
     np.testing.assert_allclose(np.asarray(fn(jnp.int32(case["layer"]))), np.asarray(whole), rtol=1e-6, atol=1e-6)
     assert rel_err(fn(jnp.int32(0)), whole) > 1e-2  # another layer's pages give another answer
+
+
+@pytest.mark.parametrize("prefill_rows", [0, 1, 3])
+def test_prefill_rows_split_equals_numpy(prefill_rows):
+    """Multi-token sequences first, single queries after: the split path pads only the first rows."""
+    heads = [(45, 13), (20, 20), (3 * Z + 5, 3 * Z + 5)][:prefill_rows]
+    tails = [(37, 1), (1, 1), (0, 0), (Z, 1), (Z + 1, 1)]
+    case = make_ragged_case(heads + tails, K=2, G=2, H=32, Z=Z, L=2, seed=20 + prefill_rows)
+    out = _run(case, prefill_rows=prefill_rows)
+    assert rel_err(out, case["expected"]) <= 1e-5
+    np.testing.assert_array_equal(np.asarray(out[int(np.asarray(case["query_len"]).sum()):]), 0.0)

@@ -172,8 +172,6 @@ class BlockManager:
         """Drop a sequence's pages: unowned cached pages become evictable (its tail first), the rest free."""
         table = self.tables.pop(seq_id)
         self.hashes.pop(seq_id)
-        mine = set(table)  # copies into its pages are moot now (a preempted sequence's pending copy-on-write)
-        self.pending_copies = [(s, d) for s, d in self.pending_copies if d not in mine]
         for p in reversed(table):
             self.ref_count[p] -= 1
             if self.ref_count[p] == 0:
@@ -181,6 +179,9 @@ class BlockManager:
                     self.evictable[p] = None  # most recently used end; the tail goes in first, so is evicted first
                 else:
                     self.free.append(p)
+        # A queued copy into a page nobody owns any more is moot (a preempted sequence's copy-on-write);
+        # one into a page a fork still holds must stay.
+        self.pending_copies = [(s, d) for s, d in self.pending_copies if self.ref_count[d] > 0]
 
     def table(self, seq_id: int) -> List[int]:
         return self.tables[seq_id]

@@ -14,10 +14,14 @@ many tokens, builds the step's AttentionMetadata on the host, and makes one devi
 (infer/engine/device_step.py: page copies, the ragged model step, sampling); its results
 come back in one host transfer. Requests join and leave between any two steps.
 
-Shapes are fixed per engine (T = max_num_batched_tokens tokens, R = max_num_seqs
-sequences and samples, M pages per sequence for max_model_len, C = R page copies); the
-static max_q_len takes power-of-two buckets up to T, so after `warmup()` (or a workload
-that has visited the buckets) no step compiles.
+Shapes come from a small fixed set per engine (R = max_num_seqs, C = R page copies;
+`step_shapes`): a decode-only step runs one token per sequence, its rows bucketed (powers
+of two up to R) and its M pages per sequence bucketed to its longest sequence; any
+other step runs T = max_num_batched_tokens
+tokens over every page of max_model_len, its longest chunk bucketed (static max_q_len),
+the at most max_num_partial_prefills multi-token sequences in the first rows (so the
+reference attention pads only those). After `warmup()` (or a workload that has visited
+the buckets) no step compiles.
 
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
 of the engine's state changes, and the other requests keep running.
@@ -64,7 +68,8 @@ class Engine:
     def __init__(self, params, cfg: ModelConfig, *, num_pages: Optional[int] = None,
                  page_size: int = DEFAULT_PAGE_SIZE, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
                  tokenizer=None, max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
-                 kv_dtype: Optional[str] = None, poison_freed_pages: bool = False):
+                 kv_dtype: Optional[str] = None, poison_freed_pages: bool = False,
+                 max_num_partial_prefills: int = 4):
         max_model_len = min(cfg.max_seq_len, max_model_len or cfg.max_seq_len)
         for name, v in (("page_size", page_size), ("max_num_seqs", max_num_seqs),
                         ("max_num_batched_tokens", max_num_batched_tokens), ("max_model_len", max_model_len)):
@@ -83,7 +88,9 @@ class Engine:
         self.poison_freed_pages = poison_freed_pages
         self.kv = init_pools(cfg, num_pages, page_size, kv_dtype)
         self.blocks = BlockManager(num_pages, page_size, enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens)
+        if not (isinstance(max_num_partial_prefills, int) and max_num_partial_prefills > 0):
+            raise ValueError(f"max_num_partial_prefills: must be an int > 0, got {max_num_partial_prefills!r}")
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_num_partial_prefills)
         self.requests: Dict[str, Request] = {}
         self.finished_metrics: collections.deque = collections.deque(maxlen=100_000)
         self._outbox: List[RequestUpdate] = []
@@ -93,11 +100,13 @@ class Engine:
 
     # ---- requests -------------------------------------------------------------------------------------------
     def add_request(self, prompt: Union[str, Seq[int]], sampling_params: Optional[SamplingParams] = None,
-                    request_id: Optional[str] = None, n: int = 1, stop: Seq[str] = ()) -> str:
+                    request_id: Optional[str] = None, n: int = 1, stop: Seq[str] = (),
+                    arrival_time: Optional[float] = None) -> str:
         """Queue a request (token ids, or text when the engine has a tokenizer); returns its id.
 
         n > 1 draws n samples that share the prompt's pages (sample i uses seed + i * SAMPLE_SEED_STRIDE).
-        `stop` strings end a sample's text before the string (needs a tokenizer). Refused with a
+        `stop` strings end a sample's text before the string (needs a tokenizer). arrival_time (a
+        time.perf_counter() stamp, default now) is when the request arrived, for its latency metrics. Refused with a
         RequestError naming the request: a duplicate id, an empty prompt, ids outside [0, V), a prompt plus
         max_new_tokens longer than max_model_len, a request larger than the whole pool, a bad n or stop."""
         rid = str(next(self._ids)) if request_id is None else str(request_id)
@@ -141,7 +150,8 @@ class Engine:
             eos = tuple(getattr(self.tokenizer, "eos_ids", ()))
             sp = dataclasses.replace(sp, stop_token_ids=tuple(dict.fromkeys(sp.stop_token_ids + eos)))
         req = Request(request_id=rid, prompt=ids, sampling=sp, n=n, stop=stop,
-                      metrics=RequestMetrics(arrival=time.perf_counter(), num_prompt_tokens=len(ids)))
+                      metrics=RequestMetrics(arrival=time.perf_counter() if arrival_time is None else arrival_time,
+                                             num_prompt_tokens=len(ids)))
         req.sequences.append(self._new_sequence(req, 0, list(ids)))
         self.requests[rid] = req
         self.scheduler.add(req.sequences[0])
@@ -195,28 +205,72 @@ class Engine:
         self.counters["steps"] += 1
         return updates
 
+    def decode_rows(self, num_seqs: int) -> int:
+        """Rows of a decode-only step: the power of two >= its sequences, at most max_num_seqs."""
+        return bucket(num_seqs, cap=self.max_num_seqs)
+
+    def step_shapes(self, scheduled) -> dict:
+        """The step's static shapes: a decode-only step runs one row per sequence, the rows and the pages per
+        sequence bucketed to what it holds; any other step runs max_num_batched_tokens tokens, max_num_seqs
+        sequences over every page of max_model_len, its longest chunk bucketed (max_q_len), the multi-token
+        sequences in the first rows (prefill_rows)."""
+        longest = max(n for _, n in scheduled)
+        if longest == 1:
+            rows = self.decode_rows(len(scheduled))
+            pages = max(len(self.blocks.table(s.seq_id)) for s, _ in scheduled)
+            return dict(num_tokens=rows, num_seqs=rows, num_logits=rows, max_q_len=1,
+                        pages_per_seq=bucket(pages, cap=self.pages_per_seq), prefill_rows=None)
+        R = self.max_num_seqs
+        return dict(num_tokens=self.max_num_batched_tokens, num_seqs=R, num_logits=R,
+                    pages_per_seq=self.pages_per_seq, max_q_len=bucket(longest, cap=self.max_num_batched_tokens),
+                    prefill_rows=min(self.scheduler.max_num_partial_prefills, R))
+
+    def all_step_shapes(self) -> list:
+        """Every shape step_shapes can choose (what warmup compiles)."""
+        def buckets(lo, hi):
+            out, b = [], lo
+            while True:
+                out.append(b)
+                if b >= hi:
+                    return out
+                b = min(2 * b, hi)
+        R = self.max_num_seqs
+        shapes = [dict(num_tokens=r, num_seqs=r, num_logits=r, max_q_len=1, pages_per_seq=m, prefill_rows=None)
+                  for r in buckets(self.decode_rows(1), R) for m in buckets(1, self.pages_per_seq)]
+        if self.max_num_batched_tokens >= 2:
+            shapes += [dict(num_tokens=self.max_num_batched_tokens, num_seqs=R, num_logits=R, max_q_len=q,
+                            pages_per_seq=self.pages_per_seq,
+                            prefill_rows=min(self.scheduler.max_num_partial_prefills, R))
+                       for q in buckets(2, self.max_num_batched_tokens)]
+        return shapes
+
     def _run(self, scheduled):
         """Build the step's inputs on the host, run the device step, bring the samples back in one transfer."""
         R, Z, P = self.max_num_seqs, self.page_size, self.num_pages
-        steps, sample_rows, seeds, per_sample, positions = [], [], [], [], []
-        n_logits = 0
-        for seq, n in scheduled:
+        shapes = self.step_shapes(scheduled)
+        # metadata rows: multi-token sequences first (prefill_rows); samples stay in scheduled order
+        order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] == 1)
+        steps, logits_row = [], {}
+        for i in order:
+            seq, n = scheduled[i]
             c = seq.num_computed
             done = c + n == len(seq.tokens)
             steps.append(SequenceStep(tokens=seq.tokens[c:c + n], pages=self.blocks.table(seq.seq_id), cached=c,
                                       logits="last" if done else "none"))
             if done:
-                req = seq.request
-                for i in range(1 if req.forked else req.n):
-                    idx = seq.index if req.forked else i
-                    sample_rows.append(n_logits)
-                    seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
-                    per_sample.append(req.sampling)
-                    positions.append(len(seq.tokens))
-                n_logits += 1
-        max_q = bucket(max(n for _, n in scheduled), cap=self.max_num_batched_tokens)
-        tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, num_tokens=self.max_num_batched_tokens,
-                                        num_seqs=R, pages_per_seq=self.pages_per_seq, num_logits=R, max_q_len=max_q)
+                logits_row[i] = len(logits_row)
+        sample_rows, seeds, per_sample, positions = [], [], [], []
+        for i, (seq, n) in enumerate(scheduled):
+            if i not in logits_row:
+                continue
+            req = seq.request
+            for j in range(1 if req.forked else req.n):
+                idx = seq.index if req.forked else j
+                sample_rows.append(logits_row[i])
+                seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
+                per_sample.append(req.sampling)
+                positions.append(len(seq.tokens))
+        tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, **shapes)
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
             raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
@@ -228,7 +282,7 @@ class Engine:
         if self.poison_freed_pages:
             poison = np.zeros((P,), bool)
             poison[sorted(set(fresh) - {d for _, d in copies})] = True
-        S = R
+        S = shapes["num_logits"]  # samples: one per logits row, or n rows from one prompt (mixed steps: S = R)
         rows = np.zeros((S,), np.int32)
         rows[:len(sample_rows)] = sample_rows
         pos = np.zeros((S,), np.int32)
@@ -357,21 +411,18 @@ class Engine:
         return outs
 
     def warmup(self) -> None:
-        """Compile every max_q_len bucket with empty steps (they write nothing), so serving never compiles."""
+        """Compile every step shape (all_step_shapes) with empty steps (they write nothing), so serving never
+        compiles: decode-only steps per (rows, pages per sequence) bucket, mixed steps per max_q_len bucket."""
         R, P = self.max_num_seqs, self.num_pages
-        q = 1
-        while True:
-            tokens_T, meta = build_metadata([], page_size=self.page_size, num_pages=P,
-                                            num_tokens=self.max_num_batched_tokens, num_seqs=R,
-                                            pages_per_seq=self.pages_per_seq, num_logits=R, max_q_len=q)
+        shapes = self.all_step_shapes()
+        for shape in shapes:
+            tokens_T, meta = build_metadata([], page_size=self.page_size, num_pages=P, **shape)
             poison = np.zeros((P,), bool) if self.poison_freed_pages else None
+            S = shape["num_logits"]
             out = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, np.zeros((R,), np.int32),
-                              np.full((R,), P, np.int32), np.zeros((R,), np.int32), np.zeros((R,), np.int32),
-                              _sampling_arrays([], [], R), poison)
+                              np.full((R,), P, np.int32), np.zeros((S,), np.int32), np.zeros((S,), np.int32),
+                              _sampling_arrays([], [], S), poison)
             self.kv = out[2]
-            if q >= self.max_num_batched_tokens:
-                break
-            q = min(2 * q, self.max_num_batched_tokens)
         jax.block_until_ready(self.kv)
 
     def stats(self) -> dict:

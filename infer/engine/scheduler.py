@@ -12,6 +12,8 @@ Each step fills a budget of `max_num_batched_tokens` tokens, in this order:
   3. waiting sequences in arrival order (preempted ones first), each starting from
      the longest prefix the prefix cache holds, while the budget, the pages and
      `max_num_seqs` allow (a request with n samples reserves n sequence slots).
+At most `max_num_partial_prefills` sequences run more than one token in a step (the
+step's attention pads only that many rows to the longest chunk).
 
 A preempted sequence later prefills its prompt and generated tokens again and
 continues exactly where it was (its next token's random key depends on its seed and
@@ -35,10 +37,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_num_partial_prefills: int = 4):
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_partial_prefills = max_num_partial_prefills
         self.waiting: collections.deque = collections.deque()
         self.running: List[Sequence] = []  # in admission order
         self.num_preemptions = 0
@@ -105,12 +109,14 @@ class Scheduler:
                 budget -= 1
 
         # 2. chunks of prompts already admitted
+        chunks = 0  # sequences running more than one token this step
         for seq in list(self.running):
             if budget == 0:
                 break
             if seq.status is not Status.RUNNING or not seq.is_prefill:
                 continue
-            n = self._fit(seq, min(len(seq.tokens) - seq.num_computed, budget))
+            cap = budget if chunks < self.max_num_partial_prefills else 1
+            n = self._fit(seq, min(len(seq.tokens) - seq.num_computed, cap))
             if n == 0 and seq is self.running[-1] and len(out.scheduled) == 0:
                 # Nothing runs and the newest cannot grow: it gives its pages back (progress for the others).
                 budget = self._preempt(seq, out, budget)
@@ -119,6 +125,7 @@ class Scheduler:
                 bm.reserve(seq.seq_id, seq.num_computed, seq.num_computed + n)
                 out.scheduled.append((seq, n))
                 budget -= n
+                chunks += n > 1
 
         # 3. admissions in arrival order (no skipping: first come, first served)
         while self.waiting and budget > 0:
@@ -128,7 +135,7 @@ class Scheduler:
                 break
             hit = bm.match_prefix(seq.tokens)
             cached = len(hit) * bm.page_size
-            n = min(len(seq.tokens) - cached, budget)
+            n = min(len(seq.tokens) - cached, budget if chunks < self.max_num_partial_prefills else 1)
             need = bm.pages_for(cached + n) - len(hit)
             if need > bm.num_free_pages - bm.evictable_among(hit):
                 break
@@ -142,6 +149,7 @@ class Scheduler:
             out.scheduled.append((seq, n))
             out.admitted.append((seq, cached))
             budget -= n
+            chunks += n > 1
         return out
 
     def _fit(self, seq: Sequence, n: int) -> int:

@@ -15,6 +15,8 @@ requests reuses the compiled step):
     logits_indices_O   the rows whose logits the step returns, in order
     max_q_len          (static) bound on query_len_R, bucketed: sizes the kernels' query grid
     page_size          (static) the Z the slots and page tables were computed with (None: not recorded)
+    prefill_rows       (static) only sequences r < prefill_rows have more than one token (None: any may);
+                       lets the reference attention pad only those rows to max_q_len
 
 Two builders: `build_metadata` on the host (numpy, validated, any mix of
 sequences; the engine's path) and `rows_metadata` on the device (jnp, a static
@@ -42,6 +44,7 @@ class AttentionMetadata:
     logits_indices_O: jnp.ndarray
     max_q_len: int = flax.struct.field(pytree_node=False, default=1)
     page_size: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+    prefill_rows: Optional[int] = flax.struct.field(pytree_node=False, default=None)
 
 
 class MetadataError(ValueError):
@@ -73,13 +76,14 @@ def _check_buckets(*checks) -> None:
 def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: int,
                    num_tokens: Optional[int] = None, num_seqs: Optional[int] = None,
                    pages_per_seq: Optional[int] = None, num_logits: Optional[int] = None,
-                   max_q_len: Optional[int] = None):
+                   max_q_len: Optional[int] = None, prefill_rows: Optional[int] = None):
     """Host-side: (tokens_T, AttentionMetadata) as numpy arrays for a mix of sequences, padded to buckets.
 
     Bucket sizes (T tokens, R sequences, M pages per sequence, O logits rows, the static max_q_len)
     default to the next power of two of what the mix needs; pass them to pin the compiled shapes. Refused with MetadataError
     before anything runs: a write past a sequence's reserved pages, a page outside [0, num_pages),
-    a negative cached length, or buckets too small for the mix.
+    a negative cached length, buckets too small for the mix, or (with prefill_rows) a sequence at
+    index >= prefill_rows with more than one token.
     """
     Z = page_size
     n_tok = sum(len(s.tokens) for s in seqs)
@@ -112,6 +116,9 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
         if s.cached + n > len(pages) * Z:
             raise MetadataError(f"sequence {r}: writing positions [{s.cached}, {s.cached + n}) goes past its "
                                 f"{len(pages)} reserved pages ({len(pages) * Z} positions)")
+        if prefill_rows is not None and r >= prefill_rows and n > 1:
+            raise MetadataError(f"sequence {r}: {n} tokens, but only the first {prefill_rows} sequences "
+                                f"(prefill_rows) may have more than one")
         if s.logits not in ("last", "all", "none"):
             raise MetadataError(f"sequence {r}: logits must be 'last', 'all' or 'none', got {s.logits!r}")
         pos = s.cached + np.arange(n)
@@ -132,7 +139,7 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
     logits[:len(logits_idx)] = logits_idx
     meta = AttentionMetadata(positions_T=positions, slot_T=slots, query_start_R=q_start, query_len_R=q_len,
                              kv_len_R=kv_len, page_table_RM=table, logits_indices_O=logits,
-                             max_q_len=Q, page_size=Z)
+                             max_q_len=Q, page_size=Z, prefill_rows=prefill_rows)
     return tokens, meta
 
 

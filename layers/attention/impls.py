@@ -27,7 +27,8 @@ def reference(q_TNH, kv, layer, meta, *, sliding_window=None, softcap=None):
     """Pure JAX (the twin every kernel is tested against); the default on CPU."""
     return ragged_paged_attention_reference(q_TNH, *_kernel_args(kv, meta), max_q_len=meta.max_q_len, layer=layer,
                                             k_scale=kv.get("k_scale"), v_scale=kv.get("v_scale"),
-                                            sliding_window=sliding_window, softcap=softcap)
+                                            sliding_window=sliding_window, softcap=softcap,
+                                            prefill_rows=meta.prefill_rows)
 
 
 def pallas(q_TNH, kv, layer, meta, *, sliding_window=None, softcap=None):

@@ -24,6 +24,10 @@ speculative verify runs of k+1 tokens. The contract, shared by every kernel:
   are never weighted. A sequence with query_len 0 is a no-op (padding rows).
 - max_q_len (static) >= max(query_len_R): the reference works on the padded
   per-sequence view [R, max_q_len]; kernels size their query-block grid by it.
+- prefill_rows (static, optional): only sequences r < prefill_rows may have more than
+  one query; the reference then pads just those rows to max_q_len and runs the others
+  as single queries (a step of one prefill chunk among many decodes costs that chunk,
+  not R copies of it). Kernels may ignore it.
 
 Work is proportional to the sequences' (bucketed) pages and query counts, never to
 the pool size P: only the pages named in page_table_RM are gathered.
@@ -72,12 +76,25 @@ def _attend_chunk(q_RQKGH, pos_RQ, valid_RQ, k_RKSH, v_RKSH, sliding_window, sof
 def ragged_paged_attention_reference(q_TNH, k_pages, v_pages, page_table_RM, query_start_R, query_len_R, kv_len_R,
                                      *, max_q_len: int, layer=0, k_scale=None, v_scale=None,
                                      sliding_window: Optional[int] = None, softcap: Optional[float] = None,
-                                     q_chunk: int = 256):
+                                     q_chunk: int = 256, prefill_rows: Optional[int] = None):
     """Attention of a flat ragged batch of queries over paged pools (contract in the module docstring).
 
     Queries are processed in chunks of `q_chunk` per sequence (a `lax.map`), so the
     float32 score tensor is at most [R, N, q_chunk, M * Z] however long a prefill is.
     """
+    R_all = page_table_RM.shape[0]
+    if prefill_rows is not None and max_q_len > 1 and prefill_rows < R_all:
+        # Rows [0, prefill_rows) padded to max_q_len, the rest single queries; rows are disjoint, padding is 0.
+        kw = dict(layer=layer, k_scale=k_scale, v_scale=v_scale, sliding_window=sliding_window, softcap=softcap,
+                  q_chunk=q_chunk)
+        head = (page_table_RM[:prefill_rows], query_start_R[:prefill_rows], query_len_R[:prefill_rows],
+                kv_len_R[:prefill_rows])
+        tail = (page_table_RM[prefill_rows:], query_start_R[prefill_rows:], query_len_R[prefill_rows:],
+                kv_len_R[prefill_rows:])
+        out = ragged_paged_attention_reference(q_TNH, k_pages, v_pages, *tail, max_q_len=1, **kw)
+        if prefill_rows > 0:
+            out = out + ragged_paged_attention_reference(q_TNH, k_pages, v_pages, *head, max_q_len=max_q_len, **kw)
+        return out
     T, N, H = q_TNH.shape
     k_RKSH = _gathered_layer(k_pages, k_scale, page_table_RM, layer)
     v_RKSH = _gathered_layer(v_pages, v_scale, page_table_RM, layer)
