@@ -99,6 +99,8 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
         return rids, counts, q
 
     def token_texts(ids: List[int]) -> List[str]:
+        if tokenizer is None:  # a model without a tokenizer: tokens are named by id (vLLM's convention)
+            return [f"token_id:{t}" for t in ids]
         return [tokenizer.decode([t], skip_special_tokens=False) for t in ids]
 
     async def collect(request: Request, q: asyncio.Queue, rids: List[str], n: int) -> List[_Choice]:
