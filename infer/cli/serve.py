@@ -29,12 +29,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args) -> int:
-    from infer.server.serve import build_server
+    import logging
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s", force=True)
+    from infer.server.serve import build_server, run_until_signal
     server, _ = build_server(args.model, host=args.host, port=args.port, dtype=args.dtype,
                              served_model_name=args.served_model_name, warmup=not args.no_warmup,
                              log_level=args.log_level, graceful_timeout_s=args.graceful_timeout,
                              num_pages=args.num_pages, page_size=args.page_size, max_num_seqs=args.max_num_seqs,
                              max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                              enable_prefix_caching=not args.no_prefix_caching)
-    server.run()
+    run_until_signal(server)
     return 0

@@ -5,13 +5,18 @@
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 from typing import Optional
 
 from infer.engine import Engine
 from infer.server.app import create_app
 from infer.server.async_engine import AsyncEngine
 from infer.server.prom import ServerMetrics
+
+log = logging.getLogger("infer.server")
 
 
 def served_name(model: str) -> str:
@@ -24,7 +29,10 @@ def build_app(params, cfg, tokenizer, model_name: str, warmup: bool = False, **e
     metrics = ServerMetrics()
     engine = AsyncEngine(Engine(params, cfg, tokenizer=tokenizer, **engine_options), on_step=metrics.on_step)
     if warmup:
+        n, t = len(engine.engine.all_step_shapes()), time.perf_counter()
+        log.info("compiling %d step shapes before serving (--no-warmup skips this)", n)
         engine.engine.warmup()
+        log.info("compiled %d step shapes in %.1f s", n, time.perf_counter() - t)
     metrics.refresh(engine.engine)
     engine.start()
     return create_app(engine, tokenizer, model_name, metrics), engine
@@ -45,3 +53,25 @@ def build_server(model: str, host: str = "127.0.0.1", port: int = 8000, dtype=No
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s)
     return uvicorn.Server(config), engine
+
+
+def run_until_signal(server) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully (a second signal forces it).
+
+    uvicorn's own handlers re-raise the signal inside the event loop after it stops serving, which
+    cancels the application's shutdown (the engine thread would not be stopped); these only flag it."""
+    import asyncio
+    import signal
+
+    def on_signal(*_):
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server.capture_signals = contextlib.nullcontext  # keep ours
+    try:
+        asyncio.run(server.serve())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
