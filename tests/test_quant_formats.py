@@ -1,0 +1,78 @@
+"""Weight formats (layers/quant/formats.py): packing, round-to-nearest error bounds, and GGUF blocks decoded
+bit for bit as the `gguf` package decodes them."""
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, quants
+
+from layers.quant.formats import (FORMATS, dequantize, from_gguf, get_format, pack_nibbles, quantize, unpack_nibbles,
+                                  weight_bytes)
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+def test_int4_packing_round_trips_exactly(g):
+    q = rng.integers(0, 16, size=(4 * g, 24)).astype(np.uint8)
+    p = pack_nibbles(q, g)
+    assert p.shape == (2 * g, 24) and p.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(unpack_nibbles(p, g)), q)
+    # GGUF's block layout: byte j of a group = input j (low nibble) | input j + g/2 (high nibble)
+    assert p[0, 0] == q[0, 0] | (q[g // 2, 0] << 4)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_round_to_nearest_error_is_within_half_a_step(name):
+    fmt = get_format(name)
+    I, O = 256, 48
+    w = rng.standard_normal((I, O)).astype(np.float32) * rng.uniform(0.01, 2.0, size=(1, O)).astype(np.float32)
+    qw = quantize(w, fmt)
+    deq = np.asarray(dequantize(qw, fmt))
+    g = fmt.group or I
+    step = np.repeat(np.abs(np.asarray(qw["scale"], np.float32)), g, axis=0)  # [I, O]: each weight's step
+    err = np.abs(deq - w)
+    slack = 1e-6 + 2e-3 * np.abs(w) * (fmt.scale_dtype == "float16")  # float16 scales/mins round the grid
+    bound = step / 2 + slack + 1e-3 * step
+    if fmt.zero:  # q4_0's grid is (q - 8) * d, q in 0..15: the largest magnitude sits on q = 0, so the opposite
+        # extreme only reaches 7 steps: values beyond it clip, by at most one step
+        assert (err <= step + slack).all() and (err <= bound).mean() > 0.99
+    else:
+        assert (err <= bound).all(), f"max err / step = {(err / step).max()}"
+    if fmt.bits == 4:
+        assert qw["q"].shape == (I // 2, O) and qw["q"].dtype == np.uint8
+    else:
+        assert qw["q"].shape == (I, O) and qw["q"].dtype == np.int8
+    assert qw["scale"].shape == (I // g, O)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_blocks_decode_bit_for_bit_as_gguf_does(qtype):
+    O, I = 40, 96
+    w = (rng.standard_normal((O, I)) * 0.3).astype(np.float32)
+    t = getattr(GGMLQuantizationType, qtype)
+    raw = quants.quantize(w, t)  # GGUF's own blocks, row-major [O, I]
+    want = quants.dequantize(raw, t)  # [O, I] float32
+    ours = from_gguf(raw, qtype, (O, I))
+    fmt = [f for f in FORMATS.values() if f.gguf_type == qtype][0]
+    got = np.asarray(dequantize(ours, fmt))  # [I, O]
+    np.testing.assert_array_equal(got.T.view(np.uint32), want.astype(np.float32).view(np.uint32))
+    # the same bytes, re-laid out: the format's size is GGUF's size
+    block, type_size = gguf.GGML_QUANT_SIZES[t]
+    assert weight_bytes(fmt, I, O) == raw.nbytes == O * I // block * type_size
+    assert sum(np.asarray(v).nbytes for v in ours.values()) == raw.nbytes
+
+
+def test_formats_refuse_what_they_cannot_hold():
+    with pytest.raises(ValueError, match="weight format 'int3'"):
+        get_format("int3")
+    with pytest.raises(ValueError, match="input dimension 48 is not a multiple of the group size 32"):
+        quantize(np.zeros((48, 4), np.float32), "int4-g32")
+    with pytest.raises(ValueError, match="natively supported"):
+        from_gguf(np.zeros(10, np.uint8), "Q5_K", (1, 256))
+
+
+def test_bytes_per_parameter():
+    I, O = 4096, 4096
+    assert weight_bytes("int8", I, O) == I * O + 4 * O
+    assert weight_bytes("int4-g128", I, O) == I * O // 2 + (I // 128) * O * 8
+    assert weight_bytes("q4_0", I, O) / (I * O) == 18 / 32
