@@ -76,3 +76,13 @@ def test_bytes_per_parameter():
     assert weight_bytes("int8", I, O) == I * O + 4 * O
     assert weight_bytes("int4-g128", I, O) == I * O // 2 + (I // 128) * O * 8
     assert weight_bytes("q4_0", I, O) / (I * O) == 18 / 32
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_the_roofline_counts_the_bytes_the_format_stores(name):
+    from infer.perf.roofline import WeightFormat
+    for I, O in [(4096, 4096), (576, 1536)]:
+        fmt = get_format(name)
+        if I % (fmt.group or I):
+            continue
+        assert WeightFormat.get(name).kernel_bytes(I, O) == weight_bytes(name, I, O)

@@ -52,9 +52,12 @@ import dataclasses
 import math
 from typing import Optional, Union
 
+import numpy as np
+
 from infer.config.model_config import ModelConfig
 from infer.perf.hardware import HardwareProfile
 from infer.kv.pool import DEFAULT_PAGE_SIZE
+from layers.quant.formats import FORMATS as QUANT_FORMATS
 
 # ----------------------------------------------------------------------------------------------
 # Storage formats
@@ -105,7 +108,8 @@ class WeightFormat:
 
     @classmethod
     def get(cls, fmt: Union[str, "WeightFormat", None], default: str = "bfloat16") -> "WeightFormat":
-        """A preset by name: float32, bfloat16, float16, int8 (per-channel), int4 (group 128)."""
+        """A preset by name: float32, bfloat16, float16, int8 (per-channel), int4 (group 128, a scale only), and
+        every stored format of layers/quant/formats.py (int4-g32/64/128 with scale and min, q8_0, q4_0, q4_1)."""
         if isinstance(fmt, WeightFormat):
             return fmt
         name = fmt or default
@@ -116,6 +120,9 @@ class WeightFormat:
             "int8": cls("int8", 8, "bfloat16", None, 4),
             "int4": cls("int4", 4, "bfloat16", 128, 4),
         }
+        for q in QUANT_FORMATS.values():  # the stored formats (layers/quant/formats.py), bytes as stored
+            per_group = np.dtype(q.scale_dtype).itemsize * (2 if q.has_min else 1)
+            presets.setdefault(q.name, cls(q.name, q.bits, "bfloat16", q.group, per_group))
         if name not in presets:
             raise ValueError(f"weight format: unknown {name!r}; known: {sorted(presets)}")
         return presets[name]
