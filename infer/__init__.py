@@ -15,6 +15,7 @@ from infer.kv import AttentionMetadata, MetadataError, SequenceStep, build_metad
 from infer.model import (count_params, decode_step, extend, forward, init_cache, init_params, param_logical_axes,
                          prefill, step)
 from infer.generation.batch import GenerateResult, generate
+from infer.model.quantize import dequantize_params, quantize
 
 # Serving: continuous batching over the page pools (block manager, scheduler, engine, offline LLM).
 from infer.engine import CompletionOutput, Engine, RequestError, RequestOutput, RequestUpdate
@@ -46,5 +47,5 @@ __all__ = [
     "init_params", "param_logical_axes", "count_params",
     "init_cache", "forward", "prefill", "decode_step", "extend", "step",
     "AttentionMetadata", "MetadataError", "SequenceStep", "build_metadata", "init_pools",
-    "SamplingParams", "generate", "GenerateResult",
+    "SamplingParams", "generate", "GenerateResult", "quantize", "dequantize_params",
 ]

@@ -19,5 +19,5 @@ class DecoderBlock(nn.Module):
         a, kv = Attention(cfg, name="attn")(h, positions_BT, kv, layer, meta)
         x_BTD = x_BTD + a
         h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x_BTD)
-        x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, name="mlp")(h)
+        x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, cfg.weight_format, name="mlp")(h)
         return (x_BTD, kv), None

@@ -1,13 +1,32 @@
 """The projection seam: every weight matmul in the model goes through `Linear`.
 
-A quantized variant (int8 per-channel, int4 group-wise) replaces this module
-by keeping the same call signature: `Linear(out_shape, in_axes_names,
-out_axes_names)(x)` contracts the trailing `len(in_shape)` dims of x.
+`Linear(in_shape, out_shape, in_axes, out_axes, dtype)(x)` contracts the trailing
+len(in_shape) dims of x with a kernel [in..., out...] stored in `dtype`. With a
+`weight_format` (layers/quant/formats.py) the weight is stored quantized instead, as the
+format's pytree over the flattened [I, O] weight ("q", "scale", and "min" for affine
+formats; I = prod(in_shape), O = prod(out_shape)); the call dequantizes it to the compute
+dtype and contracts with float32 accumulation, so the storage format is separate from the
+compute dtype. (This is the reference path: it builds the [I, O] weight in the step; the
+packed-weight kernels that avoid that are the quantization issue's next piece.)
+Quantized parameters come from `infer.quantize` (or a GGUF file); `init` gives zeros.
 """
+import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from layers.quant.formats import dequantize, get_format
+
+
+def stored_shapes(weight_format: str, I: int, O: int) -> dict:
+    """name -> (shape, dtype) of a quantized [I, O] weight's arrays."""
+    fmt = get_format(weight_format)
+    g = fmt.group_size(I)
+    out = {"q": ((I // 2, O), jnp.uint8) if fmt.bits == 4 else ((I, O), jnp.int8),
+           "scale": ((I // g, O), jnp.dtype(fmt.scale_dtype))}
+    if fmt.has_min:
+        out["min"] = ((I // g, O), jnp.dtype(fmt.scale_dtype))
+    return out
 
 
 class Linear(nn.Module):
@@ -20,10 +39,13 @@ class Linear(nn.Module):
     dtype: jnp.dtype
     use_bias: bool = False
     out_dtype: Optional[jnp.dtype] = None  # default: dtype (the LM head asks for float32 logits)
+    weight_format: Optional[str] = None  # None: a float kernel in dtype; else a layers/quant/formats.py format
 
     @nn.compact
     def __call__(self, x):
         n_in = len(self.in_shape)
+        if self.weight_format is not None:
+            return self._quantized(x, n_in)
         fan_in = 1
         for s in self.in_shape:
             fan_in *= s
@@ -38,3 +60,16 @@ class Linear(nn.Module):
                            tuple(self.out_shape), self.dtype)
             y = y + b.astype(jnp.float32)
         return y.astype(self.out_dtype or self.dtype)
+
+    def _quantized(self, x, n_in):
+        I, O = math.prod(self.in_shape), math.prod(self.out_shape)
+        qw = {name: self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), shape, dt)
+              for name, (shape, dt) in stored_shapes(self.weight_format, I, O).items()}
+        w_IO = dequantize(qw, self.weight_format, dtype=self.dtype)
+        x_MI = x.reshape(x.shape[:x.ndim - n_in] + (I,)).astype(self.dtype)
+        y = jnp.dot(x_MI, w_IO, preferred_element_type=jnp.float32)
+        if self.use_bias:
+            b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_axes)),
+                           tuple(self.out_shape), self.dtype)
+            y = y + b.astype(jnp.float32).reshape(O)
+        return y.reshape(y.shape[:-1] + tuple(self.out_shape)).astype(self.out_dtype or self.dtype)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 from infer.config.paths import REPO_ROOT
 from layers.attention import registry as attention_registry
+from layers.quant.formats import FORMATS as QUANT_FORMATS
 
 MODEL_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "models")
 
@@ -92,6 +93,9 @@ class ModelConfig:
     # Which attention implementation the cached step uses: any name in layers.attention.registry;
     # "auto" = the Pallas kernels on GPU/TPU, the pure-JAX reference on CPU.
     attention_impl: str = "auto"
+    # How the projection weights are stored: None = dtype; else a format of layers/quant/formats.py
+    # ("int8", "int4-g32|64|128", "q8_0", "q4_0", "q4_1"). Embeddings, norms and the LM head stay in dtype.
+    weight_format: Optional[str] = None
     name: str = ""
 
     def __post_init__(self):
@@ -108,6 +112,8 @@ class ModelConfig:
         _require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         _require(self.attention_impl in attention_registry.names(), "attention_impl",
                  f"must be a registered implementation {attention_registry.names()}, got {self.attention_impl!r}")
+        _require(self.weight_format is None or self.weight_format in QUANT_FORMATS, "weight_format",
+                 f"must be None or one of {sorted(QUANT_FORMATS)}, got {self.weight_format!r}")
         if self.rope_scaling is not None:
             _require(isinstance(self.rope_scaling, RopeScaling), "rope_scaling",
                      f"must be a RopeScaling, got {type(self.rope_scaling).__name__}")

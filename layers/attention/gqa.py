@@ -27,7 +27,7 @@ class Attention(nn.Module):
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         dt = cfg.jnp_dtype
         proj = lambda n, ax, name: Linear((D,), (n, H), (axes.EMBED,), (ax, axes.HEAD_DIM), dt,
-                                          use_bias=cfg.qkv_bias, name=name)
+                                          use_bias=cfg.qkv_bias, weight_format=cfg.weight_format, name=name)
         q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
         k_BTKH = proj(K, axes.KV_HEADS, "k")(x_BTD)
         v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
@@ -48,5 +48,6 @@ class Attention(nn.Module):
             impl = registry.get(cfg.attention_impl)
             out_BTNH = impl(q_BTNH[0], kv, layer, meta, sliding_window=cfg.sliding_window,
                             softcap=cfg.attn_logit_softcap)[None]
-        o = Linear((N, H), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, name="o")(out_BTNH)
+        o = Linear((N, H), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, weight_format=cfg.weight_format,
+                   name="o")(out_BTNH)
         return o, kv

@@ -47,9 +47,10 @@ class WeightFormat:
 
     def group_size(self, I: int) -> int:
         g = self.group or I
-        if I % g or (self.bits == 4 and g % 2):
-            raise ValueError(f"{self.name}: input dimension {I} is not a multiple of the group size {g}"
-                             + (" (4-bit groups pack pairs: g must be even)" if self.bits == 4 else ""))
+        if I % g:
+            raise ValueError(f"{self.name}: input dimension {I} is not a multiple of the group size {g}")
+        if self.bits == 4 and g % 2:
+            raise ValueError(f"{self.name}: a 4-bit group packs pairs, so it must be even (input dimension {I})")
         return g
 
 
