@@ -49,3 +49,38 @@ def test_quantize_refuses_what_does_not_fit(model):
         infer.quantize(qparams, qcfg, "int8")
     with pytest.raises(infer.ConfigError, match="weight_format"):
         cfg.replace(weight_format="fp4")
+
+
+def test_smollm2_runs_its_own_q4_1_blocks_bit_identically_and_in_a_third_of_the_bytes():
+    """The GGUF's Q4_1 projections kept as stored: the same weights as the dequantized load, to the bit."""
+    cfg_n, native = infer.load_model_dir("smollm2-135m-instruct", weight_format="native")
+    cfg_f, plain = infer.load_model_dir("smollm2-135m-instruct")
+    assert cfg_n.weight_format == "q4_1" and cfg_f.weight_format is None
+    q = native["layers"]["mlp"]["down"]
+    assert q["q"].dtype == np.uint8 and q["q"].shape == (cfg_n.n_layers, cfg_n.d_ff // 2, cfg_n.d_model)
+    twin = infer.dequantize_params(native, cfg_n)
+    for a, b in zip(jax.tree_util.tree_leaves(twin), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    proj = lambda t: sum(x.nbytes for k, x in jax.tree_util.tree_leaves_with_path(t["layers"])
+                         if k[0].key in ("attn", "mlp") and "norm" not in k[1].key)
+    assert proj(native) * 5.9 < proj(plain) < proj(native) * 6.5  # 4 bits + f16 scale and min per 32 vs 32 bits
+    tokens = np.array([[1, 504, 3000, 42, 9, 77, 812]])
+    np.testing.assert_allclose(np.asarray(infer.forward(native, cfg_n, tokens)),
+                               np.asarray(infer.forward(plain, cfg_f, tokens)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="only GGUF files store quantized weights natively"):
+        infer.load_model_dir(str(infer.config.paths.REPO_ROOT) + "/models/target", weight_format="native")
+
+
+def test_orbax_round_trip_of_a_quantized_model_is_bit_exact(model, tmp_path):
+    cfg, params = model
+    qparams, qcfg = infer.quantize(params, cfg, "int4-g64")
+    infer.save_checkpoint(str(tmp_path / "q"), qcfg, qparams)
+    cfg2, params2 = infer.load_checkpoint(str(tmp_path / "q"))
+    assert cfg2 == qcfg and cfg2.weight_format == "int4-g64"
+    flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(t)}
+    a, b = flat(qparams), flat(params2)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+    cfg3, params3 = infer.load_model_dir(str(tmp_path / "q"))  # the user-facing loader keeps the format
+    assert cfg3.weight_format == "int4-g64"

@@ -124,17 +124,29 @@ def load_checkpoint(path: str, device=None) -> Tuple[ModelConfig, dict]:
     return cfg, params
 
 
-def load_model_dir(path: str, dtype=None) -> Tuple[ModelConfig, dict]:
+def load_model_dir(path: str, dtype=None, weight_format=None) -> Tuple[ModelConfig, dict]:
     """Any checkpoint: ours (model_config.json), Hugging Face (config.json), or GGUF (a .gguf file, a directory
     holding one, or a model name from infer.io.model_names; dequantized, float32 unless dtype says otherwise).
 
     dtype None keeps the checkpoint's dtype, except that a bfloat16/float16 checkpoint loads as float32 on a
-    CPU backend (with a warning; infer/io/dtype_policy.py); an explicit dtype is always honoured."""
+    CPU backend (with a warning; infer/io/dtype_policy.py); an explicit dtype is always honoured.
+    weight_format: None keeps what the checkpoint stores (GGUF: dequantized); "native" keeps a GGUF file's
+    Q8_0/Q4_0/Q4_1 projections in their own format; a format name of layers/quant/formats.py ("int8",
+    "int4-g128", ...) quantizes the projections after loading (round to nearest, infer.quantize)."""
+    if weight_format is not None and weight_format != "native":
+        from infer.model.quantize import quantize
+        cfg, params = load_model_dir(path, dtype=dtype)
+        if cfg.weight_format is not None:
+            raise ValueError(f"weight_format: {path} is stored as {cfg.weight_format!r} already")
+        return tuple(reversed(quantize(params, cfg, weight_format)))
     from infer.io.model_names import resolve_gguf
     gguf_path = resolve_gguf(path)
     if gguf_path is not None:
         from infer.io.gguf_loader import load_gguf
-        return load_gguf(gguf_path, dtype=dtype)
+        return load_gguf(gguf_path, dtype=dtype, native=weight_format == "native")
+    if weight_format == "native":
+        raise ValueError(f"weight_format='native': only GGUF files store quantized weights natively; {path} is not "
+                         f"one (pass a format name such as 'int8' to quantize it after loading)")
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         cfg, params = load_checkpoint(path)

@@ -22,6 +22,9 @@ embedding can rotate interleaved pairs (x0, x1), (x2, x3), ...; ours (like HF)
 rotates the half-split pairs (x_i, x_{i+H/2}). `unpermute_rotary` is the
 inverse of convert_hf_to_gguf.py's `permute`, as in transformers' GGUF loader.
 
+`load_gguf(path, native=True)` keeps Q8_0 / Q4_0 / Q4_1 projections in their stored format
+instead (cfg.weight_format; layers/quant/formats.py re-lays the blocks out without decoding).
+
 Supported: the llama architecture (Llama 1-3 without per-frequency rope
 factors, SmolLM, Mistral-as-llama) with tensors of type F32, F16, BF16, Q8_0,
 Q4_0, Q4_1. Anything else is a `GGUFError` naming the metadata key or tensor.
@@ -166,9 +169,12 @@ def _dequantize(t) -> np.ndarray:
     return np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(tuple(int(n) for n in t.shape[::-1]))
 
 
-def load_gguf(path: str, dtype: Optional[str] = None, device=None) -> Tuple[ModelConfig, dict]:
+def load_gguf(path: str, dtype: Optional[str] = None, device=None, native: bool = False) -> Tuple[ModelConfig, dict]:
     """(ModelConfig, params) from a GGUF file, every tensor dequantized to `dtype` (default float32).
 
+    native=True keeps the projection weights in the file's own format (Q8_0, Q4_0 or Q4_1, one type
+    for all of them): cfg.weight_format names it and the blocks are re-laid out, never decoded
+    (layers/quant/formats.py), so the model takes the file's bytes; the rest is dequantized as usual.
     Like the HF loader, every tensor's name, type and shape is checked before any data is read, and
     one stacked parameter at a time is filled on the host and moved to `device` (default: JAX's).
     """
@@ -206,4 +212,38 @@ def load_gguf(path: str, dtype: Optional[str] = None, device=None) -> Tuple[Mode
         n = heads.get(name.split(".", 2)[-1])
         return w if n is None else unpermute_rotary(w, n)
 
-    return cfg, fill_params(cfg, plan, read, device)
+    if not native:
+        return cfg, fill_params(cfg, plan, read, device)
+    cfg, prefilled = _native_projections(path, cfg, plan, tensors, heads)
+    return cfg, fill_params(cfg, {k: v for k, v in plan.items() if k not in _projection_leaves(plan)}, read, device,
+                            prefilled=prefilled)
+
+
+def _projection_leaves(plan) -> set:
+    return {leaf for leaf in plan if leaf[0] == "layers" and leaf[-1] == "kernel"}
+
+
+def _native_projections(path, cfg: ModelConfig, plan, tensors, heads):
+    """(cfg with weight_format, {leaf path: stacked array}) of the projections in the file's stored format."""
+    from layers.quant.formats import GGUF_FORMATS, from_gguf
+    leaves = sorted(_projection_leaves(plan))
+    types = {tensors[gguf_name(hf)].tensor_type.name for leaf in leaves for hf, *_ in plan[leaf]}
+    if len(types) != 1 or next(iter(types)) not in GGUF_FORMATS:
+        raise GGUFError(f"{path}: native loading keeps one stored format for every projection; this file's "
+                        f"projections are {sorted(types)} (natively supported: {sorted(GGUF_FORMATS)}); "
+                        f"load it dequantized (the default) or quantize it after loading")
+    gtype = next(iter(types))
+    cfg = cfg.replace(weight_format=GGUF_FORMATS[gtype].name)
+    prefilled = {}
+    for leaf in leaves:
+        per_layer = []
+        for hf, shape_OI, _, _ in plan[leaf]:
+            name = gguf_name(hf)
+            raw = np.asarray(tensors[name].data, np.uint8).reshape(shape_OI[0], -1)  # block bytes per output row
+            n = heads.get(name.split(".", 2)[-1])
+            if n is not None:
+                raw = unpermute_rotary(raw, n)  # a permutation of output rows: whole rows of blocks move
+            per_layer.append(from_gguf(raw, gtype, shape_OI))
+        for part in per_layer[0]:
+            prefilled[leaf[:-1] + (part,)] = np.stack([q[part] for q in per_layer])
+    return cfg, prefilled

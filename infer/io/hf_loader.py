@@ -119,8 +119,11 @@ def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
-def fill_params(cfg: ModelConfig, plan: dict, read, device=None) -> dict:
+def fill_params(cfg: ModelConfig, plan: dict, read, device=None, prefilled: Optional[dict] = None) -> dict:
     """The parameter tree of `cfg`, each leaf filled from its plan's sources: read(source name) -> numpy array.
+
+    prefilled: {leaf path: array} built elsewhere (e.g. quantized weights kept in their stored format);
+    together with the plan they must cover the model's tree exactly.
 
     One stacked leaf at a time is assembled on the host in the target dtype and put on `device`,
     so peak host memory stays near one leaf beyond the source. The model's own parameter tree is
@@ -129,9 +132,14 @@ def fill_params(cfg: ModelConfig, plan: dict, read, device=None) -> dict:
     """
     expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
     flat = {tuple(k.key for k in kp): v for kp, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    assert set(flat) == set(plan), f"internal: loader plan {sorted(plan)} != model tree {sorted(flat)}"
+    prefilled = prefilled or {}
+    assert set(flat) == set(plan) | set(prefilled), \
+        f"internal: loader plan {sorted(set(plan) | set(prefilled))} != model tree {sorted(flat)}"
     device = device or jax.devices()[0]
     params: dict = {}
+    for leaf, value in prefilled.items():
+        assert value.shape == flat[leaf].shape and value.dtype == flat[leaf].dtype, (leaf, value.shape, value.dtype)
+        _set_path(params, leaf, jax.device_put(value, device))
     for leaf, srcs in plan.items():
         target = flat[leaf]
         host = np.empty(target.shape, target.dtype)
