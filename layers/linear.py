@@ -5,9 +5,9 @@ len(in_shape) dims of x with a kernel [in..., out...] stored in `dtype`. With a
 `weight_format` (layers/quant/formats.py) the weight is stored quantized instead, as the
 format's pytree over the flattened [I, O] weight ("q", "scale", and "min" for affine
 formats; I = prod(in_shape), O = prod(out_shape)); the call dequantizes it to the compute
-dtype and contracts with float32 accumulation, so the storage format is separate from the
-compute dtype. (This is the reference path: it builds the [I, O] weight in the step; the
-packed-weight kernels that avoid that are the quantization issue's next piece.)
+dtype inside its dot (layers/quant/matmul.py: 4-bit weights are decoded half-group by
+half-group straight into two dots, never unpacked into a [I, O] copy) with float32
+accumulation, so the storage format is separate from the compute dtype.
 Quantized parameters come from `infer.quantize` (or a GGUF file); `init` gives zeros.
 """
 import math
@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from layers.quant.formats import dequantize, get_format
+from layers.quant.formats import get_format
+from layers.quant.matmul import quant_matmul
 
 
 def stored_shapes(weight_format: str, I: int, O: int) -> dict:
@@ -65,9 +66,8 @@ class Linear(nn.Module):
         I, O = math.prod(self.in_shape), math.prod(self.out_shape)
         qw = {name: self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), shape, dt)
               for name, (shape, dt) in stored_shapes(self.weight_format, I, O).items()}
-        w_IO = dequantize(qw, self.weight_format, dtype=self.dtype)
-        x_MI = x.reshape(x.shape[:x.ndim - n_in] + (I,)).astype(self.dtype)
-        y = jnp.dot(x_MI, w_IO, preferred_element_type=jnp.float32)
+        lead = x.shape[:x.ndim - n_in]
+        y = quant_matmul(x.reshape((math.prod(lead), I)), qw, self.weight_format, self.dtype).reshape(lead + (O,))
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_axes)),
                            tuple(self.out_shape), self.dtype)

@@ -35,6 +35,11 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
+    p.add_argument("--weight-format", default=None,
+                   help="store the projections quantized: native (a GGUF file's own Q8_0/Q4_0/Q4_1), int8, "
+                        "int4-g32, int4-g64, int4-g128 (round to nearest after loading)")
+    p.add_argument("--kv-cache-dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"],
+                   help="KV page pool dtype (default: the model's dtype; int8 adds a scale per token and head)")
     # Speculative sampling (infer/generation/speculative.py), random weights only.
     d = p.add_mutually_exclusive_group()
     d.add_argument("--draft-config", default=None, help="speculative: draft model config (random weights, same vocab)")
@@ -56,8 +61,15 @@ def cmd_generate(args) -> int:
     from infer.config import SamplingParams
 
     overrides = {"attention_impl": args.attention_impl} if args.attention_impl else {}
+    if args.kv_cache_dtype:
+        overrides["kv_cache_dtype"] = args.kv_cache_dtype
     cfg = infer.load_config(args.config, **overrides)
     params = infer.init_params(cfg, jax.random.PRNGKey(args.seed))
+    if args.weight_format == "native":
+        raise ValueError("--weight-format native: keeps a GGUF file's own format; random weights have none "
+                         "(use int8, int4-g128, ...)")
+    if args.weight_format:
+        params, cfg = infer.quantize(params, cfg, args.weight_format)
     rng = np.random.RandomState(args.seed)
     lens = [max(1, args.prompt_len - i * max(1, args.prompt_len // (2 * args.batch))) for i in range(args.batch)]
     prompts = [rng.randint(0, cfg.vocab_size, size=n).tolist() for n in lens]

@@ -16,6 +16,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--weight-format", default=None,
+                   help="store the projections quantized: native (a GGUF file's own Q8_0/Q4_0/Q4_1), int8, "
+                        "int4-g32, int4-g64, int4-g128 (round to nearest after loading)")
+    p.add_argument("--kv-cache-dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"],
+                   help="KV page pool dtype (default: the model's dtype; int8 adds a scale per token and head)")
     p.add_argument("--num-pages", type=int, default=None, help="KV pages in the pool (default: max-num-seqs "
                                                                "sequences of up to 1024 tokens)")
     p.add_argument("--page-size", type=int, default=16)
@@ -33,6 +38,7 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s", force=True)
     from infer.server.serve import build_server, run_until_signal
     server, _ = build_server(args.model, host=args.host, port=args.port, dtype=args.dtype,
+                             weight_format=args.weight_format, kv_cache_dtype=args.kv_cache_dtype,
                              served_model_name=args.served_model_name, warmup=not args.no_warmup,
                              log_level=args.log_level, graceful_timeout_s=args.graceful_timeout,
                              num_pages=args.num_pages, page_size=args.page_size, max_num_seqs=args.max_num_seqs,

@@ -26,7 +26,10 @@ def cmd_generate_text(args) -> int:
         raise ValueError("--checkpoint and --prompt go together: a text prompt needs a checkpoint's weights "
                          "and tokenizer")
     overrides = {"attention_impl": args.attention_impl} if args.attention_impl else {}
-    cfg, params = load_model_dir(args.checkpoint, dtype=getattr(args, "dtype", None))
+    if getattr(args, "kv_cache_dtype", None):
+        overrides["kv_cache_dtype"] = args.kv_cache_dtype
+    cfg, params = load_model_dir(args.checkpoint, dtype=getattr(args, "dtype", None),
+                                 weight_format=getattr(args, "weight_format", None))
     if overrides:
         cfg = cfg.replace(**overrides)
     tok = load_tokenizer(args.checkpoint, vocab_size=cfg.vocab_size)

@@ -96,6 +96,8 @@ class ModelConfig:
     # How the projection weights are stored: None = dtype; else a format of layers/quant/formats.py
     # ("int8", "int4-g32|64|128", "q8_0", "q4_0", "q4_1"). Embeddings, norms and the LM head stay in dtype.
     weight_format: Optional[str] = None
+    # The KV page pools' dtype: None = dtype; "int8" stores int8 values with a float32 scale per token and head.
+    kv_cache_dtype: Optional[str] = None
     name: str = ""
 
     def __post_init__(self):
@@ -112,6 +114,8 @@ class ModelConfig:
         _require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         _require(self.attention_impl in attention_registry.names(), "attention_impl",
                  f"must be a registered implementation {attention_registry.names()}, got {self.attention_impl!r}")
+        _require(self.kv_cache_dtype is None or self.kv_cache_dtype in DTYPES + ("int8",), "kv_cache_dtype",
+                 f"must be None or one of {DTYPES + ('int8',)}, got {self.kv_cache_dtype!r}")
         _require(self.weight_format is None or self.weight_format in QUANT_FORMATS, "weight_format",
                  f"must be None or one of {sorted(QUANT_FORMATS)}, got {self.weight_format!r}")
         if self.rope_scaling is not None:

@@ -23,14 +23,15 @@ POOL_DTYPES = DTYPES + ("int8",)
 
 def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_SIZE,
                dtype: Optional[str] = None) -> dict:
-    """Empty page pools of `num_pages` pages of `page_size` tokens (dtype defaults to cfg.dtype; "int8" quantizes)."""
+    """Empty page pools of `num_pages` pages of `page_size` tokens (dtype defaults to cfg.kv_cache_dtype, then
+    cfg.dtype; "int8" quantizes)."""
     if not (isinstance(num_pages, int) and num_pages > 0):
         raise ValueError(f"num_pages: must be an int > 0, got {num_pages!r}")
     if not (isinstance(page_size, int) and page_size > 0):
         raise ValueError(f"page_size: must be an int > 0, got {page_size!r}")
     if dtype is not None and dtype not in POOL_DTYPES:
         raise ValueError(f"dtype: page pools hold one of {POOL_DTYPES} (int8 with per-token scales), got {dtype!r}")
-    dt = jnp.dtype(dtype or cfg.dtype)
+    dt = jnp.dtype(dtype or cfg.kv_cache_dtype or cfg.dtype)
     shape = (cfg.n_layers, num_pages, cfg.n_kv_heads, page_size, cfg.head_dim)
     kv = {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
     if dt == jnp.int8:

@@ -217,7 +217,7 @@ def num_params(cfg: ModelConfig) -> int:
 
 def param_bytes(cfg: ModelConfig, weights: Union[str, WeightFormat, None] = None) -> float:
     """Bytes of all parameters in a weight format (default: the config's dtype)."""
-    w = WeightFormat.get(weights, cfg.dtype)
+    w = WeightFormat.get(weights, cfg.weight_format or cfg.dtype)
     return sum(p.bytes(w) for p in param_groups(cfg))
 
 
@@ -238,7 +238,7 @@ def kv_values_per_token_per_layer(cfg: ModelConfig) -> int:
 
 def kv_bytes_per_token(cfg: ModelConfig, kv: Union[str, KVFormat, None] = None) -> float:
     """Bytes one token adds to the cache over all layers (including int8 scales)."""
-    f = KVFormat.get(kv, cfg.dtype)
+    f = KVFormat.get(kv, cfg.kv_cache_dtype or cfg.dtype)
     per_layer = kv_values_per_token_per_layer(cfg) * f.value_bytes + 2 * cfg.n_kv_heads * f.scale_bytes
     return cfg.n_layers * per_layer
 
@@ -389,7 +389,7 @@ def step_cost(cfg: ModelConfig, batch_size: int, tokens: int, context: int, weig
     if batch_size <= 0 or tokens <= 0 or context < 0:
         raise ValueError(f"step_cost: need batch_size > 0, tokens > 0, context >= 0; got "
                          f"{batch_size}, {tokens}, {context}")
-    w = WeightFormat.get(weights, cfg.dtype)
+    w = WeightFormat.get(weights, cfg.weight_format or cfg.dtype)
     B, T, D, V = batch_size, tokens, cfg.d_model, cfg.vocab_size
     logits_per_row = T if logits_per_row is None else logits_per_row
     groups = param_groups(cfg)

@@ -39,6 +39,7 @@ def build_app(params, cfg, tokenizer, model_name: str, warmup: bool = False, **e
 
 
 def build_server(model: str, host: str = "127.0.0.1", port: int = 8000, dtype=None,
+                 weight_format: Optional[str] = None, kv_cache_dtype: Optional[str] = None,
                  served_model_name: Optional[str] = None, warmup: bool = True, log_level: str = "info",
                  graceful_timeout_s: float = 30.0, **engine_options):
     """(uvicorn.Server, AsyncEngine) for a checkpoint (ours, Hugging Face, GGUF or a model name)."""
@@ -46,7 +47,9 @@ def build_server(model: str, host: str = "127.0.0.1", port: int = 8000, dtype=No
 
     from infer.io.checkpoint import load_model_dir
     from infer.io.tokenizer import load_tokenizer
-    cfg, params = load_model_dir(model, dtype=dtype)
+    cfg, params = load_model_dir(model, dtype=dtype, weight_format=weight_format)
+    if kv_cache_dtype is not None:
+        cfg = cfg.replace(kv_cache_dtype=kv_cache_dtype)
     tok = load_tokenizer(model, vocab_size=cfg.vocab_size)
     app, engine = build_app(params, cfg, tok, served_model_name or served_name(model), warmup=warmup,
                             **engine_options)
