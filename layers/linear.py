@@ -5,9 +5,10 @@ len(in_shape) dims of x with a kernel [in..., out...] stored in `dtype`. With a
 `weight_format` (layers/quant/formats.py) the weight is stored quantized instead, as the
 format's pytree over the flattened [I, O] weight ("q", "scale", and "min" for affine
 formats; I = prod(in_shape), O = prod(out_shape)); the call dequantizes it to the compute
-dtype inside its dot (layers/quant/matmul.py: 4-bit weights are decoded half-group by
-half-group straight into two dots, never unpacked into a [I, O] copy) with float32
-accumulation, so the storage format is separate from the compute dtype.
+dtype inside its matmul with float32 accumulation, so the storage format is separate from
+the compute dtype: the Pallas kernels on GPU/TPU (pallas_kernels/matmul/), elsewhere XLA's
+packed path (layers/quant/matmul.py: 4-bit weights decoded half-group by half-group straight
+into two dots, never unpacked into a [I, O] copy).
 Quantized parameters come from `infer.quantize` (or a GGUF file); `init` gives zeros.
 """
 import math
@@ -16,7 +17,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 from layers.quant.formats import get_format
-from layers.quant.matmul import quant_matmul
+from pallas_kernels.matmul.dispatch import quant_matmul
 
 
 def stored_shapes(weight_format: str, I: int, O: int) -> dict:
@@ -67,7 +68,8 @@ class Linear(nn.Module):
         qw = {name: self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), shape, dt)
               for name, (shape, dt) in stored_shapes(self.weight_format, I, O).items()}
         lead = x.shape[:x.ndim - n_in]
-        y = quant_matmul(x.reshape((math.prod(lead), I)), qw, self.weight_format, self.dtype).reshape(lead + (O,))
+        y = quant_matmul(x.reshape((math.prod(lead), I)), qw, self.weight_format,
+                         compute_dtype=self.dtype).reshape(lead + (O,))
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_axes)),
                            tuple(self.out_shape), self.dtype)

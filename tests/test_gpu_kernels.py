@@ -1,17 +1,21 @@
 """The Triton kernels compiled for real (interpret=False) on an NVIDIA GPU equal their pure-JAX references.
 
 Skipped, with the reason, on a machine without a GPU; run them with `pytest -m gpu` on one. Head shapes follow
-Llama-3-8B (K = 8 KV heads, G = 4, H = 128) plus an odd group size; pools are bfloat16 or int8.
+Llama-3-8B (K = 8 KV heads, G = 4, H = 128) plus an odd group size; pools are bfloat16 or int8. The quantized
+matmul runs every weight format at Llama-3-8B's MLP decode shapes.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from layers.quant.formats import FORMATS, dequantize, quantize
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
 from pallas_kernels.attention.decode_reference import decode_attention_reference
 from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
 from pallas_kernels.attention.ragged_reference import ragged_paged_attention_reference
+from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
+from pallas_kernels.matmul.quant_reference import quant_matmul_reference
 from pallas_kernels.testing import TOLERANCE, make_case, make_ragged_case, rel_err, to_pages
 
 pytestmark = [
@@ -93,3 +97,22 @@ def test_ragged_traced_layer_float32():
         max_q_len=c["max_q_len"], layer=layer))
     arrays = {k: c[k] for k in ("q", "k_pages", "v_pages", "page_table", "query_start", "query_len", "kv_len")}
     _check_ragged(c, f(arrays, jnp.int32(2)), 1e-4, layer=2)  # float32 end to end; GPU exp is not correctly rounded
+
+
+@pytest.mark.parametrize("I,O", [(4096, 14336), (14336, 4096)])  # Llama-3-8B gate/up and down
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_quant_matmul_llama3_mlp(name, I, O):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((I, O), dtype=np.float32) * 0.02
+    qw = {k: jnp.asarray(v) for k, v in quantize(w, name).items()}
+    f = jax.jit(lambda x, w: quant_matmul_gpu(x, w, name))
+    for M in (1, 8, 16):
+        x = jnp.asarray(rng.standard_normal((M, I), dtype=np.float32), jnp.bfloat16)
+        out, ref = f(x, qw), quant_matmul_reference(x, qw, name)
+        assert out.shape == (M, O) and out.dtype == jnp.float32
+        # float32 operands (ieee dot) summed in another order than XLA's: float32 rounding only
+        assert rel_err(out, ref) <= 1e-4
+        x64 = np.asarray(x.astype(jnp.float32), np.float64)
+        assert rel_err(out, x64 @ np.asarray(dequantize(qw, name), np.float64)) <= 1e-4
+    out = quant_matmul_gpu(x, qw, name, compute_dtype=jnp.bfloat16)  # tensor-core operands
+    assert rel_err(out, ref) <= BF16

@@ -9,7 +9,9 @@ compiles the kernel at lowering time and emits "triton_kernel_call_ffi".
 
 Checked on the lowered module: exactly one kernel call, and no op but that call
 touches the page pools or the cache (no slice, transpose, gather or copy of them:
-the kernels compute layer/page addresses themselves).
+the kernels compute layer/page addresses themselves). The quantized matmul is
+checked the same way at Llama-3-8B's MLP decode shapes: the packed weight reaches
+the kernel untouched (never dequantized or copied by XLA).
 """
 import re
 
@@ -18,8 +20,10 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
+from layers.quant.formats import get_format
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
 from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
+from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 
 TRITON_TARGETS = ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi")
 # Llama-3-8B attention: 32 query heads over 8 KV heads of dim 128, 32 layers
@@ -37,7 +41,8 @@ def _export(fn, *args):
 
 
 def _tensor_type(shape, dtype):
-    mlir_dtype = {"bfloat16": "bf16", "int8": "i8", "float32": "f32"}[jnp.dtype(dtype).name]
+    mlir_dtype = {"bfloat16": "bf16", "int8": "i8", "float32": "f32", "uint8": "ui8",
+                  "float16": "f16"}[jnp.dtype(dtype).name]
     return f"tensor<{'x'.join(map(str, shape))}x{mlir_dtype}>"
 
 
@@ -112,3 +117,31 @@ def test_ragged_lowers(pool_dtype, R, T, max_q_len):
     assert f"grid_x = {-(-max_q_len // 16)} : i32" in call
     # the output is the aliased zero buffer (padding rows stay zero): one output aliased to an operand
     assert "output_operand_aliases" in call
+
+
+# Llama-3-8B MLP at decode (M = 8 rows): gate/up [4096 -> 14336] and down [14336 -> 4096]
+MLP_SHAPES = [(4096, 14336), (14336, 4096)]
+
+
+def _quant_weight(name, I, O):
+    """A format's pytree for a [I, O] weight, as abstract arrays."""
+    fmt = get_format(name)
+    g = fmt.group or I
+    sdt = jnp.dtype(fmt.scale_dtype)
+    qw = {"q": S((I // 2, O), jnp.uint8) if fmt.bits == 4 else S((I, O), jnp.int8), "scale": S((I // g, O), sdt)}
+    if fmt.has_min:
+        qw["min"] = S((I // g, O), sdt)
+    return qw
+
+
+@pytest.mark.parametrize("I,O", MLP_SHAPES)
+@pytest.mark.parametrize("fmt", ["int8", "int4-g128", "q4_0", "q8_0"])
+def test_quant_matmul_lowers(fmt, I, O):
+    M = 8
+    qw = _quant_weight(fmt, I, O)
+    exp, text = _export(lambda x, w: quant_matmul_gpu(x, w, fmt), S((M, I), jnp.bfloat16), qw)
+    assert exp.out_avals[0].shape == (M, O) and exp.out_avals[0].dtype == jnp.float32
+    call = _check_kernel_only_user(text, qw["q"])  # the packed bytes go to the kernel as they are stored
+    grid = [int(re.search(rf"grid_{a} = (\d+) : i32", call).group(1)) for a in "xyz"]
+    # (M blocks, O blocks of 128, I splits): enough programs for the H100's 132 SMs, even for O = 4096
+    assert grid[0] == 1 and grid[1] == O // 128 and grid[0] * grid[1] * grid[2] >= 132, grid

@@ -10,14 +10,19 @@ want here. (The Mosaic compiler proper runs only on a TPU.) Checked about each l
 - the caches / page pools (and int8 value pools) reach the kernel whole and untouched: in the jaxpr no op
   other than the pallas_call reads them, so no slice, gather or copy of the layer-stacked cache or pool
   happens outside the kernel and the work is proportional to the pages the kernel fetches.
+
+The quantized matmul is checked the same way at Llama-3-8B's MLP decode shapes (M = 8): one kernel, and the
+packed weight read by nothing but the pallas_call (its scales only go through a free reshape first).
 """
 import jax
 import jax.numpy as jnp
 import pytest
 from jax import export
 
+from layers.quant.formats import get_format
 from pallas_kernels.attention.decode_tpu import decode_attention_tpu, paged_decode_attention_tpu
 from pallas_kernels.attention.ragged_tpu import ragged_paged_attention_tpu
+from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
 
 L, N, K, H = 32, 32, 8, 128  # Llama-3-8B attention
 P = 4096  # pages in the pool
@@ -111,3 +116,21 @@ def test_ragged_paged_attention_lowers(dtype, Z, R, T, max_q_len):
                                                                               max_q_len=max_q_len, layer=layer)
         args, pools = (q, pool, pool, *meta), (1, 2)
     _check(fn, args, pools, "ragged_paged_attn_tpu")
+
+
+@pytest.mark.parametrize("I,O", [(4096, 14336), (14336, 4096)])  # Llama-3-8B gate/up and down
+@pytest.mark.parametrize("fmt", ["int8", "int4-g128", "q4_0", "q8_0"])
+def test_quant_matmul_lowers(fmt, I, O):
+    f = get_format(fmt)
+    g = f.group or I
+    sdt = jnp.dtype(f.scale_dtype)
+    q = _sds((I // 2, O), jnp.uint8) if f.bits == 4 else _sds((I, O), I8)
+    sc = _sds((I // g, O), sdt)
+    if f.has_min:
+        fn = lambda x, q, s, m: quant_matmul_tpu(x, {"q": q, "scale": s, "min": m}, fmt)
+        args = (_sds((8, I), BF16), q, sc, sc)
+    else:
+        fn = lambda x, q, s: quant_matmul_tpu(x, {"q": q, "scale": s}, fmt)
+        args = (_sds((8, I), BF16), q, sc)
+    _check(fn, args, (1,), "quant_matmul_tpu")
+    assert jax.eval_shape(fn, *args).shape == (8, O)

@@ -1,0 +1,18 @@
+"""Quantized matmul kernels (GPU via Triton lowering, TPU via Mosaic), beside their pure-JAX reference twin.
+
+y[M, O] = x[M, I] @ W[I, O] with W stored in a layers/quant/formats.py format (int8 per-channel, q8_0,
+int4-g32/g64/g128, q4_0, q4_1), read packed and decoded in registers, float32 accumulation.
+
+    quant_reference.py   pure-JAX twin: formats.dequantize, then a float32 dot
+    quant_block_math.py  per-block math shared by the kernels (nibble split, group scale/min/zero, partial dot)
+    quant_layout.py      argument checks, blocking plan, x column order, scale views
+    quant_gpu.py         Triton kernel for decode shapes (grid over O blocks x I splits, fori_loop over I blocks)
+    quant_tpu.py         Mosaic TPU kernel (grid over O blocks x I blocks, pipelined HBM->VMEM copies)
+    dispatch.py          which implementation runs on which backend
+"""
+from pallas_kernels.matmul.dispatch import pick_impl, quant_matmul
+from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
+from pallas_kernels.matmul.quant_reference import quant_matmul_reference
+from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
+
+__all__ = ["quant_matmul", "pick_impl", "quant_matmul_gpu", "quant_matmul_tpu", "quant_matmul_reference"]

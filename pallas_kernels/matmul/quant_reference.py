@@ -1,0 +1,27 @@
+"""Pure-JAX quantized matmul: the twin every Pallas quantized-matmul kernel is tested against.
+
+y[M, O] = x[M, I] @ W[I, O] where W is stored in a layers/quant/formats.py format (a dict of "q",
+"scale" and, for affine formats, "min"). The twin is the definition: decode W with
+`formats.dequantize` (GGUF's operation order, float32) and contract in float32 (precision HIGHEST,
+float32 accumulation). x may carry leading batch dims ([..., I]); the result is always float32.
+"""
+import jax
+import jax.numpy as jnp
+
+from layers.quant.formats import WeightFormat, dequantize, get_format
+
+
+def resolve_format(fmt) -> WeightFormat:
+    return get_format(fmt) if isinstance(fmt, str) else fmt
+
+
+def quant_matmul_reference(x_MI, qw: dict, fmt) -> jax.Array:
+    """x [..., I] (any float dtype) @ dequantize(qw, fmt) [I, O] -> float32 [..., O]."""
+    fmt = resolve_format(fmt)
+    w_IO = dequantize(qw, fmt, jnp.float32)
+    x = jnp.asarray(x_MI)
+    if x.shape[-1] != w_IO.shape[0]:
+        raise ValueError(f"x: input dimension I={x.shape[-1]} does not match the weight's I={w_IO.shape[0]} "
+                         f"(x {x.shape}, q {tuple(qw['q'].shape)}, format {fmt.name})")
+    return jnp.matmul(x.astype(jnp.float32), w_IO, precision=jax.lax.Precision.HIGHEST,
+                      preferred_element_type=jnp.float32)
