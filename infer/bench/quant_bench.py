@@ -11,7 +11,9 @@ Spec fields (configs/experiments/quant_bench.yaml)::
     variants: [float32, bfloat16, int8, int4-g64, native, float32+kv-int8]
                                    # float32 | bfloat16: the float model in that dtype; a format of
                                    # layers/quant/formats.py: quantized after loading (round to nearest);
-                                   # native: a GGUF file's own format; "+kv-int8": with an int8 KV cache
+                                   # native: a GGUF file's own format; "awq:<format>": AWQ scales searched
+                                   # on the calibration text, then round to nearest; "+kv-int8": int8 KV cache
+    calibration: infer/engine/*.py # AWQ calibration text (a glob under the repo root; not the held-out text)
     batch_sizes: [1, 8]
     prompt_len: 32
     new_tokens: 32
@@ -22,6 +24,7 @@ Spec fields (configs/experiments/quant_bench.yaml)::
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 from typing import Optional, Tuple
 
@@ -64,13 +67,14 @@ class QuantBenchSpec:
     text: str = "models/val_slice.txt"
     ppl_windows: int = 8
     bandwidth_probe_mb: int = 256
+    calibration: str = "infer/engine/*.py"
     plot: bool = True
     name: str = "quant_bench"
 
     def __post_init__(self):
         require(len(self.variants) > 0, f"{self.name}.variants", "must not be empty")
         for v in self.variants:
-            w = v.split("+")[0]
+            w = v.split("+")[0].removeprefix("awq:")
             require(w in ("float32", "bfloat16", "native") or w in FORMATS, f"{self.name}.variants",
                     f"{v!r}: weights must be float32, bfloat16, native or one of {sorted(FORMATS)}")
             require(v.count("+") == 0 or v.endswith("+kv-int8"), f"{self.name}.variants",
@@ -82,9 +86,26 @@ def _is_config(name: str) -> bool:
     return os.path.exists(os.path.join(MODEL_CONFIG_DIR, f"{name}.yaml")) or name.endswith((".yaml", ".yml"))
 
 
+def calibration_ids(s: QuantBenchSpec, tok) -> np.ndarray:
+    paths = sorted(glob.glob(os.path.join(REPO_ROOT, s.calibration)))
+    require(len(paths) > 0, f"{s.name}.calibration", f"{s.calibration!r} matches no file under the repo root")
+    return np.asarray(tok.encode("\n\n".join(open(p, encoding="utf-8").read() for p in paths)), np.int32)
+
+
 def load_variant(s: QuantBenchSpec, variant: str):
     """(cfg, params, tokenizer or None) of one variant."""
     weights = variant.split("+")[0]
+    if weights.startswith("awq:"):
+        require(not _is_config(s.model), f"{s.name}.variants", "AWQ needs a real model and its tokenizer")
+        from infer.io.checkpoint import load_model_dir
+        from infer.io.tokenizer import load_tokenizer
+        from infer.model.awq import awq_quantize
+        cfg, params = load_model_dir(s.model, dtype="float32")
+        tok = load_tokenizer(s.model, vocab_size=cfg.vocab_size)
+        params, cfg, _ = awq_quantize(params, cfg, weights[4:], calibration_ids(s, tok), max_rows=2048)
+        if variant.endswith("+kv-int8"):
+            cfg = cfg.replace(kv_cache_dtype="int8")
+        return cfg, params, tok
     tok = None
     if _is_config(s.model):
         cfg = load_config(s.model, dtype=weights if weights in ("float32", "bfloat16") else "float32")
