@@ -190,7 +190,7 @@ def test_parallel_samples_copy_the_shared_partial_page_on_write(tiny):
 
 def test_a_fixed_workload_compiles_nothing_after_warmup(tiny):
     cfg, _ = tiny
-    eng = make_engine(tiny, num_pages=40)
+    eng = make_engine(tiny, num_pages=40, max_model_len=64)  # 64 positions: 5 page buckets to compile
     eng.warmup()
     compiled = engine_step._cache_size()
     prompts, arrivals = workload(cfg, seed=7, n=8, shared=5)
@@ -302,8 +302,8 @@ def test_the_pallas_kernels_serve_the_same_tokens(tiny):
     """The engine runs whatever the step runs: the ragged/decode Pallas kernels (interpret mode here)."""
     cfg = make_cfg(head_dim=16, attention_impl="reference")  # the Triton kernels tile H >= 16
     params = infer.init_params(cfg, jax.random.PRNGKey(1))
-    prompts, arrivals = workload(cfg, seed=10, n=3, shared=5, max_len=12)
-    sp = infer.SamplingParams(temperature=0.0, max_new_tokens=5)
+    prompts, arrivals = workload(cfg, seed=10, n=2, shared=5, max_len=12)
+    sp = infer.SamplingParams(temperature=0.0, max_new_tokens=3)
     ref = serve(make_engine((cfg, params)), prompts, sp, arrivals)
     pallas = serve(make_engine((cfg.replace(attention_impl="pallas"), params)), prompts, sp, arrivals)
     assert [o.token_ids for o in pallas] == [o.token_ids for o in ref]
