@@ -242,6 +242,13 @@ def test_abort_frees_everything_and_the_others_finish(tiny):
         assert outs[ids[i]].token_ids == alone(tiny, prompts[i], GREEDY)
     assert eng.stats()["pages_in_use"] == 0
     eng.blocks.check()
+    # a request with n samples aborted before its prompt forked still ends every sample
+    rid = eng.add_request(list(range(1, 40)), GREEDY, n=3)
+    eng.step()
+    assert eng.abort(rid)
+    ended = [u for u in eng.step() if u.request_id == rid]
+    assert sorted(u.index for u in ended) == [0, 1, 2] and all(u.finish_reason == "abort" for u in ended)
+    assert not eng.has_unfinished_requests() and eng.stats()["pages_in_use"] == 0
 
 
 def test_stream_yields_one_requests_tokens_and_keeps_the_others(tiny):

@@ -176,6 +176,8 @@ class Engine:
                 self.scheduler.remove(seq)
                 seq.finish_reason = ABORT
                 self._outbox.append(RequestUpdate(req.request_id, seq.index, [], "", True, ABORT))
+        if not req.forked:  # its n samples were not made yet: each still reports its end
+            self._outbox += [RequestUpdate(req.request_id, i, [], "", True, ABORT) for i in range(1, req.n)]
         req.metrics.finished = now
         return True
 
