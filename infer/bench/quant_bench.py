@@ -34,8 +34,9 @@ import numpy as np
 from infer.bench import report
 from infer.bench.device_probe import measure_bandwidth
 from infer.bench.experiment import parse_spec, require
+from infer.bench.serving_bench import is_config
 from infer.config import SamplingParams
-from infer.config.model_config import MODEL_CONFIG_DIR, load_config
+from infer.config.model_config import load_config
 from infer.config.paths import REPO_ROOT
 from infer.generation.batch import generate
 from infer.model.params import init_params
@@ -82,10 +83,6 @@ class QuantBenchSpec:
         require(all(b >= 1 for b in self.batch_sizes), f"{self.name}.batch_sizes", "must be >= 1")
 
 
-def _is_config(name: str) -> bool:
-    return os.path.exists(os.path.join(MODEL_CONFIG_DIR, f"{name}.yaml")) or name.endswith((".yaml", ".yml"))
-
-
 def calibration_ids(s: QuantBenchSpec, tok) -> np.ndarray:
     paths = sorted(glob.glob(os.path.join(REPO_ROOT, s.calibration)))
     require(len(paths) > 0, f"{s.name}.calibration", f"{s.calibration!r} matches no file under the repo root")
@@ -96,7 +93,7 @@ def load_variant(s: QuantBenchSpec, variant: str):
     """(cfg, params, tokenizer or None) of one variant."""
     weights = variant.split("+")[0]
     if weights.startswith("awq:"):
-        require(not _is_config(s.model), f"{s.name}.variants", "AWQ needs a real model and its tokenizer")
+        require(not is_config(s.model), f"{s.name}.variants", "AWQ needs a real model and its tokenizer")
         from infer.io.checkpoint import load_model_dir
         from infer.io.tokenizer import load_tokenizer
         from infer.model.awq import awq_quantize
@@ -107,7 +104,7 @@ def load_variant(s: QuantBenchSpec, variant: str):
             cfg = cfg.replace(kv_cache_dtype="int8")
         return cfg, params, tok
     tok = None
-    if _is_config(s.model):
+    if is_config(s.model):
         cfg = load_config(s.model, dtype=weights if weights in ("float32", "bfloat16") else "float32")
         params = init_params(cfg, jax.random.PRNGKey(0))
         if weights not in ("float32", "bfloat16", "native"):
@@ -138,7 +135,7 @@ def run(spec: dict, out_dir: str) -> list:
     s = parse_spec(QuantBenchSpec, spec)
     bw = measure_bandwidth(s.bandwidth_probe_mb << 20)
     text = None
-    if not _is_config(s.model):
+    if not is_config(s.model):
         with open(os.path.join(REPO_ROOT, s.text), encoding="utf-8") as f:
             text = f.read()
     rows, base = [], {}

@@ -160,13 +160,13 @@ class ServingBenchSpec:
 
 
 # ---- model ------------------------------------------------------------------------------------------------------
-def _is_config(name: str) -> bool:
+def is_config(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) or os.path.exists(os.path.join(MODEL_CONFIG_DIR, f"{name}.yaml"))
 
 
 def load_model(s: ServingBenchSpec):
     """(cfg, params, label): a configs/models config with random weights, or anything infer.load_model_dir loads."""
-    if _is_config(s.model):
+    if is_config(s.model):
         over = dict(s.model_overrides or {})
         if s.dtype:
             over["dtype"] = s.dtype

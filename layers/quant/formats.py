@@ -66,7 +66,10 @@ FORMATS: Dict[str, WeightFormat] = {f.name: f for f in (
 GGUF_FORMATS = {f.gguf_type: f for f in FORMATS.values() if f.gguf_type}
 
 
-def get_format(name: str) -> WeightFormat:
+def get_format(name) -> WeightFormat:
+    """The WeightFormat of a name (a WeightFormat passes through)."""
+    if isinstance(name, WeightFormat):
+        return name
     if name not in FORMATS:
         raise ValueError(f"weight format {name!r}: must be one of {sorted(FORMATS)}")
     return FORMATS[name]
@@ -92,7 +95,7 @@ def unpack_nibbles(p, g: int):
 # ---- round to nearest -----------------------------------------------------------------------------------------
 def quantize(w_IO, fmt: WeightFormat | str) -> dict:
     """Round-to-nearest quantization of a float weight [I, O] (numpy, on the host) into the format's pytree."""
-    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    fmt = get_format(fmt)
     w = np.asarray(w_IO, np.float32)
     if w.ndim != 2:
         raise ValueError(f"quantize: expected a 2-D weight [I, O], got shape {w.shape}")
@@ -127,7 +130,7 @@ def quantize(w_IO, fmt: WeightFormat | str) -> dict:
 
 def dequantize(qw: dict, fmt: WeightFormat | str, dtype=jnp.float32):
     """The weight [I, O] a format's pytree stands for, in float32 (GGUF's operation order), cast to dtype."""
-    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    fmt = get_format(fmt)
     q = jnp.asarray(qw["q"])
     I = q.shape[0] * (2 if fmt.bits == 4 else 1)
     O = q.shape[1]
@@ -171,7 +174,7 @@ def from_gguf(raw, gguf_type: str, shape_OI) -> dict:
 # ---- bytes ----------------------------------------------------------------------------------------------------
 def weight_bytes(fmt: WeightFormat | str, I: int, O: int) -> int:
     """Bytes a [I, O] weight takes in the format (integers + scales + mins)."""
-    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    fmt = get_format(fmt)
     g = fmt.group_size(I)
     per_scale = np.dtype(fmt.scale_dtype).itemsize * (2 if fmt.has_min else 1)
     return I * O * fmt.bits // 8 + (I // g) * O * per_scale

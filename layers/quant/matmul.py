@@ -30,7 +30,7 @@ def _decode(q, scale, mn, fmt: WeightFormat, dtype):
 
 def quant_matmul(x_MI, qw: dict, fmt, dtype=jnp.float32):
     """x [M, I] times the stored weight [I, O], computed in `dtype` with float32 accumulation -> [M, O] float32."""
-    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    fmt = get_format(fmt)
     q = qw["q"]
     O = q.shape[-1]
     I = q.shape[0] * (2 if fmt.bits == 4 else 1)

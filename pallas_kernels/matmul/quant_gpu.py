@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.matmul import quant_block_math, quant_layout
-from pallas_kernels.matmul.quant_reference import resolve_format
+from layers.quant.formats import get_format
 
 MIN_TILE = 16  # tl.dot needs every dimension >= 16
 DEFAULT_ROWS = 128  # stored q rows per I block: bk = 128 (8-bit) or 256 (4-bit) inputs, 16 KiB per [128, 128] tile
@@ -134,7 +134,7 @@ def quant_matmul_gpu(x_MI, qw: dict, fmt, *, block_k=None, block_n=None, num_spl
     compute_dtype float32 (default) multiplies at full float32 precision, like the reference; bfloat16 /
     float16 rounds x and the decoded weights before a tensor-core dot (float32 accumulation either way).
     """
-    fmt = resolve_format(fmt)
+    fmt = get_format(fmt)
     x_MI = jnp.asarray(x_MI)
     I, O = quant_layout.check_weight(qw, fmt)
     g = fmt.group_size(I)
@@ -146,9 +146,7 @@ def quant_matmul_gpu(x_MI, qw: dict, fmt, *, block_k=None, block_n=None, num_spl
     Mp = -(-M // block_m) * block_m
     S = choose_num_splits((Mp // block_m) * plan.num_n_blocks, plan.num_k_blocks, num_splits)
     cdt = jnp.dtype(compute_dtype)
-    x_parts = [quant_layout.pad_rows(xp, Mp) for xp in quant_layout.split_x(x_MI, plan, cdt)]
-    mn = quant_layout.scale_blocks(jnp.asarray(qw["min"]), plan) if plan.has_min else None
-    out = _run(tuple(x_parts), jnp.asarray(qw["q"]), quant_layout.scale_blocks(jnp.asarray(qw["scale"]), plan), mn,
+    out = _run(*quant_layout.kernel_operands(x_MI, qw, plan, Mp, cdt),
                plan=plan, block_m=block_m, num_splits=S, compute_dtype=cdt.name,
                num_warps=num_warps, num_stages=num_stages, interpret=interpret)
     return out[:M]

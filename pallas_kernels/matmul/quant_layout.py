@@ -119,5 +119,12 @@ def scale_blocks(s_GO, plan: Plan):
     return s_GO.reshape(s_GO.shape[0] // Gs, Gs, 1, s_GO.shape[1])
 
 
+def kernel_operands(x_MI, qw: dict, plan: Plan, rows: int, dtype):
+    """What both kernels read: (x's column parts padded to `rows`, q, scale blocks, min blocks or None)."""
+    x_parts = tuple(pad_rows(xp, rows) for xp in split_x(x_MI, plan, dtype))
+    mn = scale_blocks(jnp.asarray(qw["min"]), plan) if plan.has_min else None
+    return x_parts, jnp.asarray(qw["q"]), scale_blocks(jnp.asarray(qw["scale"]), plan), mn
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())

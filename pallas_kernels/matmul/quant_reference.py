@@ -8,16 +8,12 @@ float32 accumulation). x may carry leading batch dims ([..., I]); the result is 
 import jax
 import jax.numpy as jnp
 
-from layers.quant.formats import WeightFormat, dequantize, get_format
-
-
-def resolve_format(fmt) -> WeightFormat:
-    return get_format(fmt) if isinstance(fmt, str) else fmt
+from layers.quant.formats import dequantize, get_format
 
 
 def quant_matmul_reference(x_MI, qw: dict, fmt) -> jax.Array:
     """x [..., I] (any float dtype) @ dequantize(qw, fmt) [I, O] -> float32 [..., O]."""
-    fmt = resolve_format(fmt)
+    fmt = get_format(fmt)
     w_IO = dequantize(qw, fmt, jnp.float32)
     x = jnp.asarray(x_MI)
     if x.shape[-1] != w_IO.shape[0]:

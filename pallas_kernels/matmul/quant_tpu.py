@@ -29,7 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.matmul import quant_block_math, quant_layout
-from pallas_kernels.matmul.quant_reference import resolve_format
+from layers.quant.formats import get_format
 
 LANES, SUBLANES = 128, 8
 DEFAULT_ROWS = 512  # stored q rows per I block (multiple of 128): [512, 512] bytes = 256 KiB per q buffer
@@ -134,7 +134,7 @@ def quant_matmul_tpu(x_MI, qw: dict, fmt, *, block_k=None, block_n=None, num_spl
     compute_dtype float32 (default) multiplies at full float32 precision, like the reference; bfloat16
     rounds x and the decoded weights to feed the MXU at its native rate (float32 accumulation either way).
     """
-    fmt = resolve_format(fmt)
+    fmt = get_format(fmt)
     x_MI = jnp.asarray(x_MI)
     I, O = quant_layout.check_weight(qw, fmt)
     g = fmt.group_size(I)
@@ -149,9 +149,7 @@ def quant_matmul_tpu(x_MI, qw: dict, fmt, *, block_k=None, block_n=None, num_spl
     block_m = min(MAX_BLOCK_M, Mp8)
     Mp = -(-M // block_m) * block_m
     cdt = jnp.dtype(compute_dtype)
-    x_parts = [quant_layout.pad_rows(xp, Mp) for xp in quant_layout.split_x(x_MI, plan, cdt)]
-    mn = quant_layout.scale_blocks(jnp.asarray(qw["min"]), plan) if plan.has_min else None
-    out = _run(tuple(x_parts), jnp.asarray(qw["q"]), quant_layout.scale_blocks(jnp.asarray(qw["scale"]), plan), mn,
+    out = _run(*quant_layout.kernel_operands(x_MI, qw, plan, Mp, cdt),
                plan=plan, block_m=block_m, num_splits=num_splits, compute_dtype=cdt.name,
                interpret=interpret_params(interpret))
     return out[:M]
