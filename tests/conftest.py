@@ -1,4 +1,5 @@
 """Shared fixtures. Tests run on CPU in float32 unless they say otherwise."""
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -7,6 +8,21 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 import infer  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Drop every compiled program after each test module.
+
+    XLA:CPU maps each compiled executable's code into memory (many mappings for a model step), and jax's
+    caches keep them all alive. One xdist worker running half the suite reached ~59,000 mappings, close to
+    Linux's default vm.max_map_count of 65,530; past it mmap fails and XLA segfaults inside backend_compile
+    (how CI crashed three times, at whichever test compiled next). Clearing per module keeps a worker's
+    mappings at what one module needs.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def make_cfg(n_heads=6, n_kv_heads=2, **kw):
