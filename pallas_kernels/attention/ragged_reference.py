@@ -49,13 +49,12 @@ def _gathered_layer(pool, scale, page_table_RM, layer):
     return x_RKSH.astype(jnp.float32) * s_RKS[..., None].astype(jnp.float32)
 
 
-def _attend_chunk(q_RQKGH, pos_RQ, valid_RQ, k_RKSH, v_RKSH, sliding_window, softcap):
-    """Causal attention of a [R, Q] block of queries over their sequence's keys; float32 out [R, Q, K, G, H]."""
-    H = q_RQKGH.shape[-1]
+def _attend_chunk(q_RQKGH, pos_RQ, valid_RQ, k_RKSH, v_RKSH, sliding_window, softcap, scale):
+    """Causal attention of a [R, Q] block of queries over their sequence's keys; float32 out [R, Q, K, G, Hv]."""
     S = k_RKSH.shape[2]
     dt = jnp.promote_types(q_RQKGH.dtype, k_RKSH.dtype)
     s_RKGQS = jnp.einsum("rqkgh,rksh->rkgqs", q_RQKGH.astype(dt), k_RKSH.astype(dt),
-                         preferred_element_type=jnp.float32, precision="highest") * (H ** -0.5)
+                         preferred_element_type=jnp.float32, precision="highest") * scale
     if softcap is not None:
         s_RKGQS = softcap * jnp.tanh(s_RKGQS / softcap)
     key_S = jnp.arange(S, dtype=jnp.int32)
@@ -70,38 +69,56 @@ def _attend_chunk(q_RQKGH, pos_RQ, valid_RQ, k_RKSH, v_RKSH, sliding_window, sof
     l_RKGQ = jnp.sum(p_RKGQS, axis=-1)
     o_RKGQH = jnp.einsum("rkgqs,rksh->rkgqh", p_RKGQS, v_RKSH.astype(jnp.float32), precision="highest")
     o_RKGQH = o_RKGQH / jnp.where(l_RKGQ > 0, l_RKGQ, 1.0)[..., None]
-    return jnp.transpose(o_RKGQH, (0, 3, 1, 2, 4))  # [R, Q, K, G, H]
+    return jnp.transpose(o_RKGQH, (0, 3, 1, 2, 4))  # [R, Q, K, G, Hv]
+
+
+def split_prefill_rows(run, page_table_RM, query_start_R, query_len_R, kv_len_R, max_q_len: int,
+                       prefill_rows: Optional[int]):
+    """Run `run(page_table_RM, query_start_R, query_len_R, kv_len_R, max_q_len)` once for the sequences that may
+    have several queries (r < prefill_rows, padded to max_q_len) and once for the single-query rest; rows are
+    disjoint and padding comes out as zeros, so the two outputs add up."""
+    R = page_table_RM.shape[0]
+    if prefill_rows is None or max_q_len <= 1 or prefill_rows >= R:
+        return run(page_table_RM, query_start_R, query_len_R, kv_len_R, max_q_len)
+    part = lambda a, b: tuple(x[a:b] for x in (page_table_RM, query_start_R, query_len_R, kv_len_R))
+    out = run(*part(prefill_rows, R), 1)
+    if prefill_rows > 0:
+        out = out + run(*part(0, prefill_rows), max_q_len)
+    return out
 
 
 def ragged_paged_attention_reference(q_TNH, k_pages, v_pages, page_table_RM, query_start_R, query_len_R, kv_len_R,
                                      *, max_q_len: int, layer=0, k_scale=None, v_scale=None,
                                      sliding_window: Optional[int] = None, softcap: Optional[float] = None,
-                                     q_chunk: int = 256, prefill_rows: Optional[int] = None):
+                                     q_chunk: int = 256, prefill_rows: Optional[int] = None,
+                                     scale: Optional[float] = None):
     """Attention of a flat ragged batch of queries over paged pools (contract in the module docstring).
 
-    Queries are processed in chunks of `q_chunk` per sequence (a `lax.map`), so the
-    float32 score tensor is at most [R, N, q_chunk, M * Z] however long a prefill is.
+    scale: the logit scale (default 1 / sqrt(H)).
     """
-    R_all = page_table_RM.shape[0]
-    if prefill_rows is not None and max_q_len > 1 and prefill_rows < R_all:
-        # Rows [0, prefill_rows) padded to max_q_len, the rest single queries; rows are disjoint, padding is 0.
-        kw = dict(layer=layer, k_scale=k_scale, v_scale=v_scale, sliding_window=sliding_window, softcap=softcap,
-                  q_chunk=q_chunk)
-        head = (page_table_RM[:prefill_rows], query_start_R[:prefill_rows], query_len_R[:prefill_rows],
-                kv_len_R[:prefill_rows])
-        tail = (page_table_RM[prefill_rows:], query_start_R[prefill_rows:], query_len_R[prefill_rows:],
-                kv_len_R[prefill_rows:])
-        out = ragged_paged_attention_reference(q_TNH, k_pages, v_pages, *tail, max_q_len=1, **kw)
-        if prefill_rows > 0:
-            out = out + ragged_paged_attention_reference(q_TNH, k_pages, v_pages, *head, max_q_len=max_q_len, **kw)
-        return out
+    def run(tab, start, qlen, kvlen, mql):
+        return attend_gathered(q_TNH, _gathered_layer(k_pages, k_scale, tab, layer),
+                               _gathered_layer(v_pages, v_scale, tab, layer), start, qlen, kvlen, max_q_len=mql,
+                               sliding_window=sliding_window, softcap=softcap, q_chunk=q_chunk, scale=scale)
+    return split_prefill_rows(run, page_table_RM, query_start_R, query_len_R, kv_len_R, max_q_len, prefill_rows)
+
+
+def attend_gathered(q_TNH, k_RKSH, v_RKSH, query_start_R, query_len_R, kv_len_R, *, max_q_len: int,
+                    sliding_window: Optional[int] = None, softcap: Optional[float] = None, q_chunk: int = 256,
+                    scale: Optional[float] = None):
+    """The ragged contract over keys and values already gathered per sequence: k [R, K, S, H], v [R, K, S, Hv]
+    (position s of sequence r at [r, :, s]); returns [T, N, Hv] in q's dtype.
+
+    Queries are processed in chunks of `q_chunk` per sequence (a `lax.map`), so the
+    float32 score tensor is at most [R, N, q_chunk, S] however long a prefill is.
+    """
     T, N, H = q_TNH.shape
-    k_RKSH = _gathered_layer(k_pages, k_scale, page_table_RM, layer)
-    v_RKSH = _gathered_layer(v_pages, v_scale, page_table_RM, layer)
     R, K, S = k_RKSH.shape[:3]
+    Hv = v_RKSH.shape[-1]
     if N % K:
         raise ValueError(f"q: N={N} query heads is not a multiple of the pool's K={K} kv heads")
     G = N // K
+    scale = H ** -0.5 if scale is None else scale
     kv_len_R = kv_len_R.astype(jnp.int32)
     query_len_R = query_len_R.astype(jnp.int32)
     # Stale slots (past the sequence's length) may hold anything, NaN included: never let them reach p @ v.
@@ -117,14 +134,14 @@ def ragged_paged_attention_reference(q_TNH, k_pages, v_pages, page_table_RM, que
     q_RQKGH = q_TNH[rows_RQ].reshape(R, n_chunks * chunk, K, G, H)
 
     if n_chunks == 1:
-        o_RQKGH = _attend_chunk(q_RQKGH, pos_RQ, valid_RQ, k_RKSH, v_RKSH, sliding_window, softcap)
+        o_RQKGH = _attend_chunk(q_RQKGH, pos_RQ, valid_RQ, k_RKSH, v_RKSH, sliding_window, softcap, scale)
     else:
         split = lambda x: jnp.moveaxis(x.reshape(R, n_chunks, chunk, *x.shape[2:]), 1, 0)
         o_CRQKGH = jax.lax.map(
-            lambda c: _attend_chunk(c[0], c[1], c[2], k_RKSH, v_RKSH, sliding_window, softcap),
+            lambda c: _attend_chunk(c[0], c[1], c[2], k_RKSH, v_RKSH, sliding_window, softcap, scale),
             (split(q_RQKGH), split(pos_RQ), split(valid_RQ)))
-        o_RQKGH = jnp.moveaxis(o_CRQKGH, 0, 1).reshape(R, n_chunks * chunk, K, G, H)
+        o_RQKGH = jnp.moveaxis(o_CRQKGH, 0, 1).reshape(R, n_chunks * chunk, K, G, Hv)
 
     out_rows_RQ = jnp.where(valid_RQ, rows_RQ, T)  # padding goes out of bounds and is dropped
-    out_TNH = jnp.zeros((T, N, H), q_TNH.dtype)
-    return out_TNH.at[out_rows_RQ].set(o_RQKGH.reshape(R, -1, N, H).astype(q_TNH.dtype), mode="drop")
+    out_TNH = jnp.zeros((T, N, Hv), q_TNH.dtype)
+    return out_TNH.at[out_rows_RQ].set(o_RQKGH.reshape(R, -1, N, Hv).astype(q_TNH.dtype), mode="drop")
