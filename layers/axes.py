@@ -18,3 +18,6 @@ PAGE_SLOTS = "page_slots"  # Z
 # Page pools are [L, P, K, Z, H]: a kernel reads one (page, k) slab of Z x H
 # contiguously, with no transpose or copy of the pool.
 CACHE_KV = (LAYERS, PAGES, KV_HEADS, PAGE_SLOTS, HEAD_DIM)
+LATENT = "latent"  # C (MLA's kv_lora_rank) and E (its RoPE key width)
+# MLA latent pools are [L, P, Z, C] and [L, P, Z, E]: no head axis (every head reads the same latent).
+CACHE_LATENT = (LAYERS, PAGES, PAGE_SLOTS, LATENT)

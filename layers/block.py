@@ -2,6 +2,7 @@
 import flax.linen as nn
 
 from layers.attention.gqa import Attention
+from layers.attention.mla import MLAttention
 from layers.mlp import SwiGLU
 from layers.norm import RMSNorm
 
@@ -16,7 +17,8 @@ class DecoderBlock(nn.Module):
         cfg = self.cfg
         x_BTD, kv = carry
         h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="attn_norm")(x_BTD)
-        a, kv = Attention(cfg, name="attn")(h, positions_BT, kv, layer, meta)
+        attn = MLAttention if cfg.is_mla else Attention
+        a, kv = attn(cfg, name="attn")(h, positions_BT, kv, layer, meta)
         x_BTD = x_BTD + a
         h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x_BTD)
         x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, cfg.weight_format, name="mlp")(h)

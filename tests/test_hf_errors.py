@@ -60,7 +60,8 @@ def _cfg(**kw):
 @pytest.mark.parametrize("d, needle", [
     (_cfg(model_type="gpt2"), "unknown architecture 'gpt2'"),
     (_cfg(architectures=["GPT2LMHeadModel"]), "GPT2LMHeadModel"),
-    (_cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "unsupported rope scaling type 'yarn'"),
+    (_cfg(rope_scaling={"rope_type": "dynamic", "factor": 4.0}), "unsupported rope scaling type 'dynamic'"),
+    (_cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "original_max_position_embeddings: missing"),
     (_cfg(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}), "'dynamic'"),
     (_cfg(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling.low_freq_factor"),
     (_cfg(attention_bias=True), "attention_bias"),

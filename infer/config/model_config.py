@@ -22,7 +22,7 @@ from layers.quant.formats import FORMATS as QUANT_FORMATS
 MODEL_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "models")
 
 DTYPES = ("float32", "bfloat16", "float16")
-ROPE_SCALING_TYPES = ("llama3", "linear")
+ROPE_SCALING_TYPES = ("llama3", "linear", "yarn")
 # Names registered in layers.attention.registry; "pallas" is provided by pallas_kernels.
 ATTENTION_IMPLS = ("reference", "xla", "pallas")
 
@@ -38,7 +38,7 @@ def _require(cond: bool, field: str, msg: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Rotary-frequency scaling. `type` is "llama3" or "linear".
+    """Rotary-frequency scaling. `type` is "llama3", "linear" or "yarn".
 
     llama3: frequencies with wavelength above original_max_position_embeddings /
     low_freq_factor are divided by `factor`, those below
@@ -52,11 +52,26 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # YaRN (DeepSeek-V2/V3): frequencies blended between extrapolation and interpolation by a linear ramp over
+    # the dimensions whose rotations during pretraining fall between beta_slow and beta_fast; cos/sin are scaled
+    # by attention_factor (default mscale(factor, mscale) / mscale(factor, mscale_all_dim), or mscale(factor)),
+    # and MLA's softmax scale by mscale(factor, mscale_all_dim)^2 when mscale_all_dim is set.
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: Optional[float] = None
+    mscale_all_dim: Optional[float] = None
+    attention_factor: Optional[float] = None
+    truncate: bool = True
 
     def __post_init__(self):
         _require(self.type in ROPE_SCALING_TYPES, "rope_scaling.type",
                  f"unsupported rope scaling type {self.type!r}; supported: {ROPE_SCALING_TYPES}")
         _require(self.factor > 0, "rope_scaling.factor", f"must be > 0, got {self.factor}")
+        if self.type == "yarn":
+            _require(self.original_max_position_embeddings > 0,
+                     "rope_scaling.original_max_position_embeddings", "must be > 0")
+            _require(self.beta_fast > self.beta_slow > 0, "rope_scaling.beta_fast",
+                     f"must be greater than beta_slow > 0, got {self.beta_fast} and {self.beta_slow}")
         if self.type == "llama3":
             _require(self.high_freq_factor > self.low_freq_factor, "rope_scaling.high_freq_factor",
                      "must be greater than low_freq_factor")
@@ -98,6 +113,18 @@ class ModelConfig:
     weight_format: Optional[str] = None
     # The KV page pools' dtype: None = dtype; "int8" stores int8 values with a float32 scale per token and head.
     kv_cache_dtype: Optional[str] = None
+    # MLA (DeepSeek-V2/V3 multi-head latent attention), on when kv_lora_rank is set: the cache holds one latent
+    # of C = kv_lora_rank values plus one RoPE key of E = qk_rope_head_dim values per token and layer. Queries
+    # are optionally compressed to q_lora_rank first. head_dim must equal qk_nope_head_dim + qk_rope_head_dim
+    # (the query/key width), n_kv_heads must equal n_heads (every head expands its own key and value).
+    kv_lora_rank: Optional[int] = None
+    q_lora_rank: Optional[int] = None
+    qk_nope_head_dim: Optional[int] = None
+    qk_rope_head_dim: Optional[int] = None
+    v_head_dim: Optional[int] = None
+    # CLA (cross-layer attention): each group of kv_share_every adjacent layers reads the keys and values of the
+    # group's first layer, so the pools hold n_layers / kv_share_every layers.
+    kv_share_every: int = 1
     name: str = ""
 
     def __post_init__(self):
@@ -127,12 +154,54 @@ class ModelConfig:
         if self.attn_logit_softcap is not None:
             _require(self.attn_logit_softcap > 0, "attn_logit_softcap",
                      f"must be > 0 or None, got {self.attn_logit_softcap}")
+        self._validate_mla()
+        _require(isinstance(self.kv_share_every, int) and self.kv_share_every >= 1, "kv_share_every",
+                 f"must be an int >= 1, got {self.kv_share_every!r}")
+        _require(self.n_layers % self.kv_share_every == 0, "kv_share_every",
+                 f"n_layers={self.n_layers} is not divisible by kv_share_every={self.kv_share_every}")
+        _require(self.kv_share_every == 1 or not self.is_mla, "kv_share_every",
+                 "cross-layer sharing is not supported together with MLA")
+
+    def _validate_mla(self) -> None:
+        mla_fields = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            for f in mla_fields:
+                _require(getattr(self, f) is None, f, "is an MLA field: set kv_lora_rank too (or leave it None)")
+            return
+        for f in ("kv_lora_rank",) + mla_fields:
+            v = getattr(self, f)
+            if f == "q_lora_rank" and v is None:
+                continue
+            _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f, f"must be an int > 0, got {v!r}")
+        _require(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",
+                 f"must be even for rotary embeddings, got {self.qk_rope_head_dim}")
+        _require(self.head_dim == self.qk_nope_head_dim + self.qk_rope_head_dim, "head_dim",
+                 f"with MLA must equal qk_nope_head_dim + qk_rope_head_dim = "
+                 f"{self.qk_nope_head_dim + self.qk_rope_head_dim}, got {self.head_dim}")
+        _require(self.n_kv_heads == self.n_heads, "n_kv_heads",
+                 f"with MLA must equal n_heads={self.n_heads} (each head expands its own key), got {self.n_kv_heads}")
+        for f, bad in (("qkv_bias", self.qkv_bias), ("qk_norm", self.qk_norm),
+                       ("sliding_window", self.sliding_window is not None),
+                       ("attn_logit_softcap", self.attn_logit_softcap is not None),
+                       ("weight_format", self.weight_format is not None),
+                       ("kv_cache_dtype", self.kv_cache_dtype == "int8")):
+            _require(not bad, f, "is not supported together with MLA")
 
     # Derived quantities -----------------------------------------------------
     @property
     def q_per_kv(self) -> int:
         """G = N / K query heads per KV head."""
         return self.n_heads // self.n_kv_heads
+
+    @property
+    def is_mla(self) -> bool:
+        """Multi-head latent attention (kv_lora_rank set)."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def kv_layers(self) -> int:
+        """Layers the page pools hold: n_layers / kv_share_every (CLA shares one per group)."""
+        return self.n_layers // self.kv_share_every
 
     @property
     def jnp_dtype(self):

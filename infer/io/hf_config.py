@@ -1,7 +1,8 @@
 """Hugging Face `config.json` -> ModelConfig, refusing what the model cannot represent.
 
 Supported architectures (model_type): llama, mistral, qwen2 (q/k/v biases), qwen3
-(q/k RMSNorm, explicit head_dim). A key missing from config.json takes the
+(q/k RMSNorm, explicit head_dim), deepseek_v2 / deepseek_v3 (MLA attention, YaRN rope;
+only checkpoints whose layers are all dense MLPs -- mixture-of-experts layers are refused). A key missing from config.json takes the
 default `transformers` uses for that architecture, so the loaded model means what
 `from_pretrained` would mean. Both rope layouts are read: transformers < 5
 (`rope_theta` + `rope_scaling`) and transformers >= 5 (`rope_parameters`).
@@ -29,10 +30,20 @@ _ARCH_DEFAULTS = {
                   sliding_window=4096),
     "qwen3": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768, head_dim=128,
                   sliding_window=4096),
+    "deepseek_v2": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=2048, head_dim=None,
+                        sliding_window=None, kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128,
+                        qk_rope_head_dim=64, v_head_dim=128, first_k_dense_replace=0, n_routed_experts=64,
+                        rope_interleave=True),
+    "deepseek_v3": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=4096, head_dim=None,
+                        sliding_window=None, kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128,
+                        qk_rope_head_dim=64, v_head_dim=128, first_k_dense_replace=3, n_routed_experts=256,
+                        rope_interleave=True),
 }
+MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 _ARCHITECTURES = {
     "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+    "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 SUPPORTED_MODEL_TYPES = tuple(_ARCH_DEFAULTS)
 
@@ -102,6 +113,19 @@ def _rope(d: dict):
         return theta, None
     if rtype == "linear":
         return theta, RopeScaling(type="linear", factor=float(rs["factor"]))
+    if rtype == "yarn":
+        opt = lambda k: None if rs.get(k) is None else float(rs[k])
+        omp = rs.get("original_max_position_embeddings")
+        if omp is None:
+            _fail(f"{field}.original_max_position_embeddings", "missing (required by yarn rope scaling)")
+        factor = rs.get("factor")
+        if factor is None:  # transformers: the ratio of the context lengths
+            factor = float(d.get("max_position_embeddings")) / float(omp)
+        return theta, RopeScaling(
+            type="yarn", factor=float(factor), original_max_position_embeddings=int(omp),
+            beta_fast=float(rs.get("beta_fast") or 32), beta_slow=float(rs.get("beta_slow") or 1),
+            mscale=opt("mscale"), mscale_all_dim=opt("mscale_all_dim"), attention_factor=opt("attention_factor"),
+            truncate=bool(rs.get("truncate", True)))
     if rtype == "llama3":
         try:
             return theta, RopeScaling(
@@ -110,13 +134,13 @@ def _rope(d: dict):
                 original_max_position_embeddings=int(rs["original_max_position_embeddings"]))
         except KeyError as e:
             _fail(f"{field}.{e.args[0]}", "missing (required by llama3 rope scaling)")
-    _fail(f"{field}.rope_type", f"unsupported rope scaling type {rtype!r}; supported: linear, llama3")
+    _fail(f"{field}.rope_type", f"unsupported rope scaling type {rtype!r}; supported: linear, llama3, yarn")
 
 
 def _sliding_window(d: dict, mt: str, n_layers: int, defaults: dict) -> Optional[int]:
     """The window every layer uses, or None. Per-layer mixes are refused."""
     w = d.get("sliding_window", defaults["sliding_window"])
-    if mt in ("llama",):
+    if mt in ("llama",) + MLA_MODEL_TYPES:
         if w is not None:
             _fail("sliding_window", f"{w} is not part of the llama architecture")
         return None
@@ -135,6 +159,39 @@ def _sliding_window(d: dict, mt: str, n_layers: int, defaults: dict) -> Optional
     if kinds == {"sliding_attention"}:
         return int(w)
     _fail("layer_types", f"a per-layer mix of sliding and full attention is not supported ({types})")
+
+
+def _mla_fields(d: dict, defaults: dict, n_heads: int, n_kv: int) -> dict:
+    """DeepSeek-V2/V3 attention fields; refuses what the model cannot represent (MoE layers, biases)."""
+    get = lambda k: d.get(k, defaults[k]) if d.get(k, defaults[k]) is not None else defaults[k]
+    if d.get("attention_bias"):
+        _fail("attention_bias", "biases on the MLA projections are not supported")
+    if n_kv != n_heads:
+        _fail("num_key_value_heads", f"MLA expands one key per head: must equal num_attention_heads={n_heads}, "
+                                     f"got {n_kv}")
+    n_layers = int(d["num_hidden_layers"])
+    first_dense = d.get("first_k_dense_replace", defaults["first_k_dense_replace"])
+    first_dense = 0 if first_dense is None else int(first_dense)
+    if get("n_routed_experts") and first_dense < n_layers:
+        _fail("first_k_dense_replace", f"layers {first_dense}..{n_layers - 1} are mixture-of-experts layers "
+                                       f"(n_routed_experts={get('n_routed_experts')}), which are not supported yet; "
+                                       f"only checkpoints whose layers are all dense MLPs load")
+    q_lora = d.get("q_lora_rank", defaults["q_lora_rank"])
+    return dict(kv_lora_rank=int(get("kv_lora_rank")), q_lora_rank=None if q_lora is None else int(q_lora),
+                qk_nope_head_dim=int(get("qk_nope_head_dim")), qk_rope_head_dim=int(get("qk_rope_head_dim")),
+                v_head_dim=int(get("v_head_dim")))
+
+
+def rope_interleaved(d: dict) -> bool:
+    """Whether the checkpoint's RoPE dimensions come in interleaved pairs (DeepSeek-V2 always; V3 unless
+    rope_interleave is false): the loader then de-interleaves the RoPE rows of its projections."""
+    mt = model_type_of(d)
+    if mt == "deepseek_v2":
+        return True
+    if mt == "deepseek_v3":
+        v = d.get("rope_interleave")
+        return True if v is None else bool(v)
+    return False
 
 
 def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> ModelConfig:
@@ -165,7 +222,9 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
     n_kv = d.get("num_key_value_heads")
     n_kv = n_heads if n_kv is None else int(n_kv)
     hidden = int(d["hidden_size"])
-    head_dim = d.get("head_dim", defaults["head_dim"])
+    mla = _mla_fields(d, defaults, n_heads, n_kv) if mt in MLA_MODEL_TYPES else {}
+    head_dim = d.get("head_dim", defaults["head_dim"]) if not mla else \
+        mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
     if head_dim is None:
         if hidden % n_heads:
             _fail("head_dim", f"missing and hidden_size={hidden} is not divisible by num_attention_heads={n_heads}")
@@ -190,7 +249,7 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
             tie_embeddings=bool(defaults["tie_word_embeddings"] if tie is None else tie),
             max_seq_len=int(defaults["max_position_embeddings"] if max_pos is None else max_pos),
             dtype=dtype, qkv_bias=(mt == "qwen2"), qk_norm=(mt == "qwen3"),
-            sliding_window=_sliding_window(d, mt, n_layers, defaults), name=name or mt)
+            sliding_window=_sliding_window(d, mt, n_layers, defaults), name=name or mt, **mla)
     except HFConfigError:
         raise
     except ConfigError as e:

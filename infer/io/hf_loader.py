@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from infer.config.model_config import ModelConfig
-from infer.io.hf_config import hf_to_model_config, read_config_json
+from infer.io.hf_config import hf_to_model_config, read_config_json, rope_interleaved
 from infer.model.params import init_params
 from infer.io.safetensors_io import SafetensorsFile
 
@@ -75,11 +75,39 @@ def _open_files(path: str) -> Dict[str, SafetensorsFile]:
     return files
 
 
-def param_plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Callable, Optional[int]]]]:
+def _mla_attention_plan(cfg: ModelConfig, per_layer, rope_interleaved: bool) -> None:
+    """DeepSeek-V2/V3 attention tensors. Interleaved RoPE rows (pairs (x0, x1), (x2, x3), ...) are reordered to
+    the half-split layout [x0, x2, ..., x1, x3, ...] in q and in kv_a's RoPE key: q.k is unchanged (both sides
+    get the same permutation) and the model's rotary code stays the Llama one."""
+    D, N, h, E, C, u = (cfg.d_model, cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank,
+                        cfg.v_head_dim)
+    W = h + E
+    rope_perm = np.concatenate([np.arange(0, E, 2), np.arange(1, E, 2)]) if rope_interleaved else np.arange(E)
+    q_perm = np.concatenate([np.arange(h), h + rope_perm])  # within one head's h + E rows
+    kv_perm = np.concatenate([np.arange(C), C + rope_perm])
+    pre = "model.layers.{i}.self_attn."
+    q_rows = lambda w, n_in: w.reshape(N, W, n_in)[:, q_perm].transpose(2, 0, 1)  # [out, in] -> [in, N, W]
+    if cfg.q_lora_rank is None:
+        per_layer(("attn", "q", "kernel"), pre + "q_proj.weight", (N * W, D), lambda w: q_rows(w, D))
+    else:
+        Q = cfg.q_lora_rank
+        per_layer(("attn", "q_a", "kernel"), pre + "q_a_proj.weight", (Q, D), lambda w: w.T)
+        per_layer(("attn", "q_a_norm", "scale"), pre + "q_a_layernorm.weight", (Q,), lambda w: w)
+        per_layer(("attn", "q_b", "kernel"), pre + "q_b_proj.weight", (N * W, Q), lambda w: q_rows(w, Q))
+    per_layer(("attn", "kv_a", "kernel"), pre + "kv_a_proj_with_mqa.weight", (C + E, D), lambda w: w[kv_perm].T)
+    per_layer(("attn", "kv_a_norm", "scale"), pre + "kv_a_layernorm.weight", (C,), lambda w: w)
+    per_layer(("attn", "kv_b", "kernel"), pre + "kv_b_proj.weight", (N * (h + u), C),
+              lambda w: w.T.reshape(C, N, h + u))
+    per_layer(("attn", "o", "kernel"), pre + "o_proj.weight", (D, N * u), lambda w: w.T.reshape(N, u, D))
+
+
+def param_plan(cfg: ModelConfig, rope_interleaved: bool = False
+               ) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Callable, Optional[int]]]]:
     """For each parameter leaf path: [(hf_name, hf_shape, transform, layer index or None)].
 
     hf_shape is the HF tensor's [out, in] shape; transform turns that tensor into the leaf's layout.
     The GGUF loader reuses this plan (GGUF tensors dequantize to the same [out, in] layout).
+    rope_interleaved: the checkpoint's RoPE dims are interleaved pairs (DeepSeek); MLA models only.
     """
     D, N, K, H, F, V, L = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size, \
         cfg.n_layers
@@ -96,6 +124,9 @@ def param_plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple,
     pre = "model.layers.{i}."
     per_layer(("attn_norm", "scale"), pre + "input_layernorm.weight", (D,), ident)
     per_layer(("mlp_norm", "scale"), pre + "post_attention_layernorm.weight", (D,), ident)
+    if cfg.is_mla:
+        _mla_attention_plan(cfg, per_layer, rope_interleaved)
+        heads = {}
     for p, n in heads.items():
         per_layer(("attn", p, "kernel"), pre + f"self_attn.{p}_proj.weight", (n * H, D),
                   lambda w, n=n: w.T.reshape(D, n, H))
@@ -105,7 +136,9 @@ def param_plan(cfg: ModelConfig) -> Dict[Tuple[str, ...], List[Tuple[str, tuple,
     if cfg.qk_norm:
         for p in ("q", "k"):
             per_layer(("attn", f"{p}_norm", "scale"), pre + f"self_attn.{p}_norm.weight", (H,), ident)
-    per_layer(("attn", "o", "kernel"), pre + "self_attn.o_proj.weight", (D, N * H), lambda w: w.T.reshape(N, H, D))
+    if not cfg.is_mla:
+        per_layer(("attn", "o", "kernel"), pre + "self_attn.o_proj.weight", (D, N * H),
+                  lambda w: w.T.reshape(N, H, D))
     per_layer(("mlp", "gate", "kernel"), pre + "mlp.gate_proj.weight", (F, D), lambda w: w.T)
     per_layer(("mlp", "up", "kernel"), pre + "mlp.up_proj.weight", (F, D), lambda w: w.T)
     per_layer(("mlp", "down", "kernel"), pre + "mlp.down_proj.weight", (D, F), lambda w: w.T)
@@ -163,9 +196,10 @@ def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> T
     device: where the arrays go (default: JAX's default device).
     """
     path = os.fspath(path)
-    cfg = hf_to_model_config(read_config_json(path), dtype=dtype, name=os.path.basename(os.path.normpath(path)))
+    d = read_config_json(path)
+    cfg = hf_to_model_config(d, dtype=dtype, name=os.path.basename(os.path.normpath(path)))
     files = _open_files(path)
-    plan = param_plan(cfg)
+    plan = param_plan(cfg, rope_interleaved=rope_interleaved(d))
 
     wanted = {name for srcs in plan.values() for name, *_ in srcs}
     missing = sorted(wanted - set(files))

@@ -2,6 +2,7 @@
 
     {"k": [L, P, K, Z, H], "v": [L, P, K, Z, H]}
     (dtype="int8" adds "k_scale", "v_scale": [L, P, K, Z] float32: value = int8 * scale, per token and head)
+    MLA: {"c": [L, P, Z, C], "kr": [L, P, Z, E]} (the latent and the shared RoPE key; no head axis)
 
 P pages of Z tokens each. The pools hold no batch axis and no lengths: which
 pages belong to which sequence, and how many of their slots are valid, is
@@ -24,7 +25,10 @@ POOL_DTYPES = DTYPES + ("int8",)
 def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_SIZE,
                dtype: Optional[str] = None) -> dict:
     """Empty page pools of `num_pages` pages of `page_size` tokens (dtype defaults to cfg.kv_cache_dtype, then
-    cfg.dtype; "int8" quantizes)."""
+    cfg.dtype; "int8" quantizes). The pools hold cfg.kv_layers layers (fewer than n_layers under CLA).
+
+    MLA models get latent pools instead, with no head axis: {"c": [L, P, Z, C], "kr": [L, P, Z, E]}
+    (C = kv_lora_rank, E = qk_rope_head_dim)."""
     if not (isinstance(num_pages, int) and num_pages > 0):
         raise ValueError(f"num_pages: must be an int > 0, got {num_pages!r}")
     if not (isinstance(page_size, int) and page_size > 0):
@@ -32,7 +36,12 @@ def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_S
     if dtype is not None and dtype not in POOL_DTYPES:
         raise ValueError(f"dtype: page pools hold one of {POOL_DTYPES} (int8 with per-token scales), got {dtype!r}")
     dt = jnp.dtype(dtype or cfg.kv_cache_dtype or cfg.dtype)
-    shape = (cfg.n_layers, num_pages, cfg.n_kv_heads, page_size, cfg.head_dim)
+    if cfg.is_mla:
+        if dt == jnp.int8:
+            raise ValueError("dtype: int8 latent pools are not supported for MLA models")
+        lead = (cfg.kv_layers, num_pages, page_size)
+        return {"c": jnp.zeros(lead + (cfg.kv_lora_rank,), dt), "kr": jnp.zeros(lead + (cfg.qk_rope_head_dim,), dt)}
+    shape = (cfg.kv_layers, num_pages, cfg.n_kv_heads, page_size, cfg.head_dim)
     kv = {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
     if dt == jnp.int8:
         kv["k_scale"] = jnp.ones(shape[:-1], jnp.float32)
@@ -40,17 +49,24 @@ def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_S
     return kv
 
 
+def is_latent(kv: dict) -> bool:
+    """MLA latent pools ({"c", "kr"}) rather than per-head k/v pools."""
+    return "c" in kv
+
+
 def num_pages(kv: dict) -> int:
     """P: pages in the pools."""
-    return kv["k"].shape[1]
+    return (kv["c"] if is_latent(kv) else kv["k"]).shape[1]
 
 
 def page_size(kv: dict) -> int:
     """Z: tokens per page."""
-    return kv["k"].shape[3]
+    return kv["c"].shape[2] if is_latent(kv) else kv["k"].shape[3]
 
 
 def pool_logical_axes(kv: dict) -> dict:
     """PartitionSpecs of logical axis names for each pool array."""
+    if is_latent(kv):
+        return {name: PartitionSpec(*axes.CACHE_LATENT) for name in kv}
     return {name: PartitionSpec(*(axes.CACHE_KV[:-1] if name.endswith("_scale") else axes.CACHE_KV))
             for name in kv}

@@ -190,12 +190,16 @@ def param_groups(cfg: ModelConfig) -> list:
     """Every parameter of the model, grouped (same inventory as `infer.model.params.init_params`)."""
     D, F, N, K, H, L, V = (cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
                            cfg.n_layers, cfg.vocab_size)
+    if cfg.is_mla:
+        attn = mla_param_groups(cfg)
+    else:
+        attn = [ParamGroup("q", "linear", L, D, N * H),
+                ParamGroup("k", "linear", L, D, K * H),
+                ParamGroup("v", "linear", L, D, K * H),
+                ParamGroup("o", "linear", L, N * H, D)]
     g = [ParamGroup("embed", "embedding", 1, size=V * D),
          ParamGroup("attn_norm", "vector", L, size=D),
-         ParamGroup("q", "linear", L, D, N * H),
-         ParamGroup("k", "linear", L, D, K * H),
-         ParamGroup("v", "linear", L, D, K * H),
-         ParamGroup("o", "linear", L, N * H, D),
+         *attn,
          ParamGroup("mlp_norm", "vector", L, size=D),
          ParamGroup("gate", "linear", L, D, F),
          ParamGroup("up", "linear", L, D, F),
@@ -208,6 +212,21 @@ def param_groups(cfg: ModelConfig) -> list:
     if not cfg.tie_embeddings:
         g.append(ParamGroup("lm_head", "linear", 1, D, V))
     return g
+
+
+def mla_param_groups(cfg: ModelConfig) -> list:
+    """MLA's attention parameters (layers/attention/mla.py): query (optionally compressed), latent down-projection
+    with its norm, the latent up-projection W_kvb and the output projection."""
+    D, N, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+    h, E, C, u = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank, cfg.v_head_dim
+    if cfg.q_lora_rank is None:
+        g = [ParamGroup("q", "linear", L, D, N * (h + E))]
+    else:
+        Q = cfg.q_lora_rank
+        g = [ParamGroup("q_a", "linear", L, D, Q), ParamGroup("q_a_norm", "vector", L, size=Q),
+             ParamGroup("q_b", "linear", L, Q, N * (h + E))]
+    return g + [ParamGroup("kv_a", "linear", L, D, C + E), ParamGroup("kv_a_norm", "vector", L, size=C),
+                ParamGroup("kv_b", "linear", L, C, N * (h + u)), ParamGroup("o", "linear", L, N * u, D)]
 
 
 def num_params(cfg: ModelConfig) -> int:
@@ -232,15 +251,19 @@ def _block_matmul_elements(cfg: ModelConfig) -> int:
 
 
 def kv_values_per_token_per_layer(cfg: ModelConfig) -> int:
-    """Cached values per token per layer: 2·K·H (key + value). MLA would return C + rope dims."""
+    """Cached values per token per cached layer: 2·K·H (key + value); MLA: C + E (the latent and the RoPE key)."""
+    if cfg.is_mla:
+        return cfg.kv_lora_rank + cfg.qk_rope_head_dim
     return 2 * cfg.n_kv_heads * cfg.head_dim
 
 
 def kv_bytes_per_token(cfg: ModelConfig, kv: Union[str, KVFormat, None] = None) -> float:
-    """Bytes one token adds to the cache over all layers (including int8 scales)."""
+    """Bytes one token adds to the cache over all layers (including int8 scales). Under CLA only
+    n_layers / kv_share_every layers are cached."""
     f = KVFormat.get(kv, cfg.kv_cache_dtype or cfg.dtype)
-    per_layer = kv_values_per_token_per_layer(cfg) * f.value_bytes + 2 * cfg.n_kv_heads * f.scale_bytes
-    return cfg.n_layers * per_layer
+    scales = 0 if cfg.is_mla else 2 * cfg.n_kv_heads * f.scale_bytes
+    per_layer = kv_values_per_token_per_layer(cfg) * f.value_bytes + scales
+    return cfg.kv_layers * per_layer
 
 
 def kv_positions_stored(cfg: ModelConfig, seq_len: int, page_size: int = DEFAULT_PAGE_SIZE) -> int:
@@ -380,6 +403,17 @@ def _attention_keys(cfg: ModelConfig, context: int, tokens: int) -> int:
     return sum(min(context + i + 1, W) for i in range(tokens))
 
 
+def attention_flops_per_key(cfg: ModelConfig, tokens: int = 1) -> int:
+    """FLOPs of one (query token, visible key) pair over all heads of one layer: 4·N·H (q.k and p·v).
+    MLA decode (tokens == 1, the absorbed path) scores against the latent: 2·N·(C + E) + 2·N·C; multi-token MLA
+    steps expand keys and values: 2·N·(h + E) + 2·N·u (the expansion's own matmuls are not counted)."""
+    if cfg.is_mla:
+        if tokens == 1:
+            return 2 * cfg.n_heads * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + 2 * cfg.n_heads * cfg.kv_lora_rank
+        return 2 * cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) + 2 * cfg.n_heads * cfg.v_head_dim
+    return 4 * cfg.n_heads * cfg.head_dim
+
+
 def step_cost(cfg: ModelConfig, batch_size: int, tokens: int, context: int, weights=None, kv=None,
               logits_per_row: Optional[int] = None) -> StepCost:
     """Cost of one forward step over [B, T] new tokens after `context` cached tokens per row.
@@ -403,7 +437,7 @@ def step_cost(cfg: ModelConfig, batch_size: int, tokens: int, context: int, weig
     kv_write = B * T * kv_tok
     flops = 2 * B * T * _block_matmul_elements(cfg)
     flops += 2 * B * logits_per_row * D * V
-    flops += cfg.n_layers * 4 * cfg.n_heads * cfg.head_dim * B * _attention_keys(cfg, context, T)
+    flops += cfg.n_layers * B * _attention_keys(cfg, context, T) * attention_flops_per_key(cfg, T)
     return StepCost(B, T, context, float(flops), float(weight_bytes), float(kv_read), float(kv_write))
 
 

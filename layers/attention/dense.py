@@ -21,13 +21,18 @@ def visibility_mask(q_pos_BT, kv_len_B, S: int, sliding_window: Optional[int] = 
     return mask
 
 
-def attend(q_BTNH, k_BKSH, v_BKSH, q_pos_BT, kv_len_B, *, sliding_window=None, softcap=None):
-    """Masked multi-/grouped-query attention over one layer's keys and values (pure JAX, float32 math)."""
+def attend(q_BTNH, k_BKSH, v_BKSH, q_pos_BT, kv_len_B, *, sliding_window=None, softcap=None, scale=None):
+    """Masked multi-/grouped-query attention over one layer's keys and values (pure JAX, float32 math).
+
+    Values may be narrower or wider than keys (MLA: v [B, K, S, Hv]); the output is [B, T, N, Hv].
+    scale: the logit scale (default 1 / sqrt(H))."""
     B, T, N, H = q_BTNH.shape
     K, S = k_BKSH.shape[1], k_BKSH.shape[2]
+    Hv = v_BKSH.shape[-1]
     G = N // K
+    scale = H ** -0.5 if scale is None else scale
     q_BTKGH = q_BTNH.reshape(B, T, K, G, H).astype(jnp.float32)
-    s_BKGTS = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH.astype(jnp.float32)) * (H ** -0.5)
+    s_BKGTS = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH.astype(jnp.float32)) * scale
     if softcap is not None:
         s_BKGTS = softcap * jnp.tanh(s_BKGTS / softcap)
     mask = visibility_mask(q_pos_BT, kv_len_B, S, sliding_window)[:, None, None, :, :]
@@ -38,4 +43,4 @@ def attend(q_BTNH, k_BKSH, v_BKSH, q_pos_BT, kv_len_B, *, sliding_window=None, s
     l = jnp.sum(p, axis=-1, keepdims=True)
     p = p / jnp.where(l > 0, l, 1.0)
     o_BTKGH = jnp.einsum("bkgts,bksh->btkgh", p, v_BKSH.astype(jnp.float32))
-    return o_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+    return o_BTKGH.reshape(B, T, N, Hv).astype(q_BTNH.dtype)

@@ -15,7 +15,7 @@ from layers.attention import dense, registry
 from layers.attention.kv_write import write_kv
 from layers.linear import Linear
 from layers.norm import RMSNorm
-from layers.rope import apply_rope, inv_frequencies
+from layers.rope import apply_rope, attention_factor, inv_frequencies
 
 
 class Attention(nn.Module):
@@ -34,9 +34,9 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q_BTNH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="q_norm")(q_BTNH)
             k_BTKH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="k_norm")(k_BTKH)
-        inv_freq = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling)
-        q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
-        k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
+        inv_freq, factor = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling), attention_factor(cfg.rope_scaling)
+        q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, factor)
+        k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, factor)
 
         if kv is None:
             B, T = positions_BT.shape

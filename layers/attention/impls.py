@@ -36,3 +36,23 @@ def pallas(q_TNH, kv, layer, meta, *, sliding_window=None, softcap=None):
     return ragged_paged_attention(q_TNH, *_kernel_args(kv, meta), max_q_len=meta.max_q_len, layer=layer,
                                   k_scale=kv.get("k_scale"), v_scale=kv.get("v_scale"),
                                   sliding_window=sliding_window, softcap=softcap)
+
+
+# ---- MLA (absorbed decode over the latent pools {"c": [L, P, Z, C], "kr": [L, P, Z, E]}) ----------------------
+#     impl(q_c_TNC, q_r_TNE, kv, layer, meta, *, scale) -> o_TNC   (contract: mla_reference.py)
+
+def mla_reference(q_c_TNC, q_r_TNE, kv, layer, meta, *, scale):
+    """Pure JAX (the twin the MLA kernels are tested against); the default on CPU."""
+    from pallas_kernels.attention.mla_reference import mla_ragged_paged_attention_reference
+    return mla_ragged_paged_attention_reference(q_c_TNC, q_r_TNE, kv["c"], kv["kr"], meta.page_table_RM,
+                                                meta.query_start_R, meta.query_len_R, meta.kv_len_R,
+                                                max_q_len=meta.max_q_len, scale=scale, layer=layer,
+                                                prefill_rows=meta.prefill_rows)
+
+
+def mla_pallas(q_c_TNC, q_r_TNE, kv, layer, meta, *, scale):
+    """The MLA Pallas decode kernels (Triton on GPU, Mosaic on TPU, interpret mode on CPU)."""
+    from pallas_kernels.attention.dispatch import mla_ragged_paged_attention
+    return mla_ragged_paged_attention(q_c_TNC, q_r_TNE, kv["c"], kv["kr"], meta.page_table_RM, meta.query_start_R,
+                                      meta.query_len_R, meta.kv_len_R, max_q_len=meta.max_q_len, scale=scale,
+                                      layer=layer, prefill_rows=meta.prefill_rows)

@@ -25,3 +25,13 @@ def write_kv(kv, layer, k_TKH, v_TKH, slot_T):
                 scale_TK.astype(kv[name + "_scale"].dtype), mode="drop")
         out[name] = kv[name].at[layer, page_T, :, off_T, :].set(x.astype(kv[name].dtype), mode="drop")
     return out
+
+
+def write_latent(kv, layer, c_TC, kr_TE, slot_T):
+    """Scatter MLA's latent c [T, C] and RoPE key kr [T, E] into kv["c"/"kr"][layer, slot // Z, slot % Z, :]
+    (padding slots dropped, as in write_kv)."""
+    P, Z = kv["c"].shape[1], kv["c"].shape[2]
+    page_T = jnp.where(slot_T >= 0, slot_T // Z, P)
+    off_T = jnp.where(slot_T >= 0, slot_T % Z, 0)
+    return {"c": kv["c"].at[layer, page_T, off_T, :].set(c_TC.astype(kv["c"].dtype), mode="drop"),
+            "kr": kv["kr"].at[layer, page_T, off_T, :].set(kr_TE.astype(kv["kr"].dtype), mode="drop")}

@@ -44,3 +44,15 @@ def get(name: str) -> Callable:
     if name not in _IMPLS:
         _IMPLS[name] = getattr(importlib.import_module("layers.attention.impls"), _BUILTIN[name])
     return _IMPLS[name]
+
+
+_MLA_BUILTIN = {"reference": "mla_reference", "pallas": "mla_pallas"}
+
+
+def get_mla(name: str) -> Callable:
+    """The absorbed-MLA implementation for `name` (the built-in ones; a registered GQA-only name is refused)."""
+    resolved = resolve(name)
+    if resolved not in _MLA_BUILTIN:
+        raise ValueError(f"attention_impl: {name!r} has no MLA implementation; MLA models run "
+                         f"{sorted(_MLA_BUILTIN)} or 'auto'")
+    return getattr(importlib.import_module("layers.attention.impls"), _MLA_BUILTIN[resolved])
