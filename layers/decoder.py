@@ -1,7 +1,8 @@
 """The decoder: embed -> L blocks under nn.scan -> final norm -> logits.
 
 Scanning keeps compile time flat in depth; block parameters are stacked on a
-leading L axis (logical axis "layers"). The page pools ride in the scan carry
+leading L axis (logical axis "layers"). Under CLA (kv_share_every = n > 1) the scan
+runs over L / n groups of n blocks (CLAGroup), one pools' layer per group. The page pools ride in the scan carry
 as whole layer-stacked arrays, and each block indexes its own layer, so a step
 updates them in place instead of slicing and re-stacking them.
 
@@ -19,6 +20,22 @@ from layers.linear import Linear
 from layers.norm import RMSNorm
 
 
+class CLAGroup(nn.Module):
+    """CLA: kv_share_every adjacent blocks scanned as one unit over the pools' layer `layer`. The first block
+    projects (and, cached, writes) keys and values; the others have no k/v projections and attend over the
+    first block's. Parameters: layers/first/... and layers/follow{j}/..., each stacked on L / kv_share_every."""
+
+    cfg: object
+
+    @nn.compact
+    def __call__(self, carry, layer, positions_BT, meta):
+        carry, shared = DecoderBlock(self.cfg, emit_kv=True, name="first")(carry, layer, positions_BT, meta)
+        for j in range(1, self.cfg.kv_share_every):
+            carry, _ = DecoderBlock(self.cfg, shares_kv=True, name=f"follow{j}")(carry, layer, positions_BT, meta,
+                                                                                shared)
+        return carry, None
+
+
 class Decoder(nn.Module):
     cfg: object  # infer.ModelConfig
 
@@ -32,10 +49,11 @@ class Decoder(nn.Module):
                                                                      (axes.VOCAB, axes.EMBED)),
                          name="embed")
         x_BTD = embed(tokens_BT)
-        blocks = nn.scan(DecoderBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.n_layers,
+        unit = DecoderBlock if cfg.kv_share_every == 1 else CLAGroup
+        blocks = nn.scan(unit, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.kv_layers,
                          metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-        (x_BTD, kv), _ = blocks(cfg, name="layers")((x_BTD, kv), jnp.arange(cfg.n_layers, dtype=jnp.int32),
+        (x_BTD, kv), _ = blocks(cfg, name="layers")((x_BTD, kv), jnp.arange(cfg.kv_layers, dtype=jnp.int32),
                                                      positions_BT, meta)
         x_BTD = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_BTD)
         if meta is not None:

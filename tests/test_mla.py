@@ -145,14 +145,14 @@ def test_absorbed_decode_equals_expanded_attention_at_every_position(batch):
     pad = sum(int(n) - 1 for n in lengths)
     _, meta = build_metadata(seqs, page_size=Z, num_pages=batch * M)
     fill_x = jnp.pad(fill_x, ((0, meta.positions_T.shape[0] - pad), (0, 0)))
-    _, kv = run(seqs, fill_x)
+    _, kv, _ = run(seqs, fill_x)
     # The last token of each: absorbed (decode step) vs expanded (the same step forced to max_q_len = 2).
     last = [SequenceStep(tokens=[0], pages=p, cached=int(n) - 1) for n, p in zip(lengths, pages)]
     last_x = jnp.stack([xs[b, int(n) - 1] for b, n in enumerate(lengths)])
     _, meta1 = build_metadata(last, page_size=Z, num_pages=batch * M)
     last_x = jnp.pad(last_x, ((0, meta1.positions_T.shape[0] - batch), (0, 0)))
-    o_abs, _ = run(last, last_x)
-    o_exp, _ = run(last, last_x, max_q_len=2)
+    o_abs = run(last, last_x)[0]
+    o_exp = run(last, last_x, max_q_len=2)[0]
     o_abs, o_exp = np.asarray(o_abs[0, :batch]), np.asarray(o_exp[0, :batch])
     assert np.isfinite(o_abs).all() and np.abs(o_exp).max() > 0.1
     np.testing.assert_allclose(o_abs, o_exp, rtol=1e-5, atol=1e-5)

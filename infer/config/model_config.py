@@ -161,6 +161,8 @@ class ModelConfig:
                  f"n_layers={self.n_layers} is not divisible by kv_share_every={self.kv_share_every}")
         _require(self.kv_share_every == 1 or not self.is_mla, "kv_share_every",
                  "cross-layer sharing is not supported together with MLA")
+        _require(self.kv_share_every == 1 or self.weight_format is None, "kv_share_every",
+                 "cross-layer sharing is not supported together with quantized weights (weight_format)")
 
     def _validate_mla(self) -> None:
         mla_fields = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")

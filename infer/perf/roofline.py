@@ -194,8 +194,8 @@ def param_groups(cfg: ModelConfig) -> list:
         attn = mla_param_groups(cfg)
     else:
         attn = [ParamGroup("q", "linear", L, D, N * H),
-                ParamGroup("k", "linear", L, D, K * H),
-                ParamGroup("v", "linear", L, D, K * H),
+                ParamGroup("k", "linear", cfg.kv_layers, D, K * H),  # CLA: one k/v projection per group
+                ParamGroup("v", "linear", cfg.kv_layers, D, K * H),
                 ParamGroup("o", "linear", L, N * H, D)]
     g = [ParamGroup("embed", "embedding", 1, size=V * D),
          ParamGroup("attn_norm", "vector", L, size=D),
@@ -206,9 +206,11 @@ def param_groups(cfg: ModelConfig) -> list:
          ParamGroup("down", "linear", L, F, D),
          ParamGroup("final_norm", "vector", 1, size=D)]
     if cfg.qkv_bias:
-        g.append(ParamGroup("qkv_bias", "vector", L, size=(N + 2 * K) * H))
+        g.append(ParamGroup("q_bias", "vector", L, size=N * H))
+        g.append(ParamGroup("kv_bias", "vector", cfg.kv_layers, size=2 * K * H))
     if cfg.qk_norm:
-        g.append(ParamGroup("qk_norm", "vector", L, size=2 * H))
+        g.append(ParamGroup("q_norm", "vector", L, size=H))
+        g.append(ParamGroup("k_norm", "vector", cfg.kv_layers, size=H))
     if not cfg.tie_embeddings:
         g.append(ParamGroup("lm_head", "linear", 1, D, V))
     return g

@@ -19,24 +19,33 @@ from layers.rope import apply_rope, attention_factor, inv_frequencies
 
 
 class Attention(nn.Module):
+    """Returns (out, kv, (k, v) of this pass after RoPE). A CLA follower (`shares_kv`) has no k/v projections:
+    it reads the pools' layer `layer` without writing (cached path) or the (k, v) its group's first layer
+    computed in this pass (`shared_kv`, uncached path)."""
+
     cfg: object  # infer.ModelConfig
+    shares_kv: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, kv=None, layer=None, meta=None):
+    def __call__(self, x_BTD, positions_BT, kv=None, layer=None, meta=None, shared_kv=None):
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         dt = cfg.jnp_dtype
         proj = lambda n, ax, name: Linear((D,), (n, H), (axes.EMBED,), (ax, axes.HEAD_DIM), dt,
                                           use_bias=cfg.qkv_bias, weight_format=cfg.weight_format, name=name)
+        inv_freq, factor = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling), attention_factor(cfg.rope_scaling)
         q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
-        k_BTKH = proj(K, axes.KV_HEADS, "k")(x_BTD)
-        v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
         if cfg.qk_norm:
             q_BTNH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="q_norm")(q_BTNH)
-            k_BTKH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="k_norm")(k_BTKH)
-        inv_freq, factor = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling), attention_factor(cfg.rope_scaling)
         q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, factor)
-        k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, factor)
+        if self.shares_kv:
+            k_BTKH, v_BTKH = shared_kv if shared_kv is not None else (None, None)
+        else:
+            k_BTKH = proj(K, axes.KV_HEADS, "k")(x_BTD)
+            v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
+            if cfg.qk_norm:
+                k_BTKH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="k_norm")(k_BTKH)
+            k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, factor)
 
         if kv is None:
             B, T = positions_BT.shape
@@ -44,10 +53,11 @@ class Attention(nn.Module):
                 q_BTNH, jnp.swapaxes(k_BTKH, 1, 2), jnp.swapaxes(v_BTKH, 1, 2), positions_BT,
                 jnp.full((B,), T, jnp.int32), sliding_window=cfg.sliding_window, softcap=cfg.attn_logit_softcap)
         else:  # one flat batch [1, T] over the page pools
-            kv = write_kv(kv, layer, k_BTKH[0], v_BTKH[0], meta.slot_T)
+            if not self.shares_kv:
+                kv = write_kv(kv, layer, k_BTKH[0], v_BTKH[0], meta.slot_T)
             impl = registry.get(cfg.attention_impl)
             out_BTNH = impl(q_BTNH[0], kv, layer, meta, sliding_window=cfg.sliding_window,
                             softcap=cfg.attn_logit_softcap)[None]
         o = Linear((N, H), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, weight_format=cfg.weight_format,
                    name="o")(out_BTNH)
-        return o, kv
+        return o, kv, (k_BTKH, v_BTKH)

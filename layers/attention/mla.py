@@ -96,7 +96,7 @@ class MLAttention(nn.Module):
                 out_TNu = expanded(q_BTNW[0], kv, layer, meta, w_uk_CNh, w_uv_CNu, scale)
             out_BTNu = out_TNu[None]
         o = Linear((N, u), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, name="o")(out_BTNu)
-        return o, kv
+        return o, kv, None
 
 
 def expand(c_BSC, kr_BSE, w_uk_CNh, w_uv_CNu):
