@@ -228,3 +228,14 @@ def test_yarn_on_a_llama_checkpoint_matches_transformers(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits.numpy()
     assert np.abs(np.asarray(infer.forward(params, cfg, ids.astype(np.int32))) - ref).max() <= ATOL
+
+
+def test_deepseek_shaped_configs_and_their_kv_bytes():
+    v3 = infer.load_config("deepseek-v3-dense")
+    assert v3.is_mla and v3.rope_scaling.type == "yarn"
+    assert kv_bytes_per_token(v3) == (512 + 64) * 61 * 2  # 70,272 bytes: bf16 latent + RoPE key, 61 layers
+    mha = v3.replace(kv_lora_rank=None, q_lora_rank=None, qk_nope_head_dim=None, qk_rope_head_dim=None,
+                     v_head_dim=None, head_dim=128)
+    assert kv_bytes_per_token(mha) / kv_bytes_per_token(v3) == 2 * 128 * 128 / 576  # 56.9x smaller
+    lite = infer.load_config("deepseek-v2-lite-dense")
+    assert lite.q_lora_rank is None and kv_bytes_per_token(lite) == 576 * 27 * 2
