@@ -33,7 +33,7 @@ def test_unknown_and_bad_yaml_fields_are_named(tmp_path):
     with pytest.raises(infer.ConfigError, match="hidden_size"):
         infer.load_config(str(p))
     with pytest.raises(infer.ConfigError, match="rope_scaling.type"):
-        infer.ModelConfig(**BASE, rope_scaling=infer.RopeScaling(type="yarn", factor=2.0))
+        infer.ModelConfig(**BASE, rope_scaling=infer.RopeScaling(type="dynamic", factor=2.0))
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         infer.load_config("no-such-model")
 
