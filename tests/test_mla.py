@@ -239,3 +239,16 @@ def test_deepseek_shaped_configs_and_their_kv_bytes():
     assert kv_bytes_per_token(mha) / kv_bytes_per_token(v3) == 2 * 128 * 128 / 576  # 56.9x smaller
     lite = infer.load_config("deepseek-v2-lite-dense")
     assert lite.q_lora_rank is None and kv_bytes_per_token(lite) == 576 * 27 * 2
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_absorbed_decode_equals_expanded_forward_at_every_position(mla_model, batch):
+    """Token by token from position 0: every decode step (absorbed, over the latent pages) against the uncached
+    forward (expanded keys and values) at the same position, for every row of the batch."""
+    cfg, params = mla_model
+    toks = np.random.RandomState(batch).randint(0, cfg.vocab_size, (batch, 40))
+    full = np.asarray(infer.forward(params, cfg, toks.astype(np.int32)))
+    cache = infer.init_cache(cfg, batch, 48, page_size=4)
+    for t in range(40):
+        logits, cache = infer.decode_step(params, cfg, toks[:, t].astype(np.int32), cache)
+        np.testing.assert_allclose(np.asarray(logits), full[:, t], rtol=1e-5, atol=5e-5, err_msg=f"position {t}")
