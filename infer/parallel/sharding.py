@@ -25,6 +25,7 @@ DEFAULT_RULES: Tuple[Tuple[str, object], ...] = (
     ("layers", None),
     ("pages", None),
     ("page_slots", None),
+    ("latent", None),  # MLA's latent and RoPE-key widths: every head (every shard) reads all of them
 )
 
 

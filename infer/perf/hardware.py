@@ -51,6 +51,12 @@ class HardwareProfile:
     memory_bandwidth: float  # bytes/s
     memory_bytes: float  # bytes of device memory
     source: str = "datasheet"  # "datasheet" or "measured"
+    # Device-to-device bandwidth one device can send (bytes/s, one direction), e.g. NVLink 4 on H100: 450 GB/s;
+    # None where the profile does not say (tensor-parallel predictions then refuse to guess).
+    interconnect_bandwidth: Optional[float] = None
+    # Fixed cost of one small all-reduce (s): an assumed 10 us, the order of NCCL's small-message latency on
+    # NVLink; not measured here.
+    interconnect_latency: float = 10e-6
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -60,6 +66,19 @@ class HardwareProfile:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise HardwareError(f"{f}: must be a finite number > 0, got {v!r}")
             object.__setattr__(self, f, float(v))
+        for f in ("interconnect_bandwidth", "interconnect_latency"):
+            v = getattr(self, f)
+            if v is None and f == "interconnect_bandwidth":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise HardwareError(f"{f}: must be a number, got {v!r}")
+            try:
+                v = float(v)
+            except ValueError:
+                raise HardwareError(f"{f}: not a number: {v!r}") from None
+            if not math.isfinite(v) or v < 0 or (v == 0 and f == "interconnect_bandwidth"):
+                raise HardwareError(f"{f}: must be a finite number > 0, got {v!r}")
+            object.__setattr__(self, f, v)
         if self.source not in ("datasheet", "measured"):
             raise HardwareError(f"source: must be 'datasheet' or 'measured', got {self.source!r}")
 
