@@ -45,6 +45,7 @@ from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request
 from infer.engine.scheduler import Scheduler
 from infer.kv.metadata import SequenceStep, bucket, build_metadata
 from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
+from infer.parallel.tensor_parallel import prepare_tensor_parallel, shard_pools
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
@@ -69,7 +70,11 @@ class Engine:
                  page_size: int = DEFAULT_PAGE_SIZE, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
                  tokenizer=None, max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
                  kv_dtype: Optional[str] = None, poison_freed_pages: bool = False,
-                 max_num_partial_prefills: int = 4):
+                 max_num_partial_prefills: int = 4, mesh=None):
+        """mesh: a jax.sharding.Mesh whose "model" axis runs the engine tensor-parallel (parameters and page
+        pools split by heads; infer/parallel/tensor_parallel.py). The host side is unchanged."""
+        if mesh is not None:
+            cfg, params = prepare_tensor_parallel(params, cfg, mesh)
         max_model_len = min(cfg.max_seq_len, max_model_len or cfg.max_seq_len)
         for name, v in (("page_size", page_size), ("max_num_seqs", max_num_seqs),
                         ("max_num_batched_tokens", max_num_batched_tokens), ("max_model_len", max_model_len)):
@@ -87,6 +92,8 @@ class Engine:
         self.max_model_len, self.pages_per_seq = max_model_len, pages_per_seq
         self.poison_freed_pages = poison_freed_pages
         self.kv = init_pools(cfg, num_pages, page_size, kv_dtype)
+        if mesh is not None:
+            self.kv = shard_pools(self.kv, mesh)
         self.blocks = BlockManager(num_pages, page_size, enable_prefix_caching)
         if not (isinstance(max_num_partial_prefills, int) and max_num_partial_prefills > 0):
             raise ValueError(f"max_num_partial_prefills: must be an int > 0, got {max_num_partial_prefills!r}")

@@ -37,6 +37,7 @@ from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arra
 from infer.kv.metadata import bucket
 from infer.kv.pool import DEFAULT_PAGE_SIZE
 from infer.model.rows import capacity, extend_rows, init_cache
+from infer.parallel.tensor_parallel import constrain_pools, prepare_tensor_parallel
 from infer.sampling import is_stop, request_keys, sample
 
 
@@ -105,10 +106,12 @@ def pack_prompts(prompts: Sequence[Sequence[int]], B: int, T: int):
     return tokens, lengths, np.arange(B) < len(prompts)
 
 
-def prefill_and_sample(params, cfg, tokens_BT, lengths_B, samp, S, page_size=DEFAULT_PAGE_SIZE):
+def prefill_and_sample(params, cfg, tokens_BT, lengths_B, samp, S, page_size=DEFAULT_PAGE_SIZE, mesh=None):
     """A fresh row cache reserving S positions per row, the right-padded prompts prefilled, and each
-    request's first token sampled with the key of its position (unjitted: every generation loop's start)."""
+    request's first token sampled with the key of its position (unjitted: every generation loop's start).
+    With a mesh the pools are split on their KV-head axis (tensor parallelism)."""
     cache = init_cache(cfg, tokens_BT.shape[0], S, page_size=page_size)
+    cache["kv"] = constrain_pools(cache["kv"], mesh)
     logits_BV, cache = extend_rows(params, cfg, tokens_BT, lengths_B, cache)
     return sample(logits_BV, samp, request_keys(samp["seed"], lengths_B)), cache
 
@@ -121,7 +124,7 @@ def init_outputs(first_B, active_B, samp, max_out):
     return out_BO, n_B, done_B
 
 
-_start = jax.jit(prefill_and_sample, static_argnames=("cfg", "S", "page_size"))
+_start = jax.jit(prefill_and_sample, static_argnames=("cfg", "S", "page_size", "mesh"))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_out"), donate_argnames=("cache",))
@@ -152,8 +155,13 @@ def _decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
 
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              sampling: Union[SamplingParams, Sequence[SamplingParams]] = SamplingParams(),
-             page_size: int = DEFAULT_PAGE_SIZE) -> GenerateResult:
-    """Generate for prompts of different lengths, one SamplingParams shared or one per prompt; rows stop alone."""
+             page_size: int = DEFAULT_PAGE_SIZE, mesh=None) -> GenerateResult:
+    """Generate for prompts of different lengths, one SamplingParams shared or one per prompt; rows stop alone.
+
+    mesh: a jax.sharding.Mesh with a "model" axis runs tensor-parallel over it (infer/parallel/tensor_parallel.py):
+    parameters and page pools split by heads, FFN columns and vocabulary; same tokens as one device."""
+    if mesh is not None:
+        cfg, params = prepare_tensor_parallel(params, cfg, mesh)
     per = as_per_request(sampling, len(prompts))
     validate_prompts(cfg, prompts, [p.max_new_tokens for p in per])
     n_real = len(prompts)
@@ -163,7 +171,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     samp = batch_arrays(per, B)
 
     t0 = time.perf_counter()
-    first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size)
+    first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size, mesh)
     first.block_until_ready()
     t1 = time.perf_counter()
     out, n, steps, _ = _decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)

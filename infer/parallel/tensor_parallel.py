@@ -1,0 +1,90 @@
+"""Tensor parallelism on a JAX mesh: one call turns (params, cfg) into their sharded twins for a "model" axis.
+
+    cfg_tp, params_tp = prepare_tensor_parallel(params, cfg, mesh)
+
+Megatron layout through GSPMD (infer/parallel/sharding.py's rules): query heads, KV heads, FFN columns and
+the vocabulary are split over the mesh's "model" axis; XLA inserts the all-reduces after the row-parallel
+output projections. The page pools are split on their KV-head axis (`shard_pools`), so no device holds, and
+no collective gathers, another device's KV heads.
+
+KV heads that do not divide the TP degree are replicated the way vLLM does: each KV head's k/v projection
+is repeated r times (K' = lcm(K, TP) = r * K heads), query head n then reads repeated head n // (N / K'),
+which is original head n // (N / K): the same attention, with one (or K' / TP) KV head per device. It needs
+N divisible by K'; otherwise the configuration is refused. MLA models split their heads and replicate the
+latent (every head reads all of it).
+
+Refusals name the dimension: n_heads, d_ff, vocab_size or n_kv_heads not divisible by the degree.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from infer.config.model_config import ConfigError, ModelConfig
+from infer.parallel.sharding import param_shardings, pool_shardings, shard
+
+MODEL_AXIS = "model"
+
+
+def tp_degree(mesh: Optional[Mesh]) -> int:
+    """Devices on the mesh's "model" axis (1 without a mesh or without that axis)."""
+    return 1 if mesh is None else int(dict(mesh.shape).get(MODEL_AXIS, 1))
+
+
+def replicated_kv_heads(cfg: ModelConfig, tp: int) -> int:
+    """K' >= K: the KV heads the model runs with at TP degree `tp` (K when tp divides K)."""
+    for name, n in (("n_heads", cfg.n_heads), ("d_ff", cfg.d_ff), ("vocab_size", cfg.vocab_size)):
+        if n % tp:
+            raise ConfigError(f"{name}: {n} is not divisible by the tensor-parallel degree {tp}")
+    K = cfg.n_kv_heads
+    if cfg.is_mla or K % tp == 0:
+        return K
+    k2 = math.lcm(K, tp)
+    if cfg.n_heads % k2:
+        raise ConfigError(f"n_kv_heads: {K} KV heads cannot be spread over {tp} devices: replicating them to "
+                          f"lcm(K, TP) = {k2} heads needs n_heads={cfg.n_heads} divisible by {k2}")
+    if cfg.weight_format is not None:
+        raise ConfigError(f"n_kv_heads: replicating {K} KV heads over {tp} devices is not supported for quantized "
+                          f"weights ({cfg.weight_format})")
+    return k2
+
+
+def repeat_kv_heads(params: dict, cfg: ModelConfig, k2: int) -> Tuple[ModelConfig, dict]:
+    """Each KV head's k/v projection (and bias) repeated k2 / K times, in place order (head j -> j // r)."""
+    r = k2 // cfg.n_kv_heads
+    if r == 1:
+        return cfg, params
+    attn = dict(params["layers"]["attn"])
+    for name in ("k", "v"):
+        leaf = dict(attn[name])
+        leaf["kernel"] = jnp.repeat(leaf["kernel"], r, axis=2)  # [L, D, K, H] -> [L, D, K', H]
+        if "bias" in leaf:
+            leaf["bias"] = jnp.repeat(leaf["bias"], r, axis=1)  # [L, K, H]
+        attn[name] = leaf
+    layers = dict(params["layers"], attn=attn)
+    return cfg.replace(n_kv_heads=k2), dict(params, layers=layers)
+
+
+def prepare_tensor_parallel(params: dict, cfg: ModelConfig, mesh: Mesh) -> Tuple[ModelConfig, dict]:
+    """(cfg, params) to run on `mesh`: KV heads replicated if needed, every parameter placed by its logical axes."""
+    tp = tp_degree(mesh)
+    if cfg.kv_share_every != 1:
+        raise ConfigError("kv_share_every: tensor parallelism is not supported for CLA models yet")
+    cfg, params = repeat_kv_heads(params, cfg, replicated_kv_heads(cfg, tp))
+    return cfg, shard(params, param_shardings(cfg, mesh))
+
+
+def shard_pools(kv: dict, mesh: Mesh) -> dict:
+    """Page pools placed with their KV-head axis on "model" (the latent of MLA replicated)."""
+    return shard(kv, pool_shardings(kv, mesh))
+
+
+def constrain_pools(kv: dict, mesh: Optional[Mesh]) -> dict:
+    """Inside jit: pools built by the program get the same placement as `shard_pools` (no-op without a mesh)."""
+    if mesh is None:
+        return kv
+    return jax.lax.with_sharding_constraint(kv, pool_shardings(kv, mesh))
