@@ -90,6 +90,21 @@ SCRIPT = textwrap.dedent("""
     assert [outs[i].token_ids for i in ids] == want_tokens
     print("ENGINE_OK")
 
+    # Data parallel x tensor parallel = 2 x 2: two replicas with their own pools, least-loaded placement.
+    from infer.engine import DataParallelEngine
+    from infer.parallel.tensor_parallel import make_mesh
+    dpe = DataParallelEngine(params, cfg, mesh=make_mesh(2, 2), num_pages=64, page_size=4, max_num_seqs=3,
+                             max_num_batched_tokens=8)
+    ids = [dpe.add_request(p, sp) for p in prompts]
+    assert [len(e.requests) for e in dpe.replicas] == [2, 1]  # placed on the least-loaded replica
+    assert dpe.replicas[1].kv["k"].sharding.device_set == set(jax.devices()[2:4])
+    outs = dpe.run_to_completion()
+    assert [outs[i].token_ids for i in ids] == want_tokens
+    assert dpe.stats()["pages_in_use"] == 0 and not dpe._owner
+    llm = infer.LLM.from_params(params, cfg, tensor_parallel_size=2, data_parallel_size=2, num_pages=64, page_size=4)
+    assert [o.token_ids for o in llm.generate(prompts, sp, use_tqdm=False)] == want_tokens
+    print("DP_OK")
+
     # K = 3 on TP = 2 (each KV head's projection repeated twice: 6 heads, 3 per device), same tokens.
     cfg3, params3 = model(K=3, N=6)
     want3 = infer.generate(params3, cfg3, prompts, sp).tokens
@@ -116,5 +131,6 @@ def test_tensor_parallel_equals_one_device():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    for tag in ("TP_OK dp=1 tp=4", "TP_OK dp=2 tp=2", "HLO_OK", "ENGINE_OK", "REPLICATION_OK", "REFUSALS_OK"):
+    for tag in ("TP_OK dp=1 tp=4", "TP_OK dp=2 tp=2", "HLO_OK", "ENGINE_OK", "DP_OK", "REPLICATION_OK",
+                "REFUSALS_OK"):
         assert tag in r.stdout, r.stdout

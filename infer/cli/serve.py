@@ -28,6 +28,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=256)
     p.add_argument("--max-model-len", type=int, default=2048, help="longest prompt + completion, in tokens")
     p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per replica (default 1)")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel replicas, each with its own page pool")
     p.add_argument("--no-warmup", action="store_true", help="skip compiling every step shape at start")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="info")
@@ -36,6 +38,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 def cmd_serve(args) -> int:
     import logging
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s", force=True)
+    from infer.parallel.tensor_parallel import make_mesh
     from infer.server.serve import build_server, run_until_signal
     server, _ = build_server(args.model, host=args.host, port=args.port, dtype=args.dtype,
                              weight_format=args.weight_format, kv_cache_dtype=args.kv_cache_dtype,
@@ -43,6 +46,6 @@ def cmd_serve(args) -> int:
                              log_level=args.log_level, graceful_timeout_s=args.graceful_timeout,
                              num_pages=args.num_pages, page_size=args.page_size, max_num_seqs=args.max_num_seqs,
                              max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                             enable_prefix_caching=not args.no_prefix_caching)
+                             enable_prefix_caching=not args.no_prefix_caching, mesh=make_mesh(args.tp, args.dp))
     run_until_signal(server)
     return 0

@@ -14,8 +14,9 @@ import dataclasses
 from typing import List, Optional, Sequence, Union
 
 from infer.config import ModelConfig, SamplingParams, as_per_request
-from infer.engine.engine import Engine
+from infer.engine.data_parallel import make_engine
 from infer.engine.request import RequestOutput
+from infer.parallel.tensor_parallel import make_mesh
 
 Prompt = Union[str, Sequence[int]]
 
@@ -23,7 +24,8 @@ Prompt = Union[str, Sequence[int]]
 class LLM:
     def __init__(self, model: str, *, dtype=None, tokenizer=None, **engine_options):
         """Load a checkpoint (ours, Hugging Face, GGUF or a model name) and its tokenizer; engine_options go to
-        Engine (num_pages, page_size, max_num_seqs, max_num_batched_tokens, max_model_len, ...)."""
+        Engine (num_pages, page_size, max_num_seqs, max_num_batched_tokens, max_model_len, mesh, ...);
+        tensor_parallel_size=n runs it tensor-parallel over n devices, data_parallel_size=m as m replicas."""
         from infer.io.checkpoint import load_model_dir
         from infer.io.tokenizer import load_tokenizer
         cfg, params = load_model_dir(model, dtype=dtype)
@@ -37,8 +39,14 @@ class LLM:
         return llm
 
     def _init(self, params, cfg, tokenizer, engine_options):
+        tp = engine_options.pop("tensor_parallel_size", 1)
+        dp = engine_options.pop("data_parallel_size", 1)
+        if (tp, dp) != (1, 1):  # vLLM's switches: tp devices per replica, dp replicas
+            if engine_options.get("mesh") is not None:
+                raise ValueError("tensor_parallel_size / data_parallel_size: give them or a mesh, not both")
+            engine_options["mesh"] = make_mesh(tp, dp)
         self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
-        self.engine = Engine(params, cfg, tokenizer=tokenizer, **engine_options)
+        self.engine = make_engine(params, cfg, tokenizer=tokenizer, **engine_options)
 
     def generate(self, prompts: Union[Prompt, Sequence[Prompt]],
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,

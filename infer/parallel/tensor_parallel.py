@@ -88,3 +88,19 @@ def constrain_pools(kv: dict, mesh: Optional[Mesh]) -> dict:
     if mesh is None:
         return kv
     return jax.lax.with_sharding_constraint(kv, pool_shardings(kv, mesh))
+
+
+def make_mesh(tensor_parallel_size: int = 1, data_parallel_size: int = 1, devices=None) -> Optional[Mesh]:
+    """A ("data", "model") mesh over the first dp * tp devices; None for 1 x 1 (plain single-device runs)."""
+    for name, v in (("tensor_parallel_size", tensor_parallel_size), ("data_parallel_size", data_parallel_size)):
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f"{name}: must be an int >= 1, got {v!r}")
+    if tensor_parallel_size * data_parallel_size == 1:
+        return None
+    devices = list(jax.devices() if devices is None else devices)
+    need = tensor_parallel_size * data_parallel_size
+    if len(devices) < need:
+        raise ValueError(f"tensor_parallel_size x data_parallel_size: {tensor_parallel_size} x {data_parallel_size} "
+                         f"needs {need} devices, {len(devices)} available ({devices[0].platform})")
+    import numpy as np
+    return Mesh(np.array(devices[:need]).reshape(data_parallel_size, tensor_parallel_size), ("data", MODEL_AXIS))

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Optional
 
-from infer.engine import Engine
+from infer.engine.data_parallel import make_engine
 from infer.server.app import create_app
 from infer.server.async_engine import AsyncEngine
 from infer.server.prom import ServerMetrics
@@ -27,7 +27,7 @@ def served_name(model: str) -> str:
 def build_app(params, cfg, tokenizer, model_name: str, warmup: bool = False, **engine_options):
     """(FastAPI app, AsyncEngine) over a fresh Engine (warmup: every step shape compiled first); its thread runs."""
     metrics = ServerMetrics()
-    engine = AsyncEngine(Engine(params, cfg, tokenizer=tokenizer, **engine_options), on_step=metrics.on_step)
+    engine = AsyncEngine(make_engine(params, cfg, tokenizer=tokenizer, **engine_options), on_step=metrics.on_step)
     if warmup:
         n, t = len(engine.engine.all_step_shapes()), time.perf_counter()
         log.info("compiling %d step shapes before serving (--no-warmup skips this)", n)
