@@ -47,6 +47,12 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--ngram", action="store_true",
                    help="speculative: prompt-lookup proposals from each prompt's own context (no draft model)")
     p.add_argument("--speculative-k", type=int, default=4, help="speculative: draft tokens per target pass")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel devices (random-weights plain generation)")
+    p.add_argument("--coordinator", default=None,
+                   help="multi-process: coordinator host:port (or INFER_COORDINATOR); with --num-processes and "
+                        "--process-id every process runs the same command")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-process: processes (INFER_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, default=None, help="multi-process: this process (INFER_PROCESS_ID)")
 
 
 def cmd_generate(args) -> int:
@@ -56,9 +62,15 @@ def cmd_generate(args) -> int:
                          "weights only; drop --checkpoint/--prompt or the speculative option")
     if args.checkpoint is not None or args.prompt is not None:
         return cmd_generate_text(args)
+    from infer.parallel.distributed import initialize
+    initialize(args.coordinator, args.num_processes, args.process_id)  # before any device is touched
     import infer
     from infer.generation.batch import generate
     from infer.config import SamplingParams
+    from infer.parallel.tensor_parallel import make_mesh
+    mesh = make_mesh(args.tp)
+    if mesh is not None and speculative:
+        raise ValueError("--tp: speculative generation is not tensor-parallel yet; drop --tp or the draft option")
 
     overrides = {"attention_impl": args.attention_impl} if args.attention_impl else {}
     if args.kv_cache_dtype:
@@ -77,7 +89,10 @@ def cmd_generate(args) -> int:
                         max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(f"{cfg.name or args.config}: {infer.count_params(params):,} parameters (random), "
           f"prompt lengths {lens}; warming up (compiling)...", flush=True)
-    run = lambda: generate(params, cfg, prompts, sp)
+    if mesh is not None:
+        print(f"tensor-parallel over {mesh.devices.size} devices on {jax.process_count()} process(es) "
+              f"(this is process {jax.process_index()})", flush=True)
+    run = lambda: generate(params, cfg, prompts, sp, mesh=mesh)
     if args.draft_config is not None or args.draft_layers is not None:
         from infer.generation.speculative import speculative_generate, truncated_draft
         if args.draft_layers is not None:

@@ -37,6 +37,7 @@ from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arra
 from infer.kv.metadata import bucket
 from infer.kv.pool import DEFAULT_PAGE_SIZE
 from infer.model.rows import capacity, extend_rows, init_cache
+from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import constrain_pools, prepare_tensor_parallel
 from infer.sampling import is_stop, request_keys, sample
 
@@ -175,9 +176,9 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     first.block_until_ready()
     t1 = time.perf_counter()
     out, n, steps, _ = _decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
-    out = np.asarray(out)
+    out = to_host(out)  # on several processes the result may live partly on other hosts' devices
     t2 = time.perf_counter()
-    n = np.asarray(n)
+    n = to_host(n)
     toks = [out[i, :n[i]].tolist() for i in range(n_real)]
     return GenerateResult(tokens=toks, ttft_s=t1 - t0, decode_s=t2 - t1, decode_steps=int(steps),
                           num_generated=int(n[:n_real].sum()))
