@@ -46,6 +46,8 @@ SCRIPT = textwrap.dedent("""
     sp = SamplingParams(temperature=0.0, max_new_tokens=12)
 
     cfg, params = model(K=4)
+    from infer.generation.speculative import speculative_generate, truncated_draft
+    dparams, dcfg = truncated_draft(params, cfg, 1)
     want_logits, _ = logits_run(params, cfg, None, toks)
     want_tokens = infer.generate(params, cfg, prompts, sp).tokens
     assert len({tuple(t) for t in want_tokens}) > 1
@@ -58,6 +60,9 @@ SCRIPT = textwrap.dedent("""
         err = np.abs(got - want_logits).max()
         assert err <= 1e-5, (dp, tp, err)
         assert infer.generate(params, cfg, prompts, sp, mesh=mesh).tokens == want_tokens, (dp, tp)
+        if tp == 2:  # speculative decoding, target and draft both split, gives the same greedy tokens
+            spec = speculative_generate(params, cfg, dparams, dcfg, prompts, sp, k=3, mesh=mesh)
+            assert spec.tokens == want_tokens, (dp, tp)
         _, sp_params = prepare_tensor_parallel(params, cfg, mesh)
         dev0 = jax.devices()[0]
         mine = sum(s.data.nbytes for x in jax.tree_util.tree_leaves(sp_params) for s in x.addressable_shards

@@ -48,7 +48,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
 from infer.generation import speculative_accept as SP
@@ -56,6 +55,8 @@ from infer.generation.batch import bucket_shapes, init_outputs, pack_prompts, pr
 from infer.generation.speculative_round import (SpeculativeResult, record_round, speculative_result, validate_round,
                                                 verify_probs)
 from infer.model.rows import capacity, extend_rows, init_cache
+from infer.parallel.distributed import to_host
+from infer.parallel.tensor_parallel import constrain_pools, prepare_tensor_parallel
 from infer.sampling import ACCEPT, DRAFT, filter_logits, request_keys
 
 
@@ -79,10 +80,11 @@ def _draw(logits_BV, samp, keys_B):
     return x_B, jax.nn.softmax(filtered_BV, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("tcfg", "dcfg", "S"))
-def _spec_start(tparams, tcfg, dparams, dcfg, tokens_BT, lengths_B, samp, S):
-    first_B, tcache = prefill_and_sample(tparams, tcfg, tokens_BT, lengths_B, samp, S)  # as generate does
+@functools.partial(jax.jit, static_argnames=("tcfg", "dcfg", "S", "mesh"))
+def _spec_start(tparams, tcfg, dparams, dcfg, tokens_BT, lengths_B, samp, S, mesh=None):
+    first_B, tcache = prefill_and_sample(tparams, tcfg, tokens_BT, lengths_B, samp, S, mesh=mesh)  # as generate
     dcache = init_cache(dcfg, tokens_BT.shape[0], S)
+    dcache["kv"] = constrain_pools(dcache["kv"], mesh)
     _, dcache = extend_rows(dparams, dcfg, tokens_BT, lengths_B, dcache)
     return first_B, tcache, dcache
 
@@ -161,16 +163,19 @@ def validate_pair(target_cfg: ModelConfig, draft_cfg: ModelConfig) -> None:
 def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, draft_cfg: ModelConfig,
                          prompts: Sequence[Sequence[int]],
                          sampling: Union[SamplingParams, Sequence[SamplingParams]] = SamplingParams(), k: int = 4,
-                         *, accept_rule: Optional[Callable] = None) -> SpeculativeResult:
+                         *, accept_rule: Optional[Callable] = None, mesh=None) -> SpeculativeResult:
     """Generate like `generate(target_params, target_cfg, prompts, sampling)`, k draft tokens per target pass.
 
     The output is an exact sample of the (filtered) target; at temperature 0
     it equals the target's greedy output. `sampling` is one SamplingParams or one per
     prompt. `accept_rule` is the per-row rule (default
     `infer.generation.speculative_accept.accept`); tests substitute a broken one to show
-    the statistical test catches it.
+    the statistical test catches it. mesh: run target and draft tensor-parallel over its "model" axis.
     """
     validate_pair(target_cfg, draft_cfg)
+    if mesh is not None:
+        target_cfg, target_params = prepare_tensor_parallel(target_params, target_cfg, mesh)
+        draft_cfg, draft_params = prepare_tensor_parallel(draft_params, draft_cfg, mesh)
     per = as_per_request(sampling, len(prompts))
     max_new = [p.max_new_tokens for p in per]
     for cfg in (target_cfg, draft_cfg):
@@ -184,11 +189,11 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
 
     t0 = time.perf_counter()
     first, tcache, dcache = _spec_start(target_params, target_cfg, draft_params, draft_cfg, jnp.asarray(tokens),
-                                        jnp.asarray(lengths), samp, S)
+                                        jnp.asarray(lengths), samp, S, mesh)
     first.block_until_ready()
     t1 = time.perf_counter()
     out, n, rounds, hist, _, _ = _spec_loop(
         target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(active), samp, k,
         max_out, accept_rule or SP.accept)
-    out = np.asarray(out)
+    out, n = to_host(out), to_host(n)
     return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())
