@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent("""
     def mesh_of(dp, tp):
         return Mesh(np.array(jax.devices()[:dp * tp]).reshape(dp, tp), ("data", "model"))
 
-    def model(K, N=8):
-        cfg = infer.ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=N, n_kv_heads=K, head_dim=8,
+    def model(K, N=8, H=8):
+        cfg = infer.ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=N, n_kv_heads=K, head_dim=H,
                                 d_ff=128, max_seq_len=128, dtype="float32")
         params = infer.init_params(cfg, jax.random.PRNGKey(K))
         return cfg, jax.tree_util.tree_map(lambda x: x * 1.5 if x.ndim > 2 else x, params)
@@ -95,6 +95,29 @@ SCRIPT = textwrap.dedent("""
     assert [outs[i].token_ids for i in ids] == want_tokens
     print("ENGINE_OK")
 
+    # The Pallas kernels (interpret mode here) run per head shard under shard_map: same tokens, and the
+    # compiled step gathers no pool.
+    rcfg, hparams = model(K=4, H=16)  # Triton tiles: head dim >= 16
+    pcfg = rcfg.replace(attention_impl="pallas")
+    few = [p[:6] for p in prompts[:2]]
+    short = SamplingParams(temperature=0.0, max_new_tokens=4)
+    assert infer.generate(hparams, pcfg, few, short, mesh=mesh_of(1, 2)).tokens == \
+        infer.generate(hparams, rcfg, few, short).tokens
+    from infer.parallel.tensor_parallel import mesh_context
+    m2 = mesh_of(1, 2)
+    pc, pp = prepare_tensor_parallel(hparams, pcfg, m2)
+    pcache = infer.init_cache(pc, 2, 64, page_size=8)
+    pcache["kv"] = shard_pools(pcache["kv"], m2)
+    with mesh_context(m2):
+        phlo = jax.jit(lambda p, t, c: extend_rows(p, pc, t, jnp.ones((2,), jnp.int32), c), donate_argnums=2).lower(
+            pp, jnp.zeros((2, 1), jnp.int32), pcache).compile().as_text()
+        jaxpr = str(jax.make_jaxpr(lambda p, t, c: extend_rows(p, pc, t, jnp.ones((2,), jnp.int32), c))(
+            pp, jnp.zeros((2, 1), jnp.int32), pcache))
+    assert "shard_map" in jaxpr  # the kernel runs per shard, not partitioned by GSPMD
+    full_pool = "f32[%s]" % ",".join(str(d) for d in pcache["kv"]["k"].shape)
+    assert not any(full_pool in ln for ln in phlo.splitlines() if "all-gather" in ln)
+    print("PALLAS_TP_OK")
+
     # Data parallel x tensor parallel = 2 x 2: two replicas with their own pools, least-loaded placement.
     from infer.engine import DataParallelEngine
     from infer.parallel.tensor_parallel import make_mesh
@@ -136,6 +159,6 @@ def test_tensor_parallel_equals_one_device():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    for tag in ("TP_OK dp=1 tp=4", "TP_OK dp=2 tp=2", "HLO_OK", "ENGINE_OK", "DP_OK", "REPLICATION_OK",
+    for tag in ("TP_OK dp=1 tp=4", "TP_OK dp=2 tp=2", "HLO_OK", "ENGINE_OK", "PALLAS_TP_OK", "DP_OK", "REPLICATION_OK",
                 "REFUSALS_OK"):
         assert tag in r.stdout, r.stdout

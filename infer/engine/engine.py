@@ -45,7 +45,7 @@ from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request
 from infer.engine.scheduler import Scheduler
 from infer.kv.metadata import SequenceStep, bucket, build_metadata
 from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
-from infer.parallel.tensor_parallel import prepare_tensor_parallel, shard_pools
+from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
@@ -86,7 +86,7 @@ class Engine:
         pages_per_seq = -(-max_model_len // page_size)
         if num_pages is None:  # room for every sequence at up to 1024 tokens (or the context, if shorter)
             num_pages = max_num_seqs * -(-min(max_model_len, 1024) // page_size)
-        self.params, self.cfg, self.tokenizer = params, cfg, tokenizer
+        self.params, self.cfg, self.tokenizer, self.mesh = params, cfg, tokenizer, mesh
         self.page_size, self.num_pages = page_size, num_pages
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.max_model_len, self.pages_per_seq = max_model_len, pages_per_seq
@@ -297,8 +297,9 @@ class Engine:
         pos = np.zeros((S,), np.int32)
         pos[:len(positions)] = positions
         samp = _sampling_arrays(per_sample, seeds, S)
-        tok_S, logp_S, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows, pos,
-                                             samp, poison)
+        with mesh_context(self.mesh):
+            tok_S, logp_S, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows,
+                                                 pos, samp, poison)
         tok_S, logp_S = jax.device_get((tok_S, logp_S))
         return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
 
@@ -428,9 +429,10 @@ class Engine:
             tokens_T, meta = build_metadata([], page_size=self.page_size, num_pages=P, **shape)
             poison = np.zeros((P,), bool) if self.poison_freed_pages else None
             S = shape["num_logits"]
-            out = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, np.zeros((R,), np.int32),
-                              np.full((R,), P, np.int32), np.zeros((S,), np.int32), np.zeros((S,), np.int32),
-                              _sampling_arrays([], [], S), poison)
+            with mesh_context(self.mesh):
+                out = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, np.zeros((R,), np.int32),
+                                  np.full((R,), P, np.int32), np.zeros((S,), np.int32), np.zeros((S,), np.int32),
+                                  _sampling_arrays([], [], S), poison)
             self.kv = out[2]
         jax.block_until_ready(self.kv)
 

@@ -38,7 +38,7 @@ from infer.kv.metadata import bucket
 from infer.kv.pool import DEFAULT_PAGE_SIZE
 from infer.model.rows import capacity, extend_rows, init_cache
 from infer.parallel.distributed import to_host
-from infer.parallel.tensor_parallel import constrain_pools, prepare_tensor_parallel
+from infer.parallel.tensor_parallel import constrain_pools, mesh_context, prepare_tensor_parallel
 from infer.sampling import is_stop, request_keys, sample
 
 
@@ -172,10 +172,11 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     samp = batch_arrays(per, B)
 
     t0 = time.perf_counter()
-    first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size, mesh)
-    first.block_until_ready()
-    t1 = time.perf_counter()
-    out, n, steps, _ = _decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
+    with mesh_context(mesh):
+        first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size, mesh)
+        first.block_until_ready()
+        t1 = time.perf_counter()
+        out, n, steps, _ = _decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
     out = to_host(out)  # on several processes the result may live partly on other hosts' devices
     t2 = time.perf_counter()
     n = to_host(n)

@@ -56,7 +56,7 @@ from infer.generation.speculative_round import (SpeculativeResult, record_round,
                                                 verify_probs)
 from infer.model.rows import capacity, extend_rows, init_cache
 from infer.parallel.distributed import to_host
-from infer.parallel.tensor_parallel import constrain_pools, prepare_tensor_parallel
+from infer.parallel.tensor_parallel import constrain_pools, mesh_context, prepare_tensor_parallel
 from infer.sampling import ACCEPT, DRAFT, filter_logits, request_keys
 
 
@@ -188,12 +188,13 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
     samp = batch_arrays(per, B)
 
     t0 = time.perf_counter()
-    first, tcache, dcache = _spec_start(target_params, target_cfg, draft_params, draft_cfg, jnp.asarray(tokens),
-                                        jnp.asarray(lengths), samp, S, mesh)
-    first.block_until_ready()
-    t1 = time.perf_counter()
-    out, n, rounds, hist, _, _ = _spec_loop(
-        target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(active), samp, k,
-        max_out, accept_rule or SP.accept)
+    with mesh_context(mesh):
+        first, tcache, dcache = _spec_start(target_params, target_cfg, draft_params, draft_cfg,
+                                            jnp.asarray(tokens), jnp.asarray(lengths), samp, S, mesh)
+        first.block_until_ready()
+        t1 = time.perf_counter()
+        out, n, rounds, hist, _, _ = _spec_loop(
+            target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(active), samp, k,
+            max_out, accept_rule or SP.accept)
     out, n = to_host(out), to_host(n)
     return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())

@@ -104,3 +104,10 @@ def make_mesh(tensor_parallel_size: int = 1, data_parallel_size: int = 1, device
                          f"needs {need} devices, {len(devices)} available ({devices[0].platform})")
     import numpy as np
     return Mesh(np.array(devices[:need]).reshape(data_parallel_size, tensor_parallel_size), ("data", MODEL_AXIS))
+
+
+def mesh_context(mesh: Optional[Mesh]):
+    """`with mesh_context(mesh):` around jitted calls: the mesh becomes the tracing context, so the Pallas
+    attention kernels run per head shard (layers/attention/impls.py); a no-op without a mesh."""
+    import contextlib
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
