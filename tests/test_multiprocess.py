@@ -1,10 +1,12 @@
-"""Two processes joined by `jax.distributed.initialize` on loopback run one tensor-parallel generation (TP = 2,
-one CPU device each, gloo collectives): the tokens equal a single-process run of the same command."""
+"""Two processes joined by `jax.distributed.initialize` on loopback (one CPU device each, gloo collectives):
+a tensor-parallel generation (TP = 2) from the CLI, and one engine whose host side runs on process 0 and
+broadcasts every step, both give the tokens of a single process."""
 import os
 import re
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -60,3 +62,61 @@ def test_partial_multiprocess_settings_are_refused_by_name(monkeypatch):
     monkeypatch.setenv("INFER_PROCESS_ID", "2")
     with pytest.raises(ValueError, match=r"process_id: must be in \[0, num_processes=2\), got 2"):
         settings_from_env("127.0.0.1:1", 2)
+
+
+ENGINE_SCRIPT = textwrap.dedent("""
+    from infer.parallel.distributed import initialize
+    initialize()  # INFER_* from the environment
+    import jax
+    import numpy as np
+    import infer
+    from infer.config import SamplingParams
+    from infer.engine import Engine
+    from infer.engine.multihost import follow, stop_followers
+    from infer.parallel.tensor_parallel import make_mesh
+
+    cfg = infer.ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=8, d_ff=128,
+                            max_seq_len=128, dtype="float32")
+    params = jax.tree_util.tree_map(lambda x: x * 1.5 if x.ndim > 2 else x,
+                                    infer.init_params(cfg, jax.random.PRNGKey(4)))
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(0, 128, n).tolist() for n in (5, 13, 9, 7)]
+    sp = SamplingParams(temperature=0.0, max_new_tokens=10)
+    want = infer.generate(params, cfg, prompts, sp).tokens  # this process alone, on its own device
+    assert len({tuple(t) for t in want}) > 1
+    engine = Engine(params, cfg, mesh=make_mesh(2), num_pages=48, page_size=4, max_num_seqs=3,
+                    max_num_batched_tokens=8, poison_freed_pages=True)
+    if jax.process_index() == 0:
+        ids = [engine.add_request(p, sp) for p in prompts]
+        outs = engine.run_to_completion()
+        stop_followers(engine)
+        print("LEADER", [outs[i].token_ids for i in ids] == want, engine.stats()["steps"], flush=True)
+    else:
+        print("FOLLOWER", follow(engine), flush=True)
+""")
+
+
+def test_one_engine_across_two_processes_serves_the_single_process_tokens():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", ENGINE_SCRIPT], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(env, INFER_COORDINATOR=f"127.0.0.1:{port}", INFER_NUM_PROCESSES="2",
+                                       INFER_PROCESS_ID=str(i)))
+             for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=400)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    leader = re.search(r"^LEADER (True|False) (\d+)$", outs[0], flags=re.M)
+    follower = re.search(r"^FOLLOWER (\d+)$", outs[1], flags=re.M)
+    assert leader and follower, outs
+    assert leader.group(1) == "True"  # the engine's tokens equal generate's on one process
+    assert int(follower.group(1)) == int(leader.group(2)) > 5  # the follower ran every step the leader ran

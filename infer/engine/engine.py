@@ -40,11 +40,13 @@ import numpy as np
 from infer.config import ModelConfig, SamplingParams
 from infer.engine.block_manager import BlockManager
 from infer.engine.device_step import engine_step
+from infer.engine.multihost import StepChannel
 from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request, RequestMetrics, RequestOutput,
                                   RequestUpdate, Sequence, Status)
 from infer.engine.scheduler import Scheduler
 from infer.kv.metadata import SequenceStep, bucket, build_metadata
 from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
+from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
@@ -94,6 +96,8 @@ class Engine:
         self.kv = init_pools(cfg, num_pages, page_size, kv_dtype)
         if mesh is not None:
             self.kv = shard_pools(self.kv, mesh)
+        # Several processes: process 0 schedules and broadcasts each step's inputs (infer/engine/multihost.py).
+        self.channel = StepChannel(num_pages) if jax.process_count() > 1 else None
         self.blocks = BlockManager(num_pages, page_size, enable_prefix_caching)
         if not (isinstance(max_num_partial_prefills, int) and max_num_partial_prefills > 0):
             raise ValueError(f"max_num_partial_prefills: must be an int > 0, got {max_num_partial_prefills!r}")
@@ -297,11 +301,18 @@ class Engine:
         pos = np.zeros((S,), np.int32)
         pos[:len(positions)] = positions
         samp = _sampling_arrays(per_sample, seeds, S)
+        tok_S, logp_S = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
+        return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
+
+    def device_call(self, tokens_T, meta, src, dst, rows, pos, samp, poison):
+        """The step's one device call (sampled tokens and their log p, on the host). With several processes
+        process 0 first broadcasts the inputs and the others run the same call (infer/engine/multihost.py)."""
+        if self.channel is not None and jax.process_index() == 0:
+            self.channel.send(tokens_T, meta, src, dst, rows, pos, samp, poison)
         with mesh_context(self.mesh):
             tok_S, logp_S, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows,
                                                  pos, samp, poison)
-        tok_S, logp_S = jax.device_get((tok_S, logp_S))
-        return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
+        return to_host(tok_S), to_host(logp_S)
 
     def _advance(self, scheduled, tokens_S, logprobs_S, now, updates) -> None:
         """Record what the step computed, fork prompts into their samples, append the sampled tokens."""
@@ -429,11 +440,8 @@ class Engine:
             tokens_T, meta = build_metadata([], page_size=self.page_size, num_pages=P, **shape)
             poison = np.zeros((P,), bool) if self.poison_freed_pages else None
             S = shape["num_logits"]
-            with mesh_context(self.mesh):
-                out = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, np.zeros((R,), np.int32),
-                                  np.full((R,), P, np.int32), np.zeros((S,), np.int32), np.zeros((S,), np.int32),
-                                  _sampling_arrays([], [], S), poison)
-            self.kv = out[2]
+            self.device_call(tokens_T, meta, np.zeros((R,), np.int32), np.full((R,), P, np.int32),
+                             np.zeros((S,), np.int32), np.zeros((S,), np.int32), _sampling_arrays([], [], S), poison)
         jax.block_until_ready(self.kv)
 
     def stats(self) -> dict:
