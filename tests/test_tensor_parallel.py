@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent("""
     total = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
     norms = sum(x.nbytes for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]
                 if kp[-1].key == "scale")  # RMSNorm weights: replicated
-    for dp, tp in ((1, 1), (1, 2), (1, 4), (2, 2)):
+    for dp, tp in ((1, 2), (1, 4), (2, 2)):
         mesh = mesh_of(dp, tp)
         got, cache = logits_run(params, cfg, mesh, toks)
         err = np.abs(got - want_logits).max()
