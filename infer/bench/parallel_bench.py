@@ -23,7 +23,7 @@ For every layout [tp, dp] of the spec, every context S and batch size B, on the 
 The engine's workload path (`make_engine` + requests) was not used on purpose: its tokens/s mixes prefill,
 scheduling and sampling into the number, and the roofline below predicts one decode step.
 
-Predictions (`infer.perf.tensor_parallel.tp_step_cost(cfg, tp, b, 1, S)` of the original config, for each
+Predictions (`infer.perf.parallel_cost.tp_step_cost(cfg, tp, b, 1, S)` of the original config, for each
 replica's b rows): step_pred_ms = the slowest replica's per-device max(memory, compute) + its all-reduces
 (ring, no overlap) on the profile; comm_pred_ms = those all-reduces; tok_s_pred = B / step_pred_ms;
 pred_speedup = tok_s_pred / that of [1, 1]. `hardware: auto` = the datasheet of the device kind on GPU/TPU
@@ -94,7 +94,7 @@ from infer.model.rows import decode_step
 from infer.parallel.sharding import pool_shardings
 from infer.parallel.tensor_parallel import MODEL_AXIS, make_mesh, mesh_context, prepare_tensor_parallel
 from infer.perf.hardware import HardwareProfile
-from infer.perf.tensor_parallel import tp_step_cost
+from infer.perf.parallel_cost import tp_step_cost
 from layers.attention import registry
 
 DATA_AXIS = "data"

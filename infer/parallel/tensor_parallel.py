@@ -9,11 +9,12 @@ no collective gathers, another device's KV heads.
 
 KV heads that do not divide the TP degree are replicated the way vLLM does: each KV head's k/v projection
 is repeated r times (K' = lcm(K, TP) = r * K heads), query head n then reads repeated head n // (N / K'),
-which is original head n // (N / K): the same attention, with one (or K' / TP) KV head per device. It needs
-N divisible by K'; otherwise the configuration is refused. MLA models split their heads and replicate the
+which is original head n // (N / K): the same attention, with K' / TP KV heads per device (K' divides N
+whenever K and TP do). MLA models split their heads and replicate the
 latent (every head reads all of it).
 
-Refusals name the dimension: n_heads, d_ff, vocab_size or n_kv_heads not divisible by the degree.
+Refusals name the dimension: n_heads, d_ff or vocab_size not divisible by the degree; a mesh without a
+"model" axis; KV-head replication of quantized weights.
 """
 from __future__ import annotations
 
@@ -43,10 +44,7 @@ def replicated_kv_heads(cfg: ModelConfig, tp: int) -> int:
     K = cfg.n_kv_heads
     if cfg.is_mla or K % tp == 0:
         return K
-    k2 = math.lcm(K, tp)
-    if cfg.n_heads % k2:
-        raise ConfigError(f"n_kv_heads: {K} KV heads cannot be spread over {tp} devices: replicating them to "
-                          f"lcm(K, TP) = {k2} heads needs n_heads={cfg.n_heads} divisible by {k2}")
+    k2 = math.lcm(K, tp)  # divides N, since both K and TP do
     if cfg.weight_format is not None:
         raise ConfigError(f"n_kv_heads: replicating {K} KV heads over {tp} devices is not supported for quantized "
                           f"weights ({cfg.weight_format})")
@@ -71,6 +69,9 @@ def repeat_kv_heads(params: dict, cfg: ModelConfig, k2: int) -> Tuple[ModelConfi
 
 def prepare_tensor_parallel(params: dict, cfg: ModelConfig, mesh: Mesh) -> Tuple[ModelConfig, dict]:
     """(cfg, params) to run on `mesh`: KV heads replicated if needed, every parameter placed by its logical axes."""
+    if not set(mesh.axis_names) <= {"data", MODEL_AXIS}:
+        raise ValueError(f"mesh: axes must be named 'data' and/or {MODEL_AXIS!r} (the sharding rules' names), "
+                         f"got {mesh.axis_names}; make_mesh(tp, dp) builds one")
     tp = tp_degree(mesh)
     if cfg.kv_share_every != 1:
         raise ConfigError("kv_share_every: tensor parallelism is not supported for CLA models yet")

@@ -9,11 +9,11 @@ the vocabulary-parallel head needs only a few floats per row (sharded max / sum 
     all-reduce:  ring, 2 (TP - 1) / TP * bytes / link bandwidth + a fixed latency per all-reduce
     step time:   max(memory, compute) per device + all-reduces (no overlap assumed: an upper bound)
 
-KV heads: K / TP per device when TP divides K; when K < TP and K divides TP each device holds one KV head,
-replicated TP / K times (what vLLM does), so KV bytes per device stop shrinking past TP = K. MLA's latent is
-needed by every head: it is replicated on every device.
+KV heads: K / TP per device when TP divides K; otherwise the runtime repeats them to lcm(K, TP) heads (what vLLM
+does), lcm(K, TP) / TP per device, so KV bytes per device stop shrinking past TP = K. MLA's latent is needed by
+every head: it is replicated on every device.
 
-    python -m infer.perf.tensor_parallel --model llama3-70b --hardware h100 --batch-sizes 1 64 --context 4096
+    python -m infer.perf.parallel_cost --model llama3-70b --hardware h100 --batch-sizes 1 64 --context 4096
 """
 from __future__ import annotations
 
@@ -22,28 +22,18 @@ import dataclasses
 from typing import Sequence
 
 from infer.config.model_config import ConfigError, ModelConfig, load_config
+from infer.parallel.tensor_parallel import replicated_kv_heads
 from infer.perf.hardware import HardwareProfile, load_hardware
 from infer.perf.roofline import (DTYPE_BYTES, StepCost, WeightFormat, kv_bytes_per_token, kv_positions_stored,
                                   param_bytes, param_groups, step_cost)
 
 
-def check_divisible(cfg: ModelConfig, tp: int) -> None:
-    """Refuse a TP degree that does not divide the split dimensions; the error names the dimension."""
-    if not (isinstance(tp, int) and tp >= 1):
-        raise ConfigError(f"tp: must be an int >= 1, got {tp!r}")
-    for name, n in (("n_heads", cfg.n_heads), ("d_ff", cfg.d_ff), ("vocab_size", cfg.vocab_size)):
-        if n % tp:
-            raise ConfigError(f"{name}: {n} is not divisible by the tensor-parallel degree {tp}")
-    K = cfg.n_kv_heads
-    if not cfg.is_mla and K % tp and tp % K:
-        raise ConfigError(f"n_kv_heads: {K} neither divides nor is divisible by the tensor-parallel degree {tp} "
-                          f"(KV heads are split, or replicated TP / K times when K < TP)")
-
-
 def kv_heads_per_device(cfg: ModelConfig, tp: int) -> int:
-    """KV heads one device stores: K / TP, or 1 (replicated) when K < TP."""
-    check_divisible(cfg, tp)
-    return max(1, cfg.n_kv_heads // tp)
+    """KV heads one device stores: K' / TP with K' the heads the runtime runs with (K, or lcm(K, TP) when TP does
+    not divide K: infer/parallel/tensor_parallel.py's replication). Refuses what the runtime refuses."""
+    if not (isinstance(tp, int) and not isinstance(tp, bool) and tp >= 1):
+        raise ConfigError(f"tp: must be an int >= 1, got {tp!r}")
+    return replicated_kv_heads(cfg, tp) // tp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +64,11 @@ def tp_step_cost(cfg: ModelConfig, tp: int, batch_size: int, tokens: int, contex
     groups, w = param_groups(cfg), WeightFormat.get(weights, cfg.weight_format or cfg.dtype)
     vector_bytes = sum(p.bytes(w) for p in groups if p.kind == "vector")
     split = full.weight_bytes - vector_bytes
-    if not cfg.is_mla and tp > cfg.n_kv_heads:  # k, v projections replicated with their heads
-        kv_proj = sum(p.bytes(w) for p in groups if p.name in ("k", "v"))
-        split_w = (split - kv_proj) / tp + kv_proj * k_dev / cfg.n_kv_heads
-    else:
-        split_w = split / tp
+    # Each device holds k_dev of the K KV heads' projections and pages (1/TP of them unless replicated); MLA's
+    # latent is read by every head and lives whole on every device.
     kv_share = 1.0 if cfg.is_mla else k_dev / cfg.n_kv_heads
+    kv_proj = sum(p.bytes(w) for p in groups if p.name in ("k", "v"))
+    split_w = (split - kv_proj) / tp + kv_proj * kv_share
     per_device = dataclasses.replace(full, flops=full.flops / tp, weight_bytes=split_w + vector_bytes,
                                      kv_read_bytes=full.kv_read_bytes * kv_share,
                                      kv_write_bytes=full.kv_write_bytes * kv_share)
