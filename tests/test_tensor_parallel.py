@@ -129,6 +129,10 @@ SCRIPT = textwrap.dedent("""
     outs = dpe.run_to_completion()
     assert [outs[i].token_ids for i in ids] == want_tokens
     assert dpe.stats()["pages_in_use"] == 0 and not dpe._owner
+    # A stream on one replica keeps another replica's request: both finish with their own tokens.
+    other = dpe.add_request(prompts[1], sp)
+    streamed = [t for u in dpe.stream(prompts[0], sp) for t in u.new_token_ids]
+    assert streamed == want_tokens[0] and dpe.run_to_completion()[other].token_ids == want_tokens[1]
     llm = infer.LLM.from_params(params, cfg, tensor_parallel_size=2, data_parallel_size=2, num_pages=64, page_size=4)
     assert [o.token_ids for o in llm.generate(prompts, sp, use_tqdm=False)] == want_tokens
     print("DP_OK")

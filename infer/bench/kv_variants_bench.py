@@ -69,9 +69,10 @@ from infer.bench import report
 from infer.bench.decode_bench import profiles
 from infer.bench.device_probe import device_info
 from infer.bench.experiment import SpecError, parse_spec, positive_ints, require
+from infer.bench.random_cache import random_row_cache
 from infer.bench.timing import Timing, block
 from infer.config.model_config import ModelConfig, load_config
-from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
+from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools, num_pages, page_size
 from infer.model.params import init_params
 from infer.model.rows import decode_step
 from infer.perf import roofline as rl
@@ -203,27 +204,7 @@ def describe_cache(cfg: ModelConfig) -> str:
 
 def pool_bytes_per_token(kv: dict) -> float:
     """Bytes of the page pools per slot: sum of the arrays' nbytes / (pages x page size)."""
-    lead = kv["c"] if "c" in kv else kv["k"]
-    slots = lead.shape[1] * (lead.shape[2] if "c" in kv else lead.shape[3])
-    return sum(x.nbytes for x in kv.values()) / slots
-
-
-def filled_cache(cfg: ModelConfig, B: int, S: int, key, page_size: int = DEFAULT_PAGE_SIZE) -> dict:
-    """A row cache (as `infer.model.rows.init_cache(cfg, B, S + 1)`) whose pools hold random values and whose
-    rows claim S cached tokens. The pools are drawn directly (no zero pools first); `key` is best an "rbg" key
-    (`jax.random.key(seed, impl="rbg")`: its generator compiles in a fraction of threefry's time on CPU)."""
-    M = -(-(S + 1) // page_size)
-    shapes = jax.eval_shape(lambda: init_pools(cfg, B * M, page_size))
-    kv = {}
-    for i, (name, sd) in enumerate(sorted(shapes.items())):
-        if name.endswith("_scale"):
-            kv[name] = jnp.full(sd.shape, 0.01, sd.dtype)
-        elif jnp.issubdtype(sd.dtype, jnp.floating):
-            kv[name] = jax.random.normal(jax.random.fold_in(key, i), sd.shape, sd.dtype)
-        else:
-            kv[name] = jax.random.randint(jax.random.fold_in(key, i), sd.shape, -127, 128).astype(sd.dtype)
-    return block({"kv": kv, "page_table": jnp.arange(B * M, dtype=jnp.int32).reshape(B, M),
-                  "lengths": jnp.full((B,), S, jnp.int32)})
+    return sum(x.nbytes for x in kv.values()) / (num_pages(kv) * page_size(kv))
 
 
 def time_decode(params, cfg: ModelConfig, cache: dict, S: int, warmup: int, repeats: int):
@@ -292,7 +273,7 @@ def run(spec: dict, out_dir: str) -> list:
                     rows.append({**row, "status": f"skipped: needs {need / 1e9:.1f} GB > {device_budget / 1e9:.1f} GB"})
                     continue
                 t0 = time.perf_counter()
-                cache = filled_cache(cfg, B, S, jax.random.fold_in(fill_key, 1000 * B + S))
+                cache = random_row_cache(cfg, B, S, jax.random.fold_in(fill_key, 1000 * B + S))
                 row["kv_B_tok_pools"] = pool_bytes_per_token(cache["kv"])
                 t, cache = time_decode(params, cfg, cache, S, s.warmup, s.repeats)
                 del cache

@@ -78,26 +78,23 @@ import warnings
 from typing import Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from infer.bench import report
 from infer.bench.decode_bench import profiles
 from infer.bench.device_probe import device_info
 from infer.bench.experiment import SpecError, parse_spec, positive_ints, require
+from infer.bench.random_cache import on_mesh, random_row_cache
 from infer.bench.timing import Timing, block
 from infer.config.model_config import ConfigError, ModelConfig, load_config
-from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
 from infer.model.params import init_params
 from infer.model.rows import decode_step
-from infer.parallel.sharding import pool_shardings
-from infer.parallel.tensor_parallel import MODEL_AXIS, make_mesh, mesh_context, prepare_tensor_parallel
+from infer.parallel.tensor_parallel import make_mesh, mesh_context, prepare_tensor_parallel, replica_meshes
 from infer.perf.hardware import HardwareProfile
 from infer.perf.parallel_cost import tp_step_cost
 from layers.attention import registry
 
-DATA_AXIS = "data"
 MARKDOWN_COLUMNS = (
     "tp", "dp", "devices", "B", "S", "B_replica", "step_ms", "step_seq_ms", "step_pred_ms", "step_pred_shared_ms",
     "comm_pred_ms", "tok_s", "tok_s_pred", "speedup", "pred_speedup", "bound", "status", "caveat",
@@ -177,43 +174,11 @@ def split_batch(B: int, dp: int) -> list:
     return [B // dp + (i < B % dp) for i in range(dp)]
 
 
-def replica_meshes(tp: int, dp: int) -> list:
-    """One ("data", "model") mesh of 1 x tp devices per data row of make_mesh(tp, dp) (as DataParallelEngine
-    builds its replicas); [None] for [1, 1]."""
+def layout_meshes(tp: int, dp: int) -> list:
+    """One 1 x tp mesh per data row of make_mesh(tp, dp), as DataParallelEngine builds its replicas; [None] for
+    [1, 1]."""
     mesh = make_mesh(tp, dp)
-    if mesh is None:
-        return [None]
-    rows = mesh.devices.reshape(dp, tp)
-    return [Mesh(row.reshape(1, -1), (DATA_AXIS, MODEL_AXIS)) for row in rows]
-
-
-def sharded_cache(cfg: ModelConfig, B: int, S: int, mesh: Optional[Mesh], key, page_size: int = DEFAULT_PAGE_SIZE
-                  ) -> dict:
-    """A row cache of B rows with S cached tokens (random pool values) placed for `mesh`: the pools drawn by one
-    jitted call whose outputs already have `shard_pools`' placement, page table and lengths replicated."""
-    M = -(-(S + 1) // page_size)
-    shapes = jax.eval_shape(lambda: init_pools(cfg, B * M, page_size))
-
-    def draw():
-        kv = {}
-        for i, (name, sd) in enumerate(sorted(shapes.items())):
-            if name.endswith("_scale"):
-                kv[name] = jnp.full(sd.shape, 0.01, sd.dtype)
-            elif jnp.issubdtype(sd.dtype, jnp.floating):
-                kv[name] = jax.random.normal(jax.random.fold_in(key, i), sd.shape, sd.dtype)
-            else:
-                kv[name] = jax.random.randint(jax.random.fold_in(key, i), sd.shape, -127, 128).astype(sd.dtype)
-        return kv
-
-    out = None if mesh is None else pool_shardings(shapes, mesh)
-    kv = jax.jit(draw, out_shardings=out)()
-    table = np.arange(B * M, dtype=np.int32).reshape(B, M)
-    return block({"kv": kv, "page_table": _put(table, mesh), "lengths": _put(np.full((B,), S, np.int32), mesh)})
-
-
-def _put(x: np.ndarray, mesh: Optional[Mesh]):
-    """A host array on the mesh's devices, replicated (the default device without a mesh)."""
-    return jnp.asarray(x) if mesh is None else jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+    return [None] if mesh is None else replica_meshes(mesh)
 
 
 class Replica:
@@ -222,12 +187,12 @@ class Replica:
     def __init__(self, params, cfg: ModelConfig, mesh: Optional[Mesh], B: int, S: int, key):
         self.mesh, self.B, self.S = mesh, B, S
         self.cfg, self.params = (cfg, params) if mesh is None else prepare_tensor_parallel(params, cfg, mesh)
-        self.cache = sharded_cache(self.cfg, B, S, mesh, key)
-        self.tok = block(_put(np.zeros((B,), np.int32), mesh))
+        self.cache = random_row_cache(self.cfg, B, S, key, mesh)
+        self.tok = block(on_mesh(np.zeros((B,), np.int32), mesh))
 
     def reset(self) -> None:
         """lengths back to S (untimed): every sample is the same step at context S."""
-        self.cache["lengths"] = block(_put(np.full((self.B,), self.S, np.int32), self.mesh))
+        self.cache["lengths"] = block(on_mesh(np.full((self.B,), self.S, np.int32), self.mesh))
 
     def step(self):
         with mesh_context(self.mesh):
@@ -331,7 +296,7 @@ def measure(s: ParallelBenchSpec) -> dict:
                 if params is None:
                     params = block(init_params(cfg, jax.random.PRNGKey(s.seed)))
                 t0 = time.perf_counter()
-                meshes = replica_meshes(tp, dp)
+                meshes = layout_meshes(tp, dp)
                 reps = [Replica(params, cfg, m, b, S, jax.random.fold_in(key, 1000 * i + B))
                         for i, (m, b) in enumerate(zip(meshes, split_batch(B, dp))) if b]
                 together, seq = time_replicas(reps, s.warmup, s.repeats)

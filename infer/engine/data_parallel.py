@@ -21,23 +21,15 @@ from jax.sharding import Mesh
 
 from infer.config import ModelConfig
 from infer.engine.engine import Engine, RequestUpdate
-from infer.engine.request import RequestOutput
-from infer.parallel.tensor_parallel import MODEL_AXIS
+from infer.parallel.tensor_parallel import replica_meshes
 
 DATA_AXIS = "data"
 
 
 class DataParallelEngine:
     def __init__(self, params, cfg: ModelConfig, *, mesh: Mesh, **engine_options):
-        shape = dict(mesh.shape)
-        if set(shape) != {DATA_AXIS, MODEL_AXIS}:
-            raise ValueError(f"mesh: a data-parallel engine needs axes ({DATA_AXIS!r}, {MODEL_AXIS!r}), "
-                             f"got {tuple(shape)}")
-        devices = mesh.devices.reshape(shape[DATA_AXIS], shape[MODEL_AXIS])
-        self.replicas: List[Engine] = []
-        for row in devices:
-            sub = Mesh(row.reshape(1, -1), (DATA_AXIS, MODEL_AXIS))
-            self.replicas.append(Engine(params, cfg, mesh=sub, **engine_options))
+        self.replicas: List[Engine] = [Engine(params, cfg, mesh=sub, **engine_options)
+                                       for sub in replica_meshes(mesh)]
         first = self.replicas[0]
         self.cfg, self.tokenizer = first.cfg, first.tokenizer
         self.max_model_len, self.max_num_seqs = first.max_model_len, first.max_num_seqs * len(self.replicas)
@@ -88,27 +80,20 @@ class DataParallelEngine:
                 del self._owner[u.request_id]
         return updates
 
-    def run_to_completion(self) -> Dict[str, RequestOutput]:
-        outs: Dict[str, RequestOutput] = {}
-        while self.has_unfinished_requests():
-            for u in self.step():
-                if u.output is not None:
-                    outs[u.request_id] = u.output
-        return outs
+    run_to_completion = Engine.run_to_completion  # only uses has_unfinished_requests and step
 
-    def stream(self, prompt, sampling_params=None, request_id: Optional[str] = None, **kw):
-        rid = self.add_request(prompt, sampling_params, request_id=request_id, **kw)
-        eng = self._owner[rid]
+    def stream(self, prompt, sampling_params=None, request_id: Optional[str] = None, n: int = 1, stop=()):
+        """Engine.stream on the least-loaded replica (the other replicas' requests wait for step(), as the other
+        requests of one engine do)."""
+        rid = request_id if request_id is not None else f"dp-{next(self._ids)}"
+        if rid in self._owner:
+            raise ValueError(f"request_id: {rid!r} is already in use")
+        eng = self.least_loaded()
+        self._owner[rid] = eng
         try:
-            while True:
-                for u in self.step():
-                    if u.request_id == rid:
-                        yield u
-                        if u.output is not None:
-                            return
+            yield from eng.stream(prompt, sampling_params, rid, n=n, stop=stop)
         finally:
-            if rid in eng.requests:
-                eng.abort(rid)
+            self._owner.pop(rid, None)
 
     def warmup(self) -> None:
         for e in self.replicas:

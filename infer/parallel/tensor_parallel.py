@@ -112,3 +112,12 @@ def mesh_context(mesh: Optional[Mesh]):
     attention kernels run per head shard (layers/attention/impls.py); a no-op without a mesh."""
     import contextlib
     return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def replica_meshes(mesh: Mesh) -> list:
+    """The data rows of a ("data", "model") mesh as 1 x tp meshes: one per data-parallel replica."""
+    shape = dict(mesh.shape)
+    if set(shape) != {"data", MODEL_AXIS}:
+        raise ValueError(f"mesh: data-parallel replicas need axes ('data', {MODEL_AXIS!r}), got {tuple(shape)}")
+    rows = mesh.devices.reshape(shape["data"], shape[MODEL_AXIS])
+    return [Mesh(row.reshape(1, -1), ("data", MODEL_AXIS)) for row in rows]
