@@ -13,7 +13,7 @@ paged pool [L, P, K, Z, H]) and the kernel computes the address of
 cache is made on any call.
 
 Layout of this file: `_decode_kernel` is the kernel (backend-neutral refs
-indexing plus block_math); `triton_glue.load_rows` and `_triton_call` are the only
+indexing plus block_math); `triton_glue.load_rows` and `triton_glue.triton_call` are the only
 Triton-specific pieces (masked loads, CompilerParams), so a Mosaic GPU port
 replaces those two.
 """
@@ -23,21 +23,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.attention import block_math, layout
-from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows
+from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows, triton_call
 from pallas_kernels.attention.splits import merge_splits, plan_splits
 
 DEFAULT_BLOCK_K = 64  # keys per block: [64, 128] bf16 = 16 KiB per K or V tile
-def _triton_call(kernel, grid, in_arrays, in_specs, out_shapes, out_specs, *, num_warps, num_stages, interpret,
-                 name):
-    return pl.pallas_call(
-        kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shapes,
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-        interpret=interpret, name=name)(*in_arrays)
-
-
 # ---------------------------------------------------------------- the kernel
 def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quantized, paged, page_size,
                    table_len, cdt):
@@ -147,7 +138,7 @@ def _run(q_BNH, k, v, k_scale, v_scale, tables_BM, lo_B, hi_B, layer, *, sliding
     kernel = functools.partial(
         _decode_kernel, block_k=block_k, split_len=plan.split_len, seq_len=seq_len, sm_scale=H ** -0.5,
         softcap=softcap, quantized=quantized, paged=paged, page_size=page_size, table_len=table_len, cdt=cdt)
-    acc, m, l = _triton_call(kernel, (B, K, J), in_arrays, in_specs, out_shapes, out_specs, num_warps=num_warps,
+    acc, m, l = triton_call(kernel, (B, K, J), in_arrays, in_specs, out_shapes, out_specs, num_warps=num_warps,
                              num_stages=num_stages, interpret=interpret,
                              name=f"decode_attn_{'paged' if paged else 'dense'}_G{Gp}_T{block_k}_J{J}")
     out, m, l = merge_splits(acc, m[..., 0], l[..., 0])

@@ -32,7 +32,7 @@ and the kernel computes (layer, page, slot) addresses itself: no slice, gather
 or copy of a layer-stacked pool is made in XLA.
 
 Layout of this file: `_mla_decode_kernel` is the kernel (backend-neutral ref
-indexing plus mla_block_math); `triton_glue.load_rows` and `_triton_call` are
+indexing plus mla_block_math); `triton_glue.load_rows` and `triton_glue.triton_call` are
 the only Triton-specific pieces, so a Mosaic GPU port replaces those two.
 """
 import functools
@@ -41,23 +41,13 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.attention import layout, mla_block_math
 from pallas_kernels.attention.splits import merge_splits, plan_splits
-from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows
+from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows, triton_call
 
 DEFAULT_BLOCK_K = 32  # keys per block: c [32, 512] bf16 = 32 KiB, k_r [32, 64] = 4 KiB per stage
 DEFAULT_BLOCK_H = 16  # heads per program: a [16, 512] float32 accumulator
-
-
-# ---------------------------------------------------------------- Triton glue
-def _triton_call(kernel, grid, in_arrays, in_specs, out_shapes, out_specs, *, num_warps, num_stages, interpret,
-                 name):
-    return pl.pallas_call(
-        kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shapes,
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-        interpret=interpret, name=name)(*in_arrays)
 
 
 # ---------------------------------------------------------------- the kernel
@@ -123,7 +113,7 @@ def _run(q_c_RNC, q_r_RNE, c, kr, table_RM, len_R, layer, *, scale, block_k, blo
                   jax.ShapeDtypeStruct((R, NB, J, block_h, 1), jnp.float32)]
     kernel = functools.partial(_mla_decode_kernel, block_k=block_k, page_size=Z, split_len=plan.split_len,
                                table_len=M, scale=scale, cdt=cdt)
-    acc, m, l = _triton_call(kernel, (R, NB, J), in_arrays, in_specs, out_shapes, [part(C), part(1), part(1)],
+    acc, m, l = triton_call(kernel, (R, NB, J), in_arrays, in_specs, out_shapes, [part(C), part(1), part(1)],
                              num_warps=num_warps, num_stages=num_stages, interpret=interpret,
                              name=f"mla_decode_attn_paged_H{block_h}_T{block_k}_J{J}")
     out, _, _ = merge_splits(acc, m[..., 0], l[..., 0])  # [R, NB, Hb, C]

@@ -1,7 +1,8 @@
 """Triton-specific pieces shared by the GPU kernels: the tile-size floor and masked row loads.
 
-A Mosaic-GPU port replaces this file (and each kernel's small pallas_call wrapper), not the kernel math.
+A Mosaic-GPU port replaces this file, not the kernel math.
 """
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 MIN_TILE = 16  # tl.dot needs every dimension >= 16
@@ -13,3 +14,12 @@ def load_rows(ref_view, row_valid_T1):
     if row_valid_T1 is None:
         return ref_view[...]
     return plgpu.load(ref_view, mask=row_valid_T1, other=0)
+
+
+def triton_call(kernel, grid, in_arrays, in_specs, out_shapes, out_specs, *, num_warps, num_stages, interpret,
+                name):
+    """pallas_call with Triton's compiler parameters (every GPU attention kernel's launch)."""
+    return pl.pallas_call(
+        kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shapes,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret, name=name)(*in_arrays)
