@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
+from lowering_helpers import readers
 from pallas_kernels.attention.dispatch import mla_ragged_paged_attention
 from pallas_kernels.attention.mla_gpu import mla_paged_decode_attention_gpu
 from pallas_kernels.attention.mla_tpu import mla_paged_decode_attention_tpu
@@ -48,27 +49,10 @@ def _kernel_call(text, targets):
     return calls[0]
 
 
-def _readers(jaxpr, var):
-    """Primitive names of the ops that read `var`, looking through nested jit calls (pallas_call is a leaf)."""
-    found = set()
-    for eqn in jaxpr.eqns:
-        positions = [i for i, x in enumerate(eqn.invars) if x is var]
-        if not positions:
-            continue
-        sub = eqn.params.get("jaxpr")
-        if eqn.primitive.name != "pallas_call" and sub is not None:
-            inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr or Jaxpr
-            for i in positions:
-                found |= _readers(inner, inner.invars[i])
-        else:
-            found.add(eqn.primitive.name)
-    return found
-
-
 def _check_pools_only_read_by_kernel(fn, args, pool_positions):
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
     for i in pool_positions:
-        assert _readers(jaxpr, jaxpr.invars[i]) == {"pallas_call"}, (i, args[i].shape)
+        assert readers(jaxpr, jaxpr.invars[i]) == {"pallas_call"}, (i, args[i].shape)
 
 
 def _tensor_type(shape, dtype):

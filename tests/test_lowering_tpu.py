@@ -20,6 +20,7 @@ import pytest
 from jax import export
 
 from layers.quant.formats import get_format
+from lowering_helpers import readers
 from pallas_kernels.attention.decode_tpu import decode_attention_tpu, paged_decode_attention_tpu
 from pallas_kernels.attention.ragged_tpu import ragged_paged_attention_tpu
 from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
@@ -39,30 +40,13 @@ def _lower_tpu(fn, args):
     return exported.mlir_module()
 
 
-def _readers(jaxpr, var):
-    """Primitive names of the ops that read `var`, looking through nested jit calls (pallas_call is a leaf)."""
-    found = set()
-    for eqn in jaxpr.eqns:
-        positions = [i for i, x in enumerate(eqn.invars) if x is var]
-        if not positions:
-            continue
-        sub = eqn.params.get("jaxpr")
-        if eqn.primitive.name != "pallas_call" and sub is not None:
-            inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr or Jaxpr
-            for i in positions:
-                found |= _readers(inner, inner.invars[i])
-        else:
-            found.add(eqn.primitive.name)
-    return found
-
-
 def _check(fn, args, pool_positions, kernel_name):
     text = _lower_tpu(fn, args)
     assert text.count("stablehlo.custom_call @tpu_custom_call") == 1
     assert kernel_name in text
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
     for i in pool_positions:
-        assert _readers(jaxpr, jaxpr.invars[i]) == {"pallas_call"}, (i, args[i].shape)
+        assert readers(jaxpr, jaxpr.invars[i]) == {"pallas_call"}, (i, args[i].shape)
 
 
 @pytest.mark.parametrize("dtype", [BF16, I8])
