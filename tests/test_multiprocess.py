@@ -27,26 +27,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_generate_what_one_does():
+def cpu_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    single = subprocess.run(CMD, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
+    return env
+
+
+def run_two_processes(argv, env, timeout):
+    """Start argv as processes 0 and 1 of one jax.distributed runtime on a free loopback port; their stdouts."""
     port = _free_port()
-    procs = [subprocess.Popen(CMD + ["--tp", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=dict(env, INFER_COORDINATOR=f"127.0.0.1:{port}",
-                                                  INFER_NUM_PROCESSES="2", INFER_PROCESS_ID=str(i)))
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(env, INFER_COORDINATOR=f"127.0.0.1:{port}", INFER_NUM_PROCESSES="2",
+                                       INFER_PROCESS_ID=str(i)))
              for i in range(2)]
     outs = []
     try:
         for p in procs:
-            out, err = p.communicate(timeout=300)
+            out, err = p.communicate(timeout=timeout)
             assert p.returncode == 0, err[-3000:]
             outs.append(out)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    return outs
+
+
+def test_two_processes_generate_what_one_does():
+    env = cpu_env()
+    single = subprocess.run(CMD, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    outs = run_two_processes(CMD + ["--tp", "2"], env, timeout=300)
     want = _tokens(single.stdout)
     assert _tokens(outs[0]) == want and _tokens(outs[1]) == want
     assert "tensor-parallel over 2 devices on 2 process(es) (this is process 1)" in outs[1]
@@ -97,24 +108,7 @@ ENGINE_SCRIPT = textwrap.dedent("""
 
 
 def test_one_engine_across_two_processes_serves_the_single_process_tokens():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", ENGINE_SCRIPT], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env=dict(env, INFER_COORDINATOR=f"127.0.0.1:{port}", INFER_NUM_PROCESSES="2",
-                                       INFER_PROCESS_ID=str(i)))
-             for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=400)
-            assert p.returncode == 0, err[-3000:]
-            outs.append(out)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = run_two_processes([sys.executable, "-c", ENGINE_SCRIPT], cpu_env(), timeout=400)
     leader = re.search(r"^LEADER (True|False) (\d+)$", outs[0], flags=re.M)
     follower = re.search(r"^FOLLOWER (\d+)$", outs[1], flags=re.M)
     assert leader and follower, outs
