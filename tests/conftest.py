@@ -18,11 +18,25 @@ def release_compiled_programs():
     caches keep them all alive. One xdist worker running half the suite reached ~59,000 mappings, close to
     Linux's default vm.max_map_count of 65,530; past it mmap fails and XLA segfaults inside backend_compile
     (how CI crashed three times, at whichever test compiled next). Clearing per module keeps a worker's
-    mappings at what one module needs.
+    mappings at what one module needs (a full run peaked at ~24,000).
+
+    To measure it: INFER_MAPS_LOG=/tmp/maps.txt appends each test's mapping count per worker (add
+    INFER_KEEP_COMPILED=1 to see the growth without the clearing), e.g.
+    INFER_MAPS_LOG=/tmp/maps.txt .venv/bin/python -m pytest -q -n 2 tests; sort -n -k1 /tmp/maps.txt | tail -1
     """
     yield
-    jax.clear_caches()
-    gc.collect()
+    if not os.environ.get("INFER_KEEP_COMPILED"):
+        jax.clear_caches()
+        gc.collect()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    path = os.environ.get("INFER_MAPS_LOG")
+    if path and os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as f:
+            n = sum(1 for _ in f)
+        with open(path, "a") as f:
+            f.write(f"{n} {os.environ.get('PYTEST_XDIST_WORKER', 'main')} {nodeid}\n")
 
 
 def make_cfg(n_heads=6, n_kv_heads=2, **kw):
