@@ -71,3 +71,27 @@ def save(model, path: str, max_shard_size=None, dtype=None) -> str:
     kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(path, **kw)
     return path
+
+
+def prefill_then_decode_logits(model, params, cfg, ids, prefill_len: int):
+    """Last-token logits after prefilling ids[:, :prefill_len] and after each later token decoded one at a time,
+    from transformers' own cache and from ours: (theirs, ours), two lists of [1, V] arrays."""
+    import infer
+    import numpy as np
+    steps = ids.shape[1] - prefill_len
+    with torch.no_grad():
+        out = model(torch.from_numpy(ids[:, :prefill_len]), use_cache=True)
+        theirs = [out.logits[:, -1].numpy()]
+        past = out.past_key_values
+        for t in range(prefill_len, prefill_len + steps - 1):
+            out = model(torch.from_numpy(ids[:, t:t + 1]), past_key_values=past, use_cache=True)
+            theirs.append(out.logits[:, -1].numpy())
+            past = out.past_key_values
+    cache = infer.init_cache(cfg, 1, 512)
+    logits, cache = infer.prefill(params, cfg, ids[:, :prefill_len].astype(np.int32), np.array([prefill_len]), cache)
+    ours = [np.asarray(logits)]
+    for t in range(prefill_len, prefill_len + steps - 1):
+        logits, cache = infer.decode_step(params, cfg, ids[:, t].astype(np.int32), cache)
+        ours.append(np.asarray(logits))
+    assert int(cache["lengths"][0]) == prefill_len + steps - 1
+    return theirs, ours

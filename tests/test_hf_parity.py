@@ -66,21 +66,8 @@ def test_full_forward_logits_match(ckpt):
 def test_prefill_then_decode_past_256_matches_cached_transformers(ckpt):
     _, model, _, cfg, params = ckpt
     ids = _tokens(PREFILL_LEN + DECODE_STEPS, 2)
-    with torch.no_grad():
-        out = model(torch.from_numpy(ids[:, :PREFILL_LEN]), use_cache=True)
-        ref = [out.logits[:, -1].numpy()]
-        past = out.past_key_values
-        for t in range(PREFILL_LEN, PREFILL_LEN + DECODE_STEPS - 1):
-            out = model(torch.from_numpy(ids[:, t:t + 1]), past_key_values=past, use_cache=True)
-            ref.append(out.logits[:, -1].numpy())
-            past = out.past_key_values
-    cache = infer.init_cache(cfg, 1, 512)
-    logits, cache = infer.prefill(params, cfg, ids[:, :PREFILL_LEN].astype(np.int32), np.array([PREFILL_LEN]), cache)
-    ours = [np.asarray(logits)]
-    for t in range(PREFILL_LEN, PREFILL_LEN + DECODE_STEPS - 1):
-        logits, cache = infer.decode_step(params, cfg, ids[:, t].astype(np.int32), cache)
-        ours.append(np.asarray(logits))
-    assert int(cache["lengths"][0]) == PREFILL_LEN + DECODE_STEPS - 1 > 256
+    ref, ours = hf.prefill_then_decode_logits(model, params, cfg, ids, PREFILL_LEN)
+    assert PREFILL_LEN + DECODE_STEPS - 1 > 256
     for step, (o, r) in enumerate(zip(ours, ref)):
         err = np.abs(o - r).max()
         assert err <= ATOL, f"position {PREFILL_LEN - 1 + step}: max |diff| {err:.3g}"

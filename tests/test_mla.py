@@ -73,20 +73,7 @@ def test_forward_prefill_decode_and_greedy_match_transformers(ckpt):
     # Prefill 250 + decode past 256 (the absorbed path) against transformers' own cache.
     P, steps = 250, 12
     ids = _tokens(P + steps, 2)
-    with torch.no_grad():
-        out = model(torch.from_numpy(ids[:, :P]), use_cache=True)
-        ref = [out.logits[:, -1].numpy()]
-        past = out.past_key_values
-        for t in range(P, P + steps - 1):
-            out = model(torch.from_numpy(ids[:, t:t + 1]), past_key_values=past, use_cache=True)
-            ref.append(out.logits[:, -1].numpy())
-            past = out.past_key_values
-    cache = infer.init_cache(cfg, 1, 512)
-    logits, cache = infer.prefill(params, cfg, ids[:, :P].astype(np.int32), np.array([P]), cache)
-    got = [np.asarray(logits)]
-    for t in range(P, P + steps - 1):
-        logits, cache = infer.decode_step(params, cfg, ids[:, t].astype(np.int32), cache)
-        got.append(np.asarray(logits))
+    ref, got = hf.prefill_then_decode_logits(model, params, cfg, ids, P)
     for step, (o, r) in enumerate(zip(got, ref)):
         assert np.abs(o - r).max() <= ATOL, f"position {P - 1 + step}"
 
