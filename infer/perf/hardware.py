@@ -66,19 +66,15 @@ class HardwareProfile:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise HardwareError(f"{f}: must be a finite number > 0, got {v!r}")
             object.__setattr__(self, f, float(v))
-        for f in ("interconnect_bandwidth", "interconnect_latency"):
-            v = getattr(self, f)
+        for f, v in (("interconnect_bandwidth", self.interconnect_bandwidth),
+                     ("interconnect_latency", self.interconnect_latency)):
             if v is None and f == "interconnect_bandwidth":
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-                raise HardwareError(f"{f}: must be a number, got {v!r}")
-            try:
-                v = float(v)
-            except ValueError:
-                raise HardwareError(f"{f}: not a number: {v!r}") from None
-            if not math.isfinite(v) or v < 0 or (v == 0 and f == "interconnect_bandwidth"):
-                raise HardwareError(f"{f}: must be a finite number > 0, got {v!r}")
-            object.__setattr__(self, f, v)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+                    v == 0 and f == "interconnect_bandwidth"):
+                raise HardwareError(f"{f}: must be a finite number {'>' if f == 'interconnect_bandwidth' else '>='} 0, "
+                                    f"got {v!r}")
+            object.__setattr__(self, f, float(v))
         if self.source not in ("datasheet", "measured"):
             raise HardwareError(f"source: must be 'datasheet' or 'measured', got {self.source!r}")
 
@@ -97,8 +93,9 @@ class HardwareProfile:
         if missing:
             raise HardwareError(f"{missing[0]}: required field missing")
         d = dict(d)
-        for f in ("peak_flops_bf16", "memory_bandwidth", "memory_bytes"):
-            if isinstance(d[f], str):  # YAML reads "3.35e12" without a dot as a string
+        for f in ("peak_flops_bf16", "memory_bandwidth", "memory_bytes", "interconnect_bandwidth",
+                  "interconnect_latency"):
+            if isinstance(d.get(f), str):  # YAML reads "3.35e12" without a dot as a string
                 try:
                     d[f] = float(d[f])
                 except ValueError:
