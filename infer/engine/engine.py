@@ -312,7 +312,7 @@ class Engine:
         with mesh_context(self.mesh):
             tok_S, logp_S, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows,
                                                  pos, samp, poison)
-        return to_host(tok_S), to_host(logp_S)
+        return to_host((tok_S, logp_S))  # one transfer per step
 
     def _advance(self, scheduled, tokens_S, logprobs_S, now, updates) -> None:
         """Record what the step computed, fork prompts into their samples, append the sampled tokens."""

@@ -177,9 +177,8 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         first.block_until_ready()
         t1 = time.perf_counter()
         out, n, steps, _ = _decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
-    out = to_host(out)  # on several processes the result may live partly on other hosts' devices
+    out, n = to_host((out, n))  # on several processes the result may live partly on other hosts' devices
     t2 = time.perf_counter()
-    n = to_host(n)
     toks = [out[i, :n[i]].tolist() for i in range(n_real)]
     return GenerateResult(tokens=toks, ttft_s=t1 - t0, decode_s=t2 - t1, decode_steps=int(steps),
                           num_generated=int(n[:n_real].sum()))

@@ -196,5 +196,5 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
         out, n, rounds, hist, _, _ = _spec_loop(
             target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(active), samp, k,
             max_out, accept_rule or SP.accept)
-    out, n = to_host(out), to_host(n)
+    out, n = to_host((out, n))
     return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())

@@ -55,8 +55,16 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     return True
 
 
-def to_host(x) -> np.ndarray:
-    """A global array as numpy on this process: directly when it is all here or replicated, else gathered."""
+def to_host(tree):
+    """Arrays (any pytree of them) as numpy on this process, in one transfer when all of them are here;
+    otherwise each directly when replicated, else gathered from the other processes."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if all(x.is_fully_addressable for x in leaves):
+        return jax.device_get(tree)
+    return jax.tree_util.tree_map(_leaf_to_host, tree)
+
+
+def _leaf_to_host(x) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(x)
     if x.is_fully_replicated:
