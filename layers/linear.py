@@ -24,6 +24,7 @@ def stored_shapes(weight_format: str, I: int, O: int) -> dict:
     """name -> (shape, dtype) of a quantized [I, O] weight's arrays."""
     fmt = get_format(weight_format)
     g = fmt.group_size(I)
+    I = fmt.stored_inputs(I)  # padded to whole groups (layers/quant/formats.py)
     out = {"q": ((I // 2, O), jnp.uint8) if fmt.bits == 4 else ((I, O), jnp.int8),
            "scale": ((I // g, O), jnp.dtype(fmt.scale_dtype))}
     if fmt.has_min:

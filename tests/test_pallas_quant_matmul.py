@@ -187,3 +187,16 @@ def test_dispatch():
     assert xla.shape == ref.shape and rel_err(xla, ref) <= TIGHT
     out = jax.jit(lambda a, w: quant_matmul(a, w, name, impl="gpu", block_k=64, block_n=128))(x3, qw)
     assert out.shape == ref.shape and rel_err(out, ref) <= TIGHT
+
+
+@pytest.mark.parametrize("impl", ["gpu", "tpu", "xla"])
+def test_a_ragged_last_group_is_padded_before_the_kernels(impl):
+    """I = 448 = 3.5 groups of 128 (SmolLM2's 576 is 4.5): dispatch pads x with zeros to the stored 512 rows,
+    so each kernel sees whole groups; the result is x @ the real rows of the dequantized weight."""
+    name, I = "int4-g128", 448
+    x, qw = _case(name, I, TPU_SHAPE[1], 3, seed=7)
+    assert qw["q"].shape[0] * 2 == 512
+    kw = {"block_k": 256, "block_n": 128} if impl != "xla" else {}
+    out = quant_matmul(x, qw, name, impl=impl, **kw)
+    want = np.asarray(x, np.float64) @ np.asarray(dequantize(qw, name, in_features=I), np.float64)
+    assert rel_err(out, want) <= TIGHT and rel_err(quant_matmul_reference(x, qw, name), want) <= TIGHT

@@ -27,14 +27,15 @@ def test_smollm2_int8_within_1_percent_and_int4_g32_within_10_percent():
     cfg, params = infer.load_model_dir("smollm2-135m-instruct")
     tok = infer.load_tokenizer("smollm2-135m-instruct", vocab_size=cfg.vocab_size)
     ids = np.asarray(tok.encode(TEXT), np.int32)
-    t = ppl_table(cfg, params, ids, ["int8", "int4-g32", "int4-g64"])
+    t = ppl_table(cfg, params, ids, ["int8", "int4-g32", "int4-g128"])
     print(t)
     assert 1.0 < t["float32"] < 20.0  # a real model on real code
     assert abs(t["int8"] / t["float32"] - 1) < 0.01
     assert abs(t["int4-g32"] / t["float32"] - 1) < 0.10
     # SmolLM2's float weights are decoded Q4_1 (4-bit, groups of 32, scale + min): int4-g32 is the same grid
-    # and round-to-nearest finds it again, losslessly; a coarser grid (g64; g128 does not divide D = 576) really costs something.
-    assert t["int4-g64"] != t["float32"]
+    # and round-to-nearest finds it again, losslessly; a coarser grid really costs something (g128 runs on
+    # D = 576 = 4.5 groups through a padded last group, layers/quant/formats.py).
+    assert 1.0 < t["int4-g128"] / t["float32"] < 2.0
 
 
 def test_our_trained_target_int8_within_1_percent():

@@ -21,6 +21,27 @@ def test_int4_packing_round_trips_exactly(g):
     assert p[0, 0] == q[0, 0] | (q[g // 2, 0] << 4)
 
 
+@pytest.mark.parametrize("name", ["int4-g32", "int4-g128", "q8_0", "q4_0"])
+def test_a_ragged_last_group_is_stored_padded_and_decodes_to_the_real_rows(name):
+    fmt = get_format(name)
+    I, O = 176, 8  # 5.5 groups of 32, 1.375 of 128
+    w = rng.standard_normal((I, O)).astype(np.float32)
+    qw = quantize(w, fmt)
+    I_s = fmt.stored_inputs(I)
+    assert I_s % fmt.group == 0 and I_s - fmt.group < I < I_s
+    assert qw["q"].shape[0] == (I_s // 2 if fmt.bits == 4 else I_s) and qw["scale"].shape == (I_s // fmt.group, O)
+    assert weight_bytes(fmt, I, O) == sum(np.asarray(a).nbytes for a in qw.values())
+    deq = np.asarray(dequantize(qw, fmt, in_features=I))
+    assert deq.shape == (I, O)
+    step = np.repeat(np.abs(np.asarray(qw["scale"], np.float32)), fmt.group, axis=0)[:I]
+    tol = step / 2 + 1e-6 + 2e-3 * np.abs(w) * (fmt.scale_dtype == "float16")
+    assert ((np.abs(deq - w) <= tol + step * (fmt.zero > 0)).mean()) > 0.99  # q4_0 may clip one side
+    # the last group's range is the real rows' range (padding repeats the last row, adding no new extreme)
+    np.testing.assert_array_equal(np.asarray(dequantize(qw, fmt))[I:], np.repeat(deq[I - 1:], I_s - I, axis=0))
+    with pytest.raises(ValueError, match="in_features"):
+        dequantize(qw, fmt, in_features=I_s - fmt.group)
+
+
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_round_to_nearest_error_is_within_half_a_step(name):
     fmt = get_format(name)
@@ -65,8 +86,8 @@ def test_gguf_blocks_decode_bit_for_bit_as_gguf_does(qtype):
 def test_formats_refuse_what_they_cannot_hold():
     with pytest.raises(ValueError, match="weight format 'int3'"):
         get_format("int3")
-    with pytest.raises(ValueError, match="input dimension 48 is not a multiple of the group size 32"):
-        quantize(np.zeros((48, 4), np.float32), "int4-g32")
+    with pytest.raises(ValueError, match="row length 48 is not a multiple of its block size 32"):
+        from_gguf(np.zeros(4 * 2 * 20, np.uint8), "Q4_1", (4, 48))  # a GGUF row is whole blocks
     with pytest.raises(ValueError, match="natively supported"):
         from_gguf(np.zeros(10, np.uint8), "Q5_K", (1, 256))
 

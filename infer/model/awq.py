@@ -60,7 +60,7 @@ def _search(x_nI, weights_IO: Sequence[np.ndarray], fmt) -> Tuple[np.ndarray, fl
         s = s / np.sqrt(s.max() * s.min())
         err = 0.0
         for w, y in zip(weights_IO, ref):
-            q = np.asarray(dequantize(quantize_weight(w * s[:, None], fmt), fmt)) / s[:, None]
+            q = np.asarray(dequantize(quantize_weight(w * s[:, None], fmt), fmt, in_features=len(w))) / s[:, None]
             err += float(((x_nI @ q - y) ** 2).mean())
         if a == 0.0:
             rtn = err

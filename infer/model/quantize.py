@@ -72,11 +72,13 @@ def dequantize_params(params, cfg: ModelConfig) -> dict:
     def walk(p, shape):
         if _is_quantized(p):
             kshape = shape["kernel"].shape
-            if len(kshape) and p["q"].ndim == 3:
-                w = np.stack([np.asarray(dequantize({n: v[i] for n, v in p.items() if n != "bias"}, cfg.weight_format))
-                              for i in range(p["q"].shape[0])])
+            stacked = len(kshape) and p["q"].ndim == 3
+            I = int(np.prod(kshape[1:] if stacked else kshape)) // p["q"].shape[-1]  # the true I (rows may be padded)
+            deq = lambda qw: np.asarray(dequantize(qw, cfg.weight_format, in_features=I))
+            if stacked:
+                w = np.stack([deq({n: v[i] for n, v in p.items() if n != "bias"}) for i in range(p["q"].shape[0])])
             else:
-                w = np.asarray(dequantize({n: v for n, v in p.items() if n != "bias"}, cfg.weight_format))
+                w = deq({n: v for n, v in p.items() if n != "bias"})
             out = {"kernel": jax.numpy.asarray(w.reshape(kshape), fcfg.jnp_dtype)}
             if "bias" in p:
                 out["bias"] = p["bias"]

@@ -18,7 +18,10 @@ per-group float scales along the input dimension I (group = I: one scale per out
 Storage (a plain pytree): "q" int8 [I, O] (8-bit) or uint8 [I / 2, O] (4-bit, two per byte:
 within each group of g inputs, byte j holds input j in its low nibble and input j + g/2 in its
 high nibble, which is GGUF's block layout, so a GGUF block is re-laid out, never decoded);
-"scale" [I / g, O]; "min" [I / g, O] for affine formats. GGUF's decode order is kept
+"scale" [I / g, O]; "min" [I / g, O] for affine formats. When I is not a multiple of g (SmolLM2's
+D = 576 with g = 128) the stored rows are padded to the next multiple, I_s = ceil(I / g) * g, by repeating the
+last input row (so the last group's range is the real rows' range); the matmul pads x with zeros to I_s, so
+the padded rows never contribute, and `dequantize(..., in_features=I)` drops them. GGUF's decode order is kept
 ((q - zero) * scale, q * scale + min, in float32), so GGUF tensors decode bit for bit as
 `gguf.quants.dequantize` does.
 
@@ -46,12 +49,16 @@ class WeightFormat:
     gguf_type: Optional[str] = None  # the GGUF tensor type stored this way
 
     def group_size(self, I: int) -> int:
+        """Inputs per scale for an input dimension I (I itself for per-channel formats)."""
         g = self.group or I
-        if I % g:
-            raise ValueError(f"{self.name}: input dimension {I} is not a multiple of the group size {g}")
         if self.bits == 4 and g % 2:
             raise ValueError(f"{self.name}: a 4-bit group packs pairs, so it must be even (input dimension {I})")
         return g
+
+    def stored_inputs(self, I: int) -> int:
+        """I_s: the stored input rows, I rounded up to a whole number of groups."""
+        g = self.group_size(I)
+        return -(-I // g) * g
 
 
 FORMATS: Dict[str, WeightFormat] = {f.name: f for f in (
@@ -92,6 +99,19 @@ def unpack_nibbles(p, g: int):
     return both.reshape(half * 2, O)
 
 
+def pad_inputs(x, qw: dict, fmt: WeightFormat | str):
+    """x [..., I] padded with zeros to the weight's stored rows I_s (padded rows then add nothing)."""
+    fmt = get_format(fmt)
+    I_s = qw["q"].shape[0] * (2 if fmt.bits == 4 else 1)
+    I = x.shape[-1]
+    if I == I_s:
+        return x
+    if not I_s - fmt.group_size(I_s) < I < I_s:
+        raise ValueError(f"x: input dimension I={I} does not match the weight's {I_s} stored rows "
+                         f"(x {tuple(x.shape)}, q {tuple(qw['q'].shape)}, format {fmt.name})")
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, I_s - I)])
+
+
 # ---- round to nearest -----------------------------------------------------------------------------------------
 def quantize(w_IO, fmt: WeightFormat | str) -> dict:
     """Round-to-nearest quantization of a float weight [I, O] (numpy, on the host) into the format's pytree."""
@@ -101,6 +121,9 @@ def quantize(w_IO, fmt: WeightFormat | str) -> dict:
         raise ValueError(f"quantize: expected a 2-D weight [I, O], got shape {w.shape}")
     I, O = w.shape
     g = fmt.group_size(I)
+    if I % g:  # a ragged last group: repeat the last row so the group's range stays the real rows'
+        w = np.pad(w, ((0, fmt.stored_inputs(I) - I), (0, 0)), mode="edge")
+        I = w.shape[0]
     wg = w.reshape(I // g, g, O)
     sdt = np.dtype(fmt.scale_dtype)
     out = {}
@@ -128,8 +151,10 @@ def quantize(w_IO, fmt: WeightFormat | str) -> dict:
     return out
 
 
-def dequantize(qw: dict, fmt: WeightFormat | str, dtype=jnp.float32):
-    """The weight [I, O] a format's pytree stands for, in float32 (GGUF's operation order), cast to dtype."""
+def dequantize(qw: dict, fmt: WeightFormat | str, dtype=jnp.float32, in_features: Optional[int] = None):
+    """The weight [I, O] a format's pytree stands for, in float32 (GGUF's operation order), cast to dtype.
+
+    in_features: the true I when the stored rows were padded to whole groups (default: every stored row)."""
     fmt = get_format(fmt)
     q = jnp.asarray(qw["q"])
     I = q.shape[0] * (2 if fmt.bits == 4 else 1)
@@ -143,7 +168,13 @@ def dequantize(qw: dict, fmt: WeightFormat | str, dtype=jnp.float32):
         w = qf * scale + jnp.asarray(qw["min"]).astype(jnp.float32)[:, None]
     else:
         w = scale * (qf - fmt.zero) if fmt.zero else scale * qf
-    return w.reshape(I, O).astype(dtype)
+    w = w.reshape(I, O)
+    if in_features is not None:
+        if not I - g < in_features <= I:
+            raise ValueError(f"in_features: {in_features} does not fit {I} stored rows of {g}-input groups "
+                             f"(format {fmt.name})")
+        w = w[:in_features]
+    return w.astype(dtype)
 
 
 # ---- GGUF blocks ----------------------------------------------------------------------------------------------
@@ -156,6 +187,8 @@ def from_gguf(raw, gguf_type: str, shape_OI) -> dict:
     fmt = GGUF_FORMATS[gguf_type]
     O, I = shape_OI
     g = fmt.group_size(I)
+    if I % g:
+        raise ValueError(f"GGUF {gguf_type}: row length {I} is not a multiple of its block size {g}")
     nb = I // g
     head = 4 if fmt.has_min else 2
     block = head + (g if fmt.bits == 8 else g // 2)
@@ -173,9 +206,10 @@ def from_gguf(raw, gguf_type: str, shape_OI) -> dict:
 
 # ---- bytes ----------------------------------------------------------------------------------------------------
 def weight_bytes(fmt: WeightFormat | str, I: int, O: int) -> int:
-    """Bytes a [I, O] weight takes in the format (integers + scales + mins)."""
+    """Bytes a [I, O] weight takes in the format (integers + scales + mins, over the stored rows I_s)."""
     fmt = get_format(fmt)
     g = fmt.group_size(I)
+    I = fmt.stored_inputs(I)
     per_scale = np.dtype(fmt.scale_dtype).itemsize * (2 if fmt.has_min else 1)
     return I * O * fmt.bits // 8 + (I // g) * O * per_scale
 

@@ -14,7 +14,7 @@ with the byte loads; measured on the CPU inside the layer scan (SmolLM2 shapes, 
 """
 import jax.numpy as jnp
 
-from layers.quant.formats import WeightFormat, get_format
+from layers.quant.formats import WeightFormat, get_format, pad_inputs
 
 
 def _decode(q, scale, mn, fmt: WeightFormat, dtype):
@@ -31,6 +31,7 @@ def _decode(q, scale, mn, fmt: WeightFormat, dtype):
 def quant_matmul(x_MI, qw: dict, fmt, dtype=jnp.float32):
     """x [M, I] times the stored weight [I, O], computed in `dtype` with float32 accumulation -> [M, O] float32."""
     fmt = get_format(fmt)
+    x_MI = pad_inputs(x_MI, qw, fmt)  # a ragged last group: zeros against the padded rows
     q = qw["q"]
     O = q.shape[-1]
     I = q.shape[0] * (2 if fmt.bits == 4 else 1)

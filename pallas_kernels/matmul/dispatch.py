@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference
 from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
+from layers.quant.formats import pad_inputs
 from layers.quant.matmul import quant_matmul as xla_quant_matmul
 
 IMPLS = ("auto", "xla", "reference", "gpu", "tpu")
@@ -42,8 +43,12 @@ def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[
     """x [..., I] @ the quantized weight qw (a layers/quant/formats.py pytree of format fmt) -> float32 [..., O].
 
     kernel_kw (block_k, block_n, num_splits, compute_dtype, ...) go to the kernel; the reference takes none.
+    An I short of the stored rows by less than a group (a ragged last group, layers/quant/formats.py) is
+    padded with zeros here, so the kernels and the XLA path always see whole groups.
     """
     which, interpret = pick_impl(impl, platform)
+    if which != "reference":
+        x_MI = pad_inputs(jnp.asarray(x_MI), qw, fmt)
     if which == "xla":
         x = jnp.asarray(x_MI)
         y = xla_quant_matmul(x.reshape(-1, x.shape[-1]), qw, fmt, kernel_kw.pop("compute_dtype", jnp.float32))

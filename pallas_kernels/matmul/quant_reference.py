@@ -12,10 +12,12 @@ from layers.quant.formats import dequantize, get_format
 
 
 def quant_matmul_reference(x_MI, qw: dict, fmt) -> jax.Array:
-    """x [..., I] (any float dtype) @ dequantize(qw, fmt) [I, O] -> float32 [..., O]."""
+    """x [..., I] (any float dtype) @ dequantize(qw, fmt, in_features=I) [I, O] -> float32 [..., O]."""
     fmt = get_format(fmt)
-    w_IO = dequantize(qw, fmt, jnp.float32)
     x = jnp.asarray(x_MI)
+    w_IO = dequantize(qw, fmt, jnp.float32)
+    if fmt.stored_inputs(x.shape[-1]) == w_IO.shape[0]:  # a ragged last group: the stored rows past I are padding
+        w_IO = w_IO[:x.shape[-1]]
     if x.shape[-1] != w_IO.shape[0]:
         raise ValueError(f"x: input dimension I={x.shape[-1]} does not match the weight's I={w_IO.shape[0]} "
                          f"(x {x.shape}, q {tuple(qw['q'].shape)}, format {fmt.name})")
