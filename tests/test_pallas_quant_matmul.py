@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from layers.quant.formats import FORMATS, dequantize, get_format, quantize
-from pallas_kernels.matmul import quant_block_math, quant_gpu, quant_tpu
+from pallas_kernels.matmul import quant_block_math, quant_gpu
 from pallas_kernels.matmul.dispatch import pick_impl, quant_matmul
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference

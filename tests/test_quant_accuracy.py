@@ -5,7 +5,6 @@ float32 on both models, int4-g32 within 10% on SmolLM2."""
 import os
 
 import numpy as np
-import pytest
 
 import infer
 from infer.config.paths import REPO_ROOT
