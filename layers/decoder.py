@@ -40,8 +40,12 @@ class Decoder(nn.Module):
     cfg: object  # infer.ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, kv=None, meta=None):
-        """Returns (logits, kv): [B, T, V] without pools, [O, V] at meta.logits_indices_O with them."""
+    def __call__(self, tokens_BT, positions_BT, kv=None, meta=None, features_BTD=None, return_hidden=False):
+        """Returns (logits, kv): [B, T, V] without pools, [O, V] at meta.logits_indices_O with them.
+
+        features_BTD: the per-position features a feature_input model (an EAGLE draft) fuses with the token
+        embeddings; return_hidden: also return the final-norm output the logits are computed from ([B, T, D],
+        or [O, D] at the logit positions, or [T, D] at every token with "all"), as (logits, kv, hidden)."""
         cfg = self.cfg
         dt = cfg.jnp_dtype
         embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dt, param_dtype=dt,
@@ -49,6 +53,12 @@ class Decoder(nn.Module):
                                                                      (axes.VOCAB, axes.EMBED)),
                          name="embed")
         x_BTD = embed(tokens_BT)
+        if cfg.feature_input:
+            if features_BTD is None:
+                raise ValueError(f"features_BTD: model {cfg.name or 'config'} has feature_input=True and needs "
+                                 f"a feature per token")
+            both = jnp.concatenate([features_BTD.astype(dt), x_BTD], axis=-1)  # [B, T, 2D]
+            x_BTD = Linear((2 * cfg.d_model,), (cfg.d_model,), (axes.EMBED,), (axes.EMBED,), dt, name="fuse")(both)
         unit = DecoderBlock if cfg.kv_share_every == 1 else CLAGroup
         blocks = nn.scan(unit, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.kv_layers,
@@ -56,12 +66,16 @@ class Decoder(nn.Module):
         (x_BTD, kv), _ = blocks(cfg, name="layers")((x_BTD, kv), jnp.arange(cfg.kv_layers, dtype=jnp.int32),
                                                      positions_BT, meta)
         x_BTD = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_BTD)
+        hidden = x_BTD
         if meta is not None:
             x_BTD = x_BTD[0][meta.logits_indices_O]  # [O, D]
+            hidden = hidden[0] if return_hidden == "all" else x_BTD  # [T, D] or [O, D]
         if cfg.tie_embeddings:
             w_VD = embed.embedding
             logits = jnp.einsum("...d,vd->...v", x_BTD, w_VD.astype(dt), preferred_element_type=jnp.float32)
         else:
             logits = Linear((cfg.d_model,), (cfg.vocab_size,), (axes.EMBED,), (axes.VOCAB,), dt,
                             out_dtype=jnp.float32, name="lm_head")(x_BTD)
+        if return_hidden:
+            return logits.astype(jnp.float32), kv, hidden
         return logits.astype(jnp.float32), kv

@@ -125,6 +125,9 @@ class ModelConfig:
     # CLA (cross-layer attention): each group of kv_share_every adjacent layers reads the keys and values of the
     # group's first layer, so the pools hold n_layers / kv_share_every layers.
     kv_share_every: int = 1
+    # EAGLE-style draft (infer/generation/eagle.py): each position's input is fuse([a target's final feature;
+    # the token's embedding]) (a [2D, D] projection) instead of the embedding alone; callers pass the features.
+    feature_input: bool = False
     name: str = ""
 
     def __post_init__(self):
@@ -163,6 +166,8 @@ class ModelConfig:
                  "cross-layer sharing is not supported together with MLA")
         _require(self.kv_share_every == 1 or self.weight_format is None, "kv_share_every",
                  "cross-layer sharing is not supported together with quantized weights (weight_format)")
+        _require(isinstance(self.feature_input, bool), "feature_input",
+                 f"must be true or false, got {self.feature_input!r}")
 
     def _validate_mla(self) -> None:
         mla_fields = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")

@@ -73,7 +73,7 @@ def truncated_draft(params, cfg: ModelConfig, n_layers: int):
     return dparams, cfg.replace(n_layers=n_layers, name=f"{cfg.name or 'target'}-first{n_layers}")
 
 
-def _draw(logits_BV, samp, keys_B):
+def draw_proposal(logits_BV, samp, keys_B):
     """Draft token [B] and the exact distribution [B, V] it was drawn from (one-hot at temperature 0)."""
     filtered_BV = filter_logits(logits_BV, samp)
     x_B = jax.vmap(jax.random.categorical)(keys_B, filtered_BV).astype(jnp.int32)
@@ -114,14 +114,14 @@ def _spec_loop(tparams, tcfg, dparams, dcfg, first_B, tcache, dcache, active_B, 
         logits_BV, dc = extend_rows(dparams, dcfg, tok_B2, live_i * (1 + lag_i), dc, logits=lag_i)
         dlen_B = dc["lengths"]  # holds prompt + all emitted tokens now
         dkeys = lambda i: request_keys(samp["seed"], tlen_B + 1 + i, DRAFT)
-        x0_B, p0_BV = _draw(logits_BV, samp, dkeys(0))
+        x0_B, p0_BV = draw_proposal(logits_BV, samp, dkeys(0))
 
         # k is static: the remaining k-1 steps are unrolled (measured faster than lax.scan on CPU, and
         # no per-iteration loop condition on GPU).
         xs, ps = [x0_B], [p0_BV]
         for i in range(1, k):
             logits_BV, dc = extend_rows(dparams, dcfg, xs[-1][:, None], live_i, dc)
-            x_B, p_BV = _draw(logits_BV, samp, dkeys(i))
+            x_B, p_BV = draw_proposal(logits_BV, samp, dkeys(i))
             xs.append(x_B)
             ps.append(p_BV)
         drafts_BK = jnp.stack(xs, axis=1)

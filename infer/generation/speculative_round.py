@@ -76,14 +76,17 @@ def validate_round(cfg: ModelConfig, prompts, max_new, k, proposals: str = "prop
                              f"shorten the prompt, max_new_tokens or k")
 
 
-def verify_probs(params, cfg: ModelConfig, last_B, drafts_BK, live_B, cache, samp):
-    """One target pass over [last, x_0..x_{k-1}] per live row: filtered distributions q [B, k+1, V] and the cache."""
+def verify_probs(params, cfg: ModelConfig, last_B, drafts_BK, live_B, cache, samp, hidden=False):
+    """One target pass over [last, x_0..x_{k-1}] per live row: filtered distributions q [B, k+1, V] and the cache
+    (hidden: also the target's final features [B, k+1, D] there, as (q, features, cache))."""
     B, k = drafts_BK.shape
     verify_BK1 = jnp.concatenate([last_B[:, None], drafts_BK], axis=1)
-    logits_BK1V, cache = extend_rows(params, cfg, verify_BK1, live_B.astype(jnp.int32) * (k + 1), cache,
-                                     logits="all")
+    out = extend_rows(params, cfg, verify_BK1, live_B.astype(jnp.int32) * (k + 1), cache, logits="all",
+                      hidden=hidden)
+    logits_BK1V, feats_BK1D, cache = out if hidden else (out[0], None, out[1])
     samp_rep = {name: jnp.repeat(v, k + 1, axis=0) for name, v in samp.items()}  # row-major [B*(k+1)]
-    return probs(logits_BK1V.reshape(B * (k + 1), -1), samp_rep).reshape(B, k + 1, -1), cache
+    q_BK1V = probs(logits_BK1V.reshape(B * (k + 1), -1), samp_rep).reshape(B, k + 1, -1)
+    return (q_BK1V, feats_BK1D, cache) if hidden else (q_BK1V, cache)
 
 
 def emit_round(drafts_BK, j_B, y_B, live_B, n_B, max_new_B, stop_ids_BS):

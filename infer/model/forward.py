@@ -15,3 +15,14 @@ def forward(params, cfg: ModelConfig, tokens_BT):
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     logits, _ = Decoder(cfg).apply({"params": params}, tokens_BT, positions_BT)
     return logits
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def forward_hidden(params, cfg: ModelConfig, tokens_BT, features_BTD=None):
+    """forward, also returning the final-norm output the logits come from: (logits [B, T, V], hidden [B, T, D]).
+    features_BTD: a feature_input model's per-token features (an EAGLE draft)."""
+    B, T = tokens_BT.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    logits, _, hidden = Decoder(cfg).apply({"params": params}, tokens_BT, positions_BT, None, None, features_BTD,
+                                           True)
+    return logits, hidden

@@ -9,14 +9,15 @@ from infer.config.model_config import ModelConfig
 from layers.decoder import Decoder
 
 
-def _dummy_inputs():
+def _dummy_inputs(cfg: ModelConfig):
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return tokens, tokens
+    feats = jnp.zeros((1, 1, cfg.d_model), cfg.jnp_dtype) if cfg.feature_input else None
+    return tokens, tokens, None, None, feats
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _init_boxed(cfg: ModelConfig, key):
-    return Decoder(cfg).init(key, *_dummy_inputs())["params"]
+    return Decoder(cfg).init(key, *_dummy_inputs(cfg))["params"]
 
 
 def init_params(cfg: ModelConfig, key) -> dict:
@@ -32,6 +33,7 @@ def init_params(cfg: ModelConfig, key) -> dict:
         layers/mlp_norm/scale                 [L, D]
         layers/mlp/{gate,up}/kernel           [L, D, F]
         layers/mlp/down/kernel                [L, F, D]
+        fuse/kernel                           [2D, D]          (feature_input only)
         final_norm/scale                      [D]
         lm_head/kernel                        [D, V]           (absent if tie_embeddings)
     """
@@ -40,7 +42,7 @@ def init_params(cfg: ModelConfig, key) -> dict:
 
 def param_logical_axes(cfg: ModelConfig) -> dict:
     """The logical axis names of every parameter (same tree as init_params), as PartitionSpecs."""
-    boxed = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.PRNGKey(0), *_dummy_inputs())["params"])
+    boxed = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.PRNGKey(0), *_dummy_inputs(cfg))["params"])
     return nn.get_partition_spec(boxed)
 
 

@@ -43,19 +43,29 @@ def capacity(cache) -> int:
     return cache["page_table"].shape[1] * page_size(cache["kv"])
 
 
-def extend_rows(params, cfg: ModelConfig, tokens_BT, n_new_B, cache, logits="last"):
+def extend_rows(params, cfg: ModelConfig, tokens_BT, n_new_B, cache, logits="last", features_BTD=None,
+                hidden=False):
     """Append n_new_B[b] tokens of tokens_BT[b] to each row (unjitted body).
 
     logits: "last" -> [B, V] at each row's last new token; "all" -> [B, T, V]; an index
-    array [B] -> [B, V] at that token of each row.
+    array [B] -> [B, V] at that token of each row. features_BTD: a feature_input model's
+    per-token features. hidden: return (logits, hidden, cache), hidden = the final-norm
+    output at the same positions as the logits ([B, D] or [B, T, D]), or at every token with
+    hidden="all" ([B, T, D], whatever the logits).
     """
     B, T = tokens_BT.shape
     n_new_B = n_new_B.astype(jnp.int32)
     meta = rows_metadata(cache["page_table"], cache["lengths"], n_new_B, T, page_size(cache["kv"]), logits)
-    out, kv = run_step(params, cfg, tokens_BT.reshape(-1), meta, cache["kv"])
+    feats = None if features_BTD is None else features_BTD.reshape(B * T, -1)
+    out = run_step(params, cfg, tokens_BT.reshape(-1), meta, cache["kv"], feats, hidden)
+    out, kv, hid = out if hidden else (*out, None)
     if isinstance(logits, str) and logits == "all":
         out = out.reshape(B, T, -1)
-    return out, {"kv": kv, "page_table": cache["page_table"], "lengths": cache["lengths"] + n_new_B}
+    every_token = isinstance(logits, str) and logits == "all"
+    if hid is not None and (every_token or (isinstance(hidden, str) and hidden == "all")):
+        hid = hid.reshape(B, T, -1)
+    cache = {"kv": kv, "page_table": cache["page_table"], "lengths": cache["lengths"] + n_new_B}
+    return (out, hid, cache) if hidden else (out, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "logits"), donate_argnames=("cache",))

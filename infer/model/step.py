@@ -20,15 +20,18 @@ from infer.kv.pool import num_pages, page_size
 from layers.decoder import Decoder
 
 
-def run_step(params, cfg: ModelConfig, tokens_T, meta: AttentionMetadata, kv):
-    """The step's math (unjitted): logits [O, V] at meta.logits_indices_O and the updated pools."""
+def run_step(params, cfg: ModelConfig, tokens_T, meta: AttentionMetadata, kv, features_TD=None, hidden=False):
+    """The step's math (unjitted): logits [O, V] at meta.logits_indices_O and the updated pools.
+
+    features_TD: a feature per token for a feature_input model; hidden: return (logits, kv, hidden [O, D])."""
     if meta.page_size is not None and meta.page_size != page_size(kv):  # static: checked once, at trace time
         raise MetadataError(f"page_size: the metadata was built for pages of {meta.page_size} tokens, the pools "
                             f"hold pages of {page_size(kv)}")
     if tokens_T.shape != meta.positions_T.shape:
         raise MetadataError(f"tokens_T: {tokens_T.shape[0]} tokens, but the metadata describes "
                             f"{meta.positions_T.shape[0]} (build both with build_metadata)")
-    return Decoder(cfg).apply({"params": params}, tokens_T[None], meta.positions_T[None], kv, meta)
+    feats = None if features_TD is None else features_TD[None]
+    return Decoder(cfg).apply({"params": params}, tokens_T[None], meta.positions_T[None], kv, meta, feats, hidden)
 
 
 _step_jit = jax.jit(run_step, static_argnames=("cfg",), donate_argnames=("kv",))
