@@ -58,7 +58,8 @@ class Decoder(nn.Module):
                 raise ValueError(f"features_BTD: model {cfg.name or 'config'} has feature_input=True and needs "
                                  f"a feature per token")
             both = jnp.concatenate([features_BTD.astype(dt), x_BTD], axis=-1)  # [B, T, 2D]
-            x_BTD = Linear((2 * cfg.d_model,), (cfg.d_model,), (axes.EMBED,), (axes.EMBED,), dt, name="fuse")(both)
+            x_BTD = Linear((2 * cfg.d_model,), (cfg.d_model,), (axes.EMBED,), (axes.EMBED,), dt, use_bias=True,
+                           name="fuse")(both)
         unit = DecoderBlock if cfg.kv_share_every == 1 else CLAGroup
         blocks = nn.scan(unit, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.kv_layers,

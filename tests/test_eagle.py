@@ -9,6 +9,7 @@
   enumeration, as for the other proposers).
 """
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from conftest import make_cfg
 
 import infer
 from infer.config import SamplingParams
+from infer.config.paths import REPO_ROOT
 from infer.generation.batch import generate
 from infer.generation.eagle import eagle_speculative_generate
 from infer.model.forward import forward_hidden
@@ -111,3 +113,44 @@ def test_first_tokens_are_exact_samples_of_the_target():
     assert res.accept_hist[0] > 0 and res.accept_hist[K] > 0, res.accept_hist
     stat = distribution_statistic(res.tokens, exact_target_joint(cfg, params, SP1))
     assert stat <= 1.0, f"EAGLE speculative samples deviate from the target: Bernstein statistic {stat:.2f} > 1"
+
+
+def test_eagle_training_pieces_on_a_tiny_target(tmp_path):
+    """init_draft copies the named target block and starts fuse at the mean of feature and embedding; eagle_loss
+    is the weighted mix of feature regression and top-k KL and falls when trained; the recipe names bad fields."""
+    import optax
+
+    from infer.config.model_config import ConfigError
+    from infer.train.eagle_draft import EagleConfig, eagle_loss, init_draft, load_recipe, target_features
+    cfg = make_cfg(vocab_size=31, n_layers=3, tie_embeddings=True)
+    params = infer.init_params(cfg, jax.random.PRNGKey(5))
+    dparams, dcfg = init_draft(params, cfg, init_layer=-1)
+    assert dcfg.feature_input and dcfg.n_layers == 1
+    np.testing.assert_array_equal(dparams["layers"]["mlp"]["up"]["kernel"][0], params["layers"]["mlp"]["up"]["kernel"][2])
+    assert jax.tree_util.tree_structure(dparams) == jax.tree_util.tree_structure(infer.init_params(dcfg, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, (4, 17)).astype(np.int32)
+    logits = np.asarray(infer.forward(params, cfg, tokens[:, :-1]))
+    top_ids = np.argsort(-logits, -1)[..., :8].astype(np.int32)
+    batch = {"tokens_BT1": tokens, "weights_BT": np.ones((4, 16), np.float32), "top_ids_BTK": top_ids,
+             "top_logits_BTK": np.take_along_axis(logits, top_ids, -1),
+             "feats_BTD": target_features(params, cfg, tokens)}
+    frozen = {"embed": dparams.pop("embed")}
+    ec = EagleConfig(reg_weight=1.0, kl_weight=1.0)
+    only_reg = float(eagle_loss(dparams, dcfg, frozen, batch, EagleConfig(reg_weight=1.0, kl_weight=0.0)))
+    only_kl = float(eagle_loss(dparams, dcfg, frozen, batch, EagleConfig(reg_weight=0.0, kl_weight=1.0)))
+    first = float(eagle_loss(dparams, dcfg, frozen, batch, ec))
+    assert np.isclose(first, only_reg + only_kl, rtol=1e-5) and only_reg > 0 and only_kl > 0
+    tx = optax.adam(3e-3)
+    state, p = tx.init(dparams), dparams
+    step = jax.jit(jax.value_and_grad(lambda p: eagle_loss(p, dcfg, frozen, batch, ec)))
+    for _ in range(30):
+        _, g = step(p)
+        upd, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, upd)
+    assert float(step(p)[0]) < 0.7 * first
+    bad = tmp_path / "bad.yaml"
+    recipe = os.path.join(REPO_ROOT, "configs", "train", "smollm2_eagle.yaml")
+    bad.write_text(open(recipe).read().replace("reg_weight", "reg_wait"))
+    with pytest.raises(ConfigError, match="eagle.reg_wait"):
+        load_recipe(str(bad))

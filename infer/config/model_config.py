@@ -126,7 +126,7 @@ class ModelConfig:
     # group's first layer, so the pools hold n_layers / kv_share_every layers.
     kv_share_every: int = 1
     # EAGLE-style draft (infer/generation/eagle.py): each position's input is fuse([a target's final feature;
-    # the token's embedding]) (a [2D, D] projection) instead of the embedding alone; callers pass the features.
+    # the token's embedding]) (a [2D, D] projection + bias) instead of the embedding alone; callers pass the features.
     feature_input: bool = False
     name: str = ""
 

@@ -33,7 +33,7 @@ def init_params(cfg: ModelConfig, key) -> dict:
         layers/mlp_norm/scale                 [L, D]
         layers/mlp/{gate,up}/kernel           [L, D, F]
         layers/mlp/down/kernel                [L, F, D]
-        fuse/kernel                           [2D, D]          (feature_input only)
+        fuse/{kernel,bias}                    [2D, D], [D]     (feature_input only)
         final_norm/scale                      [D]
         lm_head/kernel                        [D, V]           (absent if tie_embeddings)
     """

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +73,7 @@ def _rows(arrays: dict, idx) -> dict:
 
 
 def distill_prebuilt(params, cfg, frozen, train_arrays: dict, val_arrays: dict, tc: TrainConfig,
-                     dc: DistillConfig, name: str = "draft"):
+                     dc: Optional[DistillConfig] = None, name: str = "draft", loss_fn: Optional[Callable] = None):
     """Train `params` (the draft minus `frozen`) with `topk_distill_loss` on precomputed arrays.
 
     train_arrays / val_arrays: the batch fields of topk_distill_loss with a leading row axis; each
@@ -80,12 +81,13 @@ def distill_prebuilt(params, cfg, frozen, train_arrays: dict, val_arrays: dict, 
     resumed run sees the same batches). AdamW as infer.train.train.make_optimizer, a tqdm bar,
     validation loss every tc.eval_every steps, an orbax CheckpointManager in tc.run_dir (params +
     optimizer state: an interrupted run resumes). Returns (params, log records); the log is also
-    appended to tc.run_dir/log.jsonl.
+    appended to tc.run_dir/log.jsonl. loss_fn(params, batch) replaces topk_distill_loss (then dc is unused).
     """
     tx = make_optimizer(tc)
     opt_state = tx.init(params)
     mngr, start, params, opt_state = open_run(tc.run_dir, params, opt_state)
-    loss_fn = lambda p, b: topk_distill_loss(p, cfg, frozen, b, dc)
+    if loss_fn is None:
+        loss_fn = lambda p, b: topk_distill_loss(p, cfg, frozen, b, dc)
 
     step_fn = make_train_step(tx, loss_fn)
     eval_fn = jax.jit(loss_fn)

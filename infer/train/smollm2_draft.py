@@ -88,7 +88,7 @@ def train_questions(n: int):
     return qs[:n]
 
 
-def _require(cond, field, msg):
+def require(cond, field, msg):
     if not cond:
         raise ConfigError(f"{field}: {msg}")
 
@@ -105,7 +105,7 @@ class PruneConfig:
     def __post_init__(self):
         for f in ("n_layers", "n_kv_heads", "q_per_kv", "d_ff", "layer_rounds", "calib_sequences"):
             v = getattr(self, f)
-            _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"prune.{f}", f"must be an int > 0, got {v!r}")
+            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"prune.{f}", f"must be an int > 0, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +120,8 @@ class DataConfig:
     def __post_init__(self):
         for f in ("chat_prompts", "response_tokens", "teacher_top_k", "val_rows", "generate_batch"):
             v = getattr(self, f)
-            _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"data.{f}", f"must be an int > 0, got {v!r}")
-        _require(isinstance(self.code_windows, int) and self.code_windows >= 0, "data.code_windows",
+            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"data.{f}", f"must be an int > 0, got {v!r}")
+        require(isinstance(self.code_windows, int) and self.code_windows >= 0, "data.code_windows",
                  f"must be an int >= 0, got {self.code_windows!r}")
 
 
@@ -134,31 +134,37 @@ class DraftRecipe:
     distill: DistillConfig  # distill.teacher is the target
 
     def __post_init__(self):
-        _require(self.distill.teacher == self.target, "distill.teacher",
+        require(self.distill.teacher == self.target, "distill.teacher",
                  f"must be the target {self.target!r}, got {self.distill.teacher!r}")
-        _require(self.data.val_rows < self.data.chat_prompts + self.data.code_windows, "data.val_rows",
+        require(self.data.val_rows < self.data.chat_prompts + self.data.code_windows, "data.val_rows",
                  f"must be fewer than the rows ({self.data.chat_prompts + self.data.code_windows})")
+
+
+def read_recipe(name_or_path: str, recipe_cls, sections: dict):
+    """configs/train/<name>.yaml (or a path) as a validated recipe_cls(target=..., **sections); errors name the
+    field."""
+    path = name_or_path if os.path.exists(name_or_path) else os.path.join(TRAIN_CONFIG_DIR, f"{name_or_path}.yaml")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no recipe {name_or_path!r} (looked in {TRAIN_CONFIG_DIR})")
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    bad = sorted(set(d) - set(sections) - {"target"})
+    require(not bad, bad[0] if bad else "", f"unknown section in {path} (known: target, {', '.join(sections)})")
+    out = {"target": d.get("target", TARGET)}
+    for key, cls in sections.items():
+        sec = d.get(key)
+        require(isinstance(sec, dict), key, f"a mapping is required in {path}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(sec) - known)
+        require(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown field (known: {sorted(known)})")
+        out[key] = cls(**sec)
+    return recipe_cls(**out)
 
 
 def load_recipe(name_or_path: str = "smollm2_draft") -> DraftRecipe:
     """configs/train/<name>.yaml (or a path) as a validated DraftRecipe; errors name the field."""
-    path = name_or_path if os.path.exists(name_or_path) else os.path.join(TRAIN_CONFIG_DIR, f"{name_or_path}.yaml")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no draft recipe {name_or_path!r} (looked in {TRAIN_CONFIG_DIR})")
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
-    sections = {"prune": PruneConfig, "data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
-    bad = sorted(set(d) - set(sections) - {"target"})
-    _require(not bad, bad[0] if bad else "", f"unknown section in {path} (known: target, {', '.join(sections)})")
-    out = {"target": d.get("target", TARGET)}
-    for key, cls in sections.items():
-        sec = d.get(key)
-        _require(isinstance(sec, dict), key, f"a mapping is required in {path}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(sec) - known)
-        _require(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown field (known: {sorted(known)})")
-        out[key] = cls(**sec)
-    return DraftRecipe(**out)
+    return read_recipe(name_or_path, DraftRecipe,
+                       {"prune": PruneConfig, "data": DataConfig, "train": TrainConfig, "distill": DistillConfig})
 
 
 # Data -----------------------------------------------------------------------------------------
