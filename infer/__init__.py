@@ -36,10 +36,12 @@ from infer.generation.chat import ChatSession, chat
 from infer.generation import speculative_accept as speculative
 from infer.generation.speculative import SpeculativeResult, speculative_generate
 from infer.generation.ngram import ngram_speculative_generate
+from infer.generation.eagle import eagle_speculative_generate
 
 __all__ = [
     "Engine", "LLM", "RequestError", "RequestUpdate", "RequestOutput", "CompletionOutput",
     "speculative", "speculative_generate", "SpeculativeResult", "ngram_speculative_generate",
+    "eagle_speculative_generate",
     "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_dir",
     "load_tokenizer", "generate_text", "TextStream", "chat", "ChatSession",
     "roofline", "HardwareProfile", "load_hardware",
