@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from infer.config import SamplingParams
@@ -60,10 +62,6 @@ def spec_generate(tparams, tcfg, dparams, dcfg, prompts, sp, k: int):
 def step_cost(tparams, tcfg, dparams, dcfg, steps: int = 64, repeats: int = 5) -> float:
     """Median time of `steps` single-token draft steps / the same number of target steps, batch 1, each one
     jitted fori_loop over the cached step (an EAGLE draft feeds its own output feature back)."""
-    import time
-
-    import jax.numpy as jnp
-
     def timed(params, cfg):
         @jax.jit
         def run(params):
