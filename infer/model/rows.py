@@ -59,10 +59,10 @@ def extend_rows(params, cfg: ModelConfig, tokens_BT, n_new_B, cache, logits="las
     feats = None if features_BTD is None else features_BTD.reshape(B * T, -1)
     out = run_step(params, cfg, tokens_BT.reshape(-1), meta, cache["kv"], feats, hidden)
     out, kv, hid = out if hidden else (*out, None)
-    if isinstance(logits, str) and logits == "all":
-        out = out.reshape(B, T, -1)
     every_token = isinstance(logits, str) and logits == "all"
-    if hid is not None and (every_token or (isinstance(hidden, str) and hidden == "all")):
+    if every_token:
+        out = out.reshape(B, T, -1)
+    if hid is not None and (every_token or hidden == "all"):
         hid = hid.reshape(B, T, -1)
     cache = {"kv": kv, "page_table": cache["page_table"], "lengths": cache["lengths"] + n_new_B}
     return (out, hid, cache) if hidden else (out, cache)
