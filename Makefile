@@ -43,8 +43,9 @@ clean-venv:
 	rm -rf $(VENV)
 
 # On a GPU machine: the Pallas kernels compiled for real (pytest -m gpu), then the attention and decode benchmarks
-# at Llama 3 8B shapes with attention_impl auto; summary.md + JSON in results/gpu-check/. Under 8 minutes on one
-# H100. Installs nothing (.venv's Python if present, else $(PY)). GPU_CHECK_SIZE=cpu: the same stages at CPU sizes.
+# at Llama 3 8B shapes with attention_impl auto and decode in each weight format; summary.md + JSON in
+# results/gpu-check/. Under 10 minutes on one H100. Installs nothing (.venv's Python if present, else $(PY)).
+# GPU_CHECK_SIZE=cpu: the same stages at CPU sizes.
 .PHONY: gpu-check
 gpu-check:
 	PY=$(PY) bash scripts/gpu_check.sh

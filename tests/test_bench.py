@@ -78,7 +78,8 @@ def test_shipped_experiments_parse(size):
     names = {os.path.basename(p) for p in paths}
     assert {"roofline_llama2_13b_h100.yaml", "decode_bench.yaml", "attention_bench.yaml", "step_scaling.yaml"} <= names
     gpu_check = discover(os.path.join(EXPERIMENTS_DIR, "gpu_check"))  # `make gpu-check`'s sizes, not in the default run
-    assert sorted(os.path.basename(p) for p in gpu_check) == ["attention_llama3_8b.yaml", "decode_llama3_8b.yaml"]
+    assert sorted(os.path.basename(p) for p in gpu_check) == ["attention_llama3_8b.yaml", "decode_llama3_8b.yaml",
+                                                               "quant_llama3_8b.yaml"]
     specs = {"roofline_table": "RooflineTableSpec", "decode_bench": "DecodeBenchSpec",
              "attention_bench": "AttentionBenchSpec", "step_scaling": "StepScalingSpec"}
     for p in paths + gpu_check:

@@ -70,6 +70,11 @@ class QuantBenchSpec:
     bandwidth_probe_mb: int = 256
     calibration: str = "infer/engine/*.py"
     plot: bool = True
+    # Random-weight models (a configs/models name) only: n_layers replaces the config's layer count (the same
+    # matrix shapes in a shorter stack, for a time budget); quant_dtype is the dtype of what a quantized variant
+    # keeps in floating point (embeddings, norms, head) and computes in (bfloat16 on a GPU).
+    n_layers: Optional[int] = None
+    quant_dtype: str = "float32"
     name: str = "quant_bench"
 
     def __post_init__(self):
@@ -81,6 +86,10 @@ class QuantBenchSpec:
             require(v.count("+") == 0 or v.endswith("+kv-int8"), f"{self.name}.variants",
                     f"{v!r}: the only suffix is +kv-int8")
         require(all(b >= 1 for b in self.batch_sizes), f"{self.name}.batch_sizes", "must be >= 1")
+        require(self.n_layers is None or (isinstance(self.n_layers, int) and self.n_layers >= 1),
+                f"{self.name}.n_layers", f"must be an int >= 1 or null, got {self.n_layers!r}")
+        require(self.quant_dtype in ("float32", "bfloat16"), f"{self.name}.quant_dtype",
+                f"must be float32 or bfloat16, got {self.quant_dtype!r}")
 
 
 def calibration_ids(s: QuantBenchSpec, tok) -> np.ndarray:
@@ -104,8 +113,11 @@ def load_variant(s: QuantBenchSpec, variant: str):
             cfg = cfg.replace(kv_cache_dtype="int8")
         return cfg, params, tok
     tok = None
+    require(s.n_layers is None or is_config(s.model), f"{s.name}.n_layers",
+            "only a random-weight model (a configs/models name) can be shortened")
     if is_config(s.model):
-        cfg = load_config(s.model, dtype=weights if weights in ("float32", "bfloat16") else "float32")
+        layers = {} if s.n_layers is None else {"n_layers": s.n_layers}
+        cfg = load_config(s.model, dtype=weights if weights in ("float32", "bfloat16") else s.quant_dtype, **layers)
         params = init_params(cfg, jax.random.PRNGKey(0))
         if weights not in ("float32", "bfloat16", "native"):
             params, cfg = quantize(params, cfg, weights)
