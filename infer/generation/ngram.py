@@ -55,11 +55,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
+from infer.config import ModelConfig, SamplingParams
 from infer.generation import speculative_accept as SP
-from infer.generation.batch import bucket_shapes, init_outputs, pack_prompts, prefill_and_sample
-from infer.generation.speculative_round import (SpeculativeResult, record_round, speculative_result, validate_round,
-                                                verify_probs)
+from infer.generation.batch import init_outputs, prefill_and_sample
+from infer.generation.speculative_round import (SpeculativeResult, pack_round_batch, record_round,
+                                                speculative_result, verify_probs)
 from infer.model.rows import capacity
 from infer.sampling import ACCEPT, request_keys
 
@@ -151,12 +151,11 @@ def _ngram_loop(params, cfg, first_B, cache, ctx_BS, active_B, samp, k, max_out,
     return out_BO, n_B, r, hist, cache
 
 
-def _validate(cfg: ModelConfig, prompts, max_new, k, min_ngram, max_ngram) -> None:
+def _check_ngrams(min_ngram, max_ngram) -> None:
     is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     if not (is_int(min_ngram) and is_int(max_ngram) and 1 <= min_ngram <= max_ngram):
         raise ValueError(f"min_ngram, max_ngram: need ints with 1 <= min_ngram <= max_ngram, "
                          f"got {min_ngram!r}, {max_ngram!r}")
-    validate_round(cfg, prompts, max_new, k)
 
 
 def ngram_speculative_generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
@@ -171,20 +170,14 @@ def ngram_speculative_generate(params, cfg: ModelConfig, prompts: Sequence[Seque
     `accept_rule` is the per-row rule (default `infer.generation.speculative_accept.accept`,
     called with one-hot draft probabilities); tests substitute a broken one.
     """
-    per = as_per_request(sampling, len(prompts))
-    max_new = [p.max_new_tokens for p in per]
-    _validate(cfg, prompts, max_new, k, min_ngram, max_ngram)
-    k, min_ngram, max_ngram = int(k), int(min_ngram), int(max_ngram)
-    n_real = len(prompts)
-    B, T, max_out, S = bucket_shapes(n_real, max(len(p) for p in prompts), max(max_new), cfg.max_seq_len, extra=k)
-    tokens, lengths, active = pack_prompts(prompts, B, T)
-    samp = batch_arrays(per, B)
-
+    _check_ngrams(min_ngram, max_ngram)
+    rb = pack_round_batch((cfg,), prompts, sampling, k, proposals="proposed tokens")
+    min_ngram, max_ngram = int(min_ngram), int(max_ngram)
     t0 = time.perf_counter()
-    first, cache, ctx = _ngram_start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S)
+    first, cache, ctx = _ngram_start(params, cfg, jnp.asarray(rb.tokens), jnp.asarray(rb.lengths), rb.samp, rb.S)
     first.block_until_ready()
     t1 = time.perf_counter()
-    out, n, rounds, hist, _ = _ngram_loop(params, cfg, first, cache, ctx, jnp.asarray(active), samp, k, max_out,
-                                             min_ngram, max_ngram, accept_rule or SP.accept)
+    out, n, rounds, hist, _ = _ngram_loop(params, cfg, first, cache, ctx, jnp.asarray(rb.active), rb.samp, rb.k,
+                                          rb.max_out, min_ngram, max_ngram, accept_rule or SP.accept)
     out = np.asarray(out)
-    return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())
+    return speculative_result(out, n, rb.n_real, rounds, hist, rb.k, t0, t1, time.perf_counter())

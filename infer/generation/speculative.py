@@ -49,11 +49,11 @@ from typing import Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
-from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
+from infer.config import ModelConfig, SamplingParams
 from infer.generation import speculative_accept as SP
-from infer.generation.batch import bucket_shapes, init_outputs, pack_prompts, prefill_and_sample
-from infer.generation.speculative_round import (SpeculativeResult, record_round, speculative_result, validate_round,
-                                                verify_probs)
+from infer.generation.batch import init_outputs, prefill_and_sample
+from infer.generation.speculative_round import (SpeculativeResult, pack_round_batch, record_round,
+                                                speculative_result, verify_probs)
 from infer.model.rows import capacity, extend_rows, init_cache
 from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import constrain_pools, mesh_context, prepare_tensor_parallel
@@ -176,25 +176,15 @@ def speculative_generate(target_params, target_cfg: ModelConfig, draft_params, d
     if mesh is not None:
         target_cfg, target_params = prepare_tensor_parallel(target_params, target_cfg, mesh)
         draft_cfg, draft_params = prepare_tensor_parallel(draft_params, draft_cfg, mesh)
-    per = as_per_request(sampling, len(prompts))
-    max_new = [p.max_new_tokens for p in per]
-    for cfg in (target_cfg, draft_cfg):
-        validate_round(cfg, prompts, max_new, k, proposals="draft tokens")
-    k = int(k)
-    cap = min(target_cfg.max_seq_len, draft_cfg.max_seq_len)
-    n_real = len(prompts)
-    B, T, max_out, S = bucket_shapes(n_real, max(len(p) for p in prompts), max(max_new), cap, extra=k)
-    tokens, lengths, active = pack_prompts(prompts, B, T)
-    samp = batch_arrays(per, B)
-
+    rb = pack_round_batch((target_cfg, draft_cfg), prompts, sampling, k)
     t0 = time.perf_counter()
     with mesh_context(mesh):
         first, tcache, dcache = _spec_start(target_params, target_cfg, draft_params, draft_cfg,
-                                            jnp.asarray(tokens), jnp.asarray(lengths), samp, S, mesh)
+                                            jnp.asarray(rb.tokens), jnp.asarray(rb.lengths), rb.samp, rb.S, mesh)
         first.block_until_ready()
         t1 = time.perf_counter()
         out, n, rounds, hist, _, _ = _spec_loop(
-            target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(active), samp, k,
-            max_out, accept_rule or SP.accept)
+            target_params, target_cfg, draft_params, draft_cfg, first, tcache, dcache, jnp.asarray(rb.active),
+            rb.samp, rb.k, rb.max_out, accept_rule or SP.accept)
     out, n = to_host((out, n))
-    return speculative_result(out, n, n_real, rounds, hist, k, t0, t1, time.perf_counter())
+    return speculative_result(out, n, rb.n_real, rounds, hist, rb.k, t0, t1, time.perf_counter())

@@ -10,14 +10,14 @@ input checks and the host-side result are shared too.
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+from typing import List, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.config import ModelConfig
-from infer.generation.batch import GenerateResult, validate_prompts
+from infer.config import ModelConfig, as_per_request, batch_arrays
+from infer.generation.batch import GenerateResult, bucket_shapes, pack_prompts, validate_prompts
 from infer.model.rows import extend_rows
 from infer.sampling import probs
 
@@ -74,6 +74,34 @@ def validate_round(cfg: ModelConfig, prompts, max_new, k, proposals: str = "prop
             raise ValueError(f"prompts[{i}]: prompt length {len(p)} + max_new_tokens {max_new[i]} + k {k} "
                              f"(verify positions) exceeds max_seq_len={cfg.max_seq_len} of {cfg.name or 'a model'}; "
                              f"shorten the prompt, max_new_tokens or k")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundBatch:
+    """The host-side inputs of a speculative loop: the bucketed batch (B rows of T prompt tokens, max_out outputs,
+    S reserved positions per row), the packed prompts and the per-row sampling arrays."""
+
+    k: int
+    n_real: int
+    max_out: int
+    S: int
+    tokens: np.ndarray  # [B, T]
+    lengths: np.ndarray  # [B]
+    active: np.ndarray  # [B]
+    samp: dict
+
+
+def pack_round_batch(cfgs: Sequence[ModelConfig], prompts, sampling, k, proposals: str = "draft tokens") -> RoundBatch:
+    """Check the prompts against every model of the loop (`validate_round`) and pack them as every proposer does."""
+    per = as_per_request(sampling, len(prompts))
+    max_new = [p.max_new_tokens for p in per]
+    for cfg in cfgs:
+        validate_round(cfg, prompts, max_new, k, proposals=proposals)
+    k = int(k)
+    cap = min(cfg.max_seq_len for cfg in cfgs)
+    B, T, max_out, S = bucket_shapes(len(prompts), max(len(p) for p in prompts), max(max_new), cap, extra=k)
+    tokens, lengths, active = pack_prompts(prompts, B, T)
+    return RoundBatch(k, len(prompts), max_out, S, tokens, lengths, active, batch_arrays(per, B))
 
 
 def verify_probs(params, cfg: ModelConfig, last_B, drafts_BK, live_B, cache, samp, hidden=False):

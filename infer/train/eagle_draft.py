@@ -36,7 +36,7 @@ from infer.config.model_config import ModelConfig
 from infer.config.paths import REPO_ROOT
 from infer.model.forward import forward_hidden
 from infer.train.config import TrainConfig
-from infer.train.smollm2_draft import SHARED, DataConfig, build_data, read_recipe, require, save_draft
+from infer.train.smollm2_draft import SHARED, DataConfig, build_data, read_recipe, require, save_draft, split_rows
 
 EAGLE_DIR = os.path.join(REPO_ROOT, "models", "smollm2-eagle")
 
@@ -153,9 +153,7 @@ def main(argv=None):
     trainable = {k: v for k, v in dparams.items() if k not in SHARED}
     print(f"draft {dcfg.name}: {count_params(trainable) / 1e6:.2f}M parameters besides the shared embedding",
           flush=True)
-    order = np.random.default_rng(tc.seed).permutation(len(arrays["tokens_BT1"]))
-    val = {k: v[order[-recipe.data.val_rows:]] for k, v in arrays.items()}
-    train = {k: v[order[:-recipe.data.val_rows]] for k, v in arrays.items()}
+    train, val = split_rows(arrays, recipe.data.val_rows, tc.seed)
     trained, _ = distill_prebuilt(trainable, dcfg, frozen, train, val, tc, name="smollm2-eagle",
                                   loss_fn=lambda p, b: eagle_loss(p, dcfg, frozen, b, recipe.eagle))
     save_draft(tc.export_dir, dcfg.replace(name="smollm2-135m-eagle"), {**trained, **frozen}, recipe.target)

@@ -249,6 +249,12 @@ def build_data(tparams, tcfg, tok, recipe: DraftRecipe, cache_path: str) -> dict
     return arrays
 
 
+def split_rows(arrays: dict, val_rows: int, seed: int):
+    """(train, val): the data's rows shuffled by seed, the last val_rows held back for validation."""
+    order = np.random.default_rng(seed).permutation(len(arrays["tokens_BT1"]))
+    return ({k: v[order[:-val_rows]] for k, v in arrays.items()}, {k: v[order[-val_rows:]] for k, v in arrays.items()})
+
+
 # Shipping --------------------------------------------------------------------------------------
 
 def save_draft(path: str, cfg, params, target: str = TARGET) -> None:
@@ -341,9 +347,7 @@ def main(argv=None):
     frozen = {k: dparams[k] for k in SHARED}
     trainable = {k: v for k, v in dparams.items() if k not in SHARED}
     print(f"draft {dcfg.name}: {count_params(trainable) / 1e6:.2f}M non-embedding params", flush=True)
-    order = np.random.default_rng(tc.seed).permutation(len(arrays["tokens_BT1"]))
-    val = {k: v[order[-recipe.data.val_rows:]] for k, v in arrays.items()}
-    train = {k: v[order[:-recipe.data.val_rows]] for k, v in arrays.items()}
+    train, val = split_rows(arrays, recipe.data.val_rows, tc.seed)
     trained, _ = distill_prebuilt(trainable, dcfg, frozen, train, val, tc, recipe.distill, name="smollm2-draft")
     save_draft(tc.export_dir, dcfg.replace(name="smollm2-135m-draft"), {**trained, **frozen}, recipe.target)
     write_train_report(tc.run_dir, tc.export_dir)
