@@ -125,6 +125,8 @@ def test_eagle_training_pieces_on_a_tiny_target(tmp_path):
     cfg = make_cfg(vocab_size=31, n_layers=3, tie_embeddings=True)
     params = infer.init_params(cfg, jax.random.PRNGKey(5))
     dparams, dcfg = init_draft(params, cfg, init_layer=-1)
+    with pytest.raises(ValueError, match="eagle.init_layer: 3 is not a block"):
+        init_draft(params, cfg, init_layer=3)
     assert dcfg.feature_input and dcfg.n_layers == 1
     np.testing.assert_array_equal(dparams["layers"]["mlp"]["up"]["kernel"][0], params["layers"]["mlp"]["up"]["kernel"][2])
     assert jax.tree_util.tree_structure(dparams) == jax.tree_util.tree_structure(infer.init_params(dcfg, jax.random.PRNGKey(0)))

@@ -82,6 +82,9 @@ def init_draft(tparams, tcfg: ModelConfig, init_layer: int, seed: int = 0):
     and embedding (shared), fuse = [I; I] / 2 + small noise."""
     cfg = draft_config(tcfg)
     D = tcfg.d_model
+    if not -tcfg.n_layers <= init_layer < tcfg.n_layers:
+        raise ValueError(f"eagle.init_layer: {init_layer} is not a block of the target ({tcfg.n_layers} blocks: "
+                         f"0..{tcfg.n_layers - 1}, or -1..-{tcfg.n_layers} from the end)")
     layer = init_layer % tcfg.n_layers
     eye = np.eye(D, dtype=np.float32)
     noise = np.random.default_rng(seed).standard_normal((2 * D, D)).astype(np.float32) * (0.02 / np.sqrt(D))

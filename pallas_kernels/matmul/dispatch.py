@@ -44,11 +44,10 @@ def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[
 
     kernel_kw (block_k, block_n, num_splits, compute_dtype, ...) go to the kernel; the reference takes none.
     An I short of the stored rows by less than a group (a ragged last group, layers/quant/formats.py) is
-    padded with zeros here, so the kernels and the XLA path always see whole groups.
+    padded with zeros before a kernel (the XLA path pads itself; the reference slices the weight), so the
+    kernels always see whole groups.
     """
     which, interpret = pick_impl(impl, platform)
-    if which != "reference":
-        x_MI = pad_inputs(jnp.asarray(x_MI), qw, fmt)
     if which == "xla":
         x = jnp.asarray(x_MI)
         y = xla_quant_matmul(x.reshape(-1, x.shape[-1]), qw, fmt, kernel_kw.pop("compute_dtype", jnp.float32))
@@ -62,6 +61,7 @@ def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[
     x = jnp.asarray(x_MI)
     if x.ndim < 1:
         raise ValueError(f"quant_matmul: x must be [..., I], got shape {x.shape}")
+    x = pad_inputs(x, qw, fmt)
     lead = x.shape[:-1]
     fn = quant_matmul_gpu if which == "gpu" else quant_matmul_tpu
     y = fn(x.reshape(-1, x.shape[-1]), qw, fmt, interpret=kernel_kw.pop("interpret", interpret), **kernel_kw)
