@@ -16,6 +16,7 @@ from infer.model import (count_params, decode_step, extend, forward, init_cache,
                          prefill, step)
 from infer.generation.batch import GenerateResult, generate
 from infer.model.quantize import dequantize_params, quantize
+from infer.model.layout import for_decode, stack_layers, unstack_layers
 
 # Serving: continuous batching over the page pools (block manager, scheduler, engine, offline LLM).
 from infer.engine import CompletionOutput, Engine, RequestError, RequestOutput, RequestUpdate
@@ -50,4 +51,5 @@ __all__ = [
     "init_cache", "forward", "prefill", "decode_step", "extend", "step",
     "AttentionMetadata", "MetadataError", "SequenceStep", "build_metadata", "init_pools",
     "SamplingParams", "generate", "GenerateResult", "quantize", "dequantize_params",
+    "for_decode", "stack_layers", "unstack_layers",
 ]

@@ -128,6 +128,12 @@ class ModelConfig:
     # EAGLE-style draft (infer/generation/eagle.py): each position's input is fuse([a target's final feature;
     # the token's embedding]) (a [2D, D] projection + bias) instead of the embedding alone; callers pass the features.
     feature_input: bool = False
+    # How the blocks' parameters are laid out and run: True = stacked on a leading L axis under one scan (compile
+    # time flat in depth; the default, what loaders, quantization and parallelism produce); False = one subtree per
+    # block ("layers_0", ...) run by an unrolled loop. XLA's CPU backend copies each layer's weight slice out of a
+    # stacked array before every dot, so on CPU the unrolled layout decodes faster (BENCHMARKS.md, "Where a decode
+    # step's time goes"); infer.model.layout.unstack_layers converts a stacked tree.
+    scan_layers: bool = True
     name: str = ""
 
     def __post_init__(self):

@@ -1,0 +1,70 @@
+"""The unrolled parameter layout (ModelConfig.scan_layers=False) runs the same model as the stacked one.
+
+The reference is the stacked layout under nn.scan, the path every other test checks against transformers;
+the unrolled one must give the same logits (uncached) and the same greedy tokens (paged step), for plain and
+CLA (kv_share_every = 2) models, the same logits for int8 weights, and convert back to the identical stacked tree.
+"""
+import jax
+import numpy as np
+import pytest
+from conftest import make_cfg
+
+import infer
+from infer.config import SamplingParams
+from infer.model.layout import for_decode, stack_layers, unstack_layers
+
+CASES = {
+    "plain": dict(),
+    "cla": dict(kv_share_every=2),
+    "int8": dict(quant="int8"),
+}
+
+
+def _model(case):
+    opts = dict(CASES[case])
+    quant = opts.pop("quant", None)
+    cfg = make_cfg(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128, vocab_size=97, n_layers=4, **opts)
+    params = infer.init_params(cfg, jax.random.PRNGKey(5))
+    if quant:
+        params, cfg = infer.quantize(params, cfg, quant)
+    return cfg, params
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_unrolled_layout_is_the_same_model(case):
+    cfg, params = _model(case)
+    ucfg, uparams = unstack_layers(cfg, params)
+    assert not ucfg.scan_layers and "layers" not in uparams
+    assert sorted(k for k in uparams if k.startswith("layers_")) == [f"layers_{i}" for i in range(cfg.kv_layers)]
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 11))
+    want = np.asarray(infer.forward(params, cfg, tokens))
+    np.testing.assert_allclose(np.asarray(infer.forward(uparams, ucfg, tokens)), want, rtol=1e-5, atol=1e-5)
+    if case != "int8":  # the paged step (int8 weights there: the same Linear as the uncached pass above)
+        prompts = [[1, 2, 3, 4, 5], [7, 8]]
+        sp = SamplingParams(temperature=0.0, max_new_tokens=7)
+        assert infer.generate(uparams, ucfg, prompts, sp).tokens == infer.generate(params, cfg, prompts, sp).tokens
+    scfg, sparams = stack_layers(ucfg, uparams)
+    assert scfg == cfg
+    assert jax.tree_util.tree_structure(sparams) == jax.tree_util.tree_structure(params)
+    for a, b in zip(jax.tree_util.tree_leaves(sparams), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_init_params_in_the_unrolled_layout_has_the_unstacked_shapes():
+    cfg, params = _model("plain")
+    ucfg, uparams = unstack_layers(cfg, params)
+    fresh = jax.eval_shape(lambda: infer.init_params(ucfg, jax.random.PRNGKey(0)))
+    assert jax.tree_util.tree_map(np.shape, fresh) == jax.tree_util.tree_map(np.shape, uparams)
+
+
+def test_conversions_refuse_the_wrong_tree_and_for_decode_picks_by_backend():
+    cfg, params = _model("plain")
+    with pytest.raises(ValueError, match="no stacked 'layers' subtree"):
+        unstack_layers(cfg, {"embed": params["embed"]})
+    ucfg, uparams = unstack_layers(cfg, params)
+    del uparams["layers_2"]
+    with pytest.raises(ValueError, match=r"lacks \['layers_2'\]"):
+        stack_layers(ucfg, uparams)
+    assert unstack_layers(ucfg, uparams) == (ucfg, uparams)  # already unrolled: as is
+    assert not for_decode(cfg, params, platform="cpu")[0].scan_layers
+    assert for_decode(cfg, params, platform="gpu") == (cfg, params)
