@@ -68,3 +68,15 @@ def test_conversions_refuse_the_wrong_tree_and_for_decode_picks_by_backend():
     assert unstack_layers(ucfg, uparams) == (ucfg, uparams)  # already unrolled: as is
     assert not for_decode(cfg, params, platform="cpu")[0].scan_layers
     assert for_decode(cfg, params, platform="gpu") == (cfg, params)
+    assert for_decode(*unstack_layers(cfg, params), layout="stacked", platform="cpu")[0] == cfg
+    with pytest.raises(ValueError, match="layout 'scan': expected one of auto, stacked, unrolled"):
+        for_decode(cfg, params, layout="scan")
+
+
+def test_a_checkpoint_is_saved_stacked(tmp_path):
+    cfg, params = _model("plain")
+    infer.save_checkpoint(str(tmp_path / "ck"), *unstack_layers(cfg, params))
+    lcfg, lparams = infer.load_model_dir(str(tmp_path / "ck"))
+    assert lcfg == cfg and "layers" in lparams
+    for a, b in zip(jax.tree_util.tree_leaves(lparams), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

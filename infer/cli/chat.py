@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from infer.model.layout import LAYOUT_HELP, LAYOUTS, for_decode
+
 
 def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "--checkpoint", dest="model", default="smollm2-135m-instruct",
@@ -22,6 +24,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", default="auto", choices=LAYOUTS, help=LAYOUT_HELP)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (default: float32 for GGUF, the checkpoint's otherwise)")
 
@@ -33,7 +36,7 @@ def cmd_chat(args) -> int:
     from infer.io.checkpoint import load_model_dir
     from infer.io.tokenizer import load_tokenizer
 
-    cfg, params = load_model_dir(args.model, dtype=args.dtype)
+    cfg, params = for_decode(*load_model_dir(args.model, dtype=args.dtype), args.layout)
     tok = load_tokenizer(args.model, vocab_size=cfg.vocab_size)
     template = getattr(tok, "chat_template", None) or load_chat_template(args.model)
     sp = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -28,6 +28,7 @@ from infer.generation.text import TextStream
 from infer.io.checkpoint import load_model_dir
 from infer.io.chat_template import load_chat_template
 from infer.io.tokenizer import load_tokenizer
+from infer.model.layout import LAYOUT_HELP, LAYOUTS, for_decode
 from infer.model.params import count_params
 
 QUESTIONS = [
@@ -47,12 +48,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a model name, a .gguf file or a checkpoint dir")
     ap.add_argument("--dtype", default=None, help="weights dtype (default: the loader's choice for this backend)")
+    ap.add_argument("--layout", default="auto", choices=LAYOUTS, help=LAYOUT_HELP)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--k", type=int, default=4, help="proposed tokens per target pass (speculative)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     a = ap.parse_args(argv)
 
-    cfg, params = load_model_dir(a.model, dtype=a.dtype)
+    cfg, params = for_decode(*load_model_dir(a.model, dtype=a.dtype), a.layout)
     tok = load_tokenizer(a.model, vocab_size=cfg.vocab_size)
     template = load_chat_template(a.model)
     print(f"{a.model}: {count_params(params) / 1e6:.1f}M params, {cfg.n_layers} layers, {cfg.dtype}, "

@@ -21,6 +21,7 @@ def cmd_generate_text(args) -> int:
     from infer.config import SamplingParams
     from infer.generation.text import TextStream
     from infer.io.tokenizer import load_tokenizer
+    from infer.model.layout import for_decode
 
     if not args.checkpoint or args.prompt is None:
         raise ValueError("--checkpoint and --prompt go together: a text prompt needs a checkpoint's weights "
@@ -32,6 +33,7 @@ def cmd_generate_text(args) -> int:
                                  weight_format=getattr(args, "weight_format", None))
     if overrides:
         cfg = cfg.replace(**overrides)
+    cfg, params = for_decode(cfg, params, getattr(args, "layout", "auto"))
     tok = load_tokenizer(args.checkpoint, vocab_size=cfg.vocab_size)
     sp = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         max_new_tokens=args.max_new_tokens, seed=args.seed)

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from infer.config.model_config import ConfigError, ModelConfig
 from infer.io.dtype_policy import load_dtype
 from infer.io.hf_loader import CheckpointError
+from infer.model.layout import stack_layers
 from infer.model.params import init_params
 
 CONFIG_FILE = "model_config.json"
@@ -61,9 +62,11 @@ def check_params(cfg: ModelConfig, params, where: str, what: str = "checkpoint h
 
 
 def save_checkpoint(path: str, cfg: ModelConfig, params, overwrite: bool = False) -> str:
-    """Write cfg and params under directory `path` (refused if it exists, unless overwrite)."""
+    """Write cfg and params under directory `path` (refused if it exists, unless overwrite); always in the
+    stacked layout (an unrolled tree, infer/model/layout.py, is stacked first)."""
     path = os.path.abspath(os.fspath(path))
     check_params(cfg, params, "save_checkpoint", what="params have")
+    cfg, params = stack_layers(cfg, params)
     if os.path.exists(path):
         if not overwrite:
             raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
