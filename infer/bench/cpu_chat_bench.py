@@ -14,8 +14,13 @@ instead) and decodes `--new-tokens` tokens greedily, with no stop token, at each
 - transformers: `model.generate(do_sample=False)` on the same GGUF file, timed by a streamer
   that timestamps every generated step (TokenClock): TTFT = call to first token, ms/step =
   first to last token / (N - 1) (generate's own per-step overhead included);
-- llama.cpp through llama-cpp-python, only if it is importable (batch 1, on the Q4_1 file as
-  stored: quantized arithmetic, unlike the two dequantized stacks).
+- llama.cpp through llama-cpp-python, only if it is importable (infer/bench/llama_cpp_runner.py: B
+  sequences of one context, one llama_decode per step): the Q4_1 file as stored (quantized
+  arithmetic) and F32 / F16 files re-encoded from it (infer/io/gguf_convert.py), the float
+  baselines of the two dequantized stacks.
+
+This stack runs in `--layouts` (default auto = unrolled on CPU, infer/model/layout.py); with
+several, each gets its own rows and the first is the ratio's base.
 
 Each configuration is warmed up once, then timed `--repeats` times; the table reports the
 median with min/max and the run-to-run spread ((max - min) / median). tok/s = B * 1000 /
@@ -46,8 +51,8 @@ import numpy as np
 
 MODEL = "smollm2-135m-instruct"
 VOCAB = 49152  # its V: prompts are drawn before any model is loaded
-LLAMA_CPP_HINT = ("llama-cpp-python is not installed: `pip install llama-cpp-python` (builds llama.cpp from "
-                  "source, several minutes), then rerun")
+LLAMA_CPP_HINT = ("llama-cpp-python is not installed: `pip install llama-cpp-python diskcache` (builds llama.cpp "
+                  "from source, ~10 min on 2 cores), then rerun")
 
 
 def cpu_name() -> str:
@@ -86,16 +91,16 @@ def summarize(samples_ms: List[float]) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def load_ours(dtype: str):
-    """(cfg, params) of this stack at `dtype`, loaded once per dtype."""
+def load_ours(dtype: str, layout: str = "auto"):
+    """(cfg, params) of this stack at `dtype` in `layout`, loaded once per (dtype, layout)."""
     import infer
-    return infer.load_model_dir(MODEL, dtype=dtype)
+    return infer.for_decode(*infer.load_model_dir(MODEL, dtype=dtype), layout)
 
 
-def run_ours(dtype: str, B: int, prompts, new_tokens: int, repeats: int) -> dict:
+def run_ours(dtype: str, B: int, prompts, new_tokens: int, repeats: int, layout: str = "auto") -> dict:
     """This stack at one dtype and batch: decode ms/step samples, TTFT and the generated ids."""
     import infer
-    cfg, params = load_ours(dtype)
+    cfg, params = load_ours(dtype, layout)
     sp = infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
     # Warm-up: compiles both programs; half the tokens land in the same shape buckets.
     infer.generate(params, cfg, prompts, infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens // 2 + 1))
@@ -107,10 +112,11 @@ def run_ours(dtype: str, B: int, prompts, new_tokens: int, repeats: int) -> dict
     return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=r.tokens)
 
 
-def run_ours_speculative(kind: str, B: int, prompts, new_tokens: int, repeats: int, k: int) -> dict:
+def run_ours_speculative(kind: str, B: int, prompts, new_tokens: int, repeats: int, k: int,
+                         layout: str = "auto") -> dict:
     """This stack in float32 with speculative decoding ("prompt lookup" or "draft"): ms per emitted token per row."""
     import infer
-    cfg, params = load_ours("float32")
+    cfg, params = load_ours("float32", layout)
     sp = infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
     if kind == "prompt lookup":
         run = lambda s: infer.ngram_speculative_generate(params, cfg, prompts, s, k)
@@ -176,30 +182,40 @@ def run_transformers(model, B: int, prompts, new_tokens: int, repeats: int) -> d
     return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=out.tolist())
 
 
-def run_llama_cpp(prompts, new_tokens: int, repeats: int) -> dict:
-    """llama-cpp-python at batch 1 on the same GGUF file (only called when it is importable)."""
-    from llama_cpp import Llama
+def run_llama_cpp_rows(kinds: List[str], batches: List[int], prompts, new_tokens: int, repeats: int,
+                       out_dir: str) -> List[dict]:
+    """llama.cpp rows (one per file kind and batch), or one row saying why there are none."""
+    if not kinds:
+        return []
+    if llama_cpp_version() == "not installed":
+        return [dict(engine="llama.cpp", dtype="–", batch=batches[0], skipped=LLAMA_CPP_HINT)]
+    from infer.bench.llama_cpp_runner import run_in_subprocess
+    from infer.io.gguf_convert import write_dequantized
     from infer.io.model_names import model_file
-    llm = Llama(model_path=model_file(MODEL), n_ctx=512, n_threads=os.cpu_count(), verbose=False)
+    rows = []
+    for kind in kinds:
+        if kind == "q4_1":
+            path = model_file(MODEL)
+        else:  # re-encoded next to the results once (~0.5 GB for f32), reused by later runs
+            path = os.path.join(out_dir, f"{MODEL}.{kind}.gguf")
+            if not os.path.exists(path):
+                os.makedirs(out_dir, exist_ok=True)
+                write_dequantized(MODEL, path, kind)
+        for B in batches:
+            print(f"[cpu_chat_bench] llama.cpp {kind} batch {B} ...", file=sys.stderr, flush=True)
+            r = run_in_subprocess(path, prompts[B], new_tokens, repeats)
+            rows.append(dict(engine="llama.cpp (llama-cpp-python)", dtype=f"gguf {kind.upper()}", batch=B,
+                             **summarize(r.pop("steps_ms")), **r))
+    return rows
 
-    def gen(n: int):
-        llm.reset()
-        toks = []
-        t0 = time.perf_counter()
-        for tok in llm.generate(prompts[0], temp=0.0, top_k=1, reset=True):
-            toks.append(tok)
-            if len(toks) == n:
-                break
-        return toks, (time.perf_counter() - t0) * 1e3
 
-    gen(2)
-    steps, ttft = [], []
-    for _ in range(repeats):
-        _, t1 = gen(1)
-        toks, tn = gen(new_tokens)
-        steps.append((tn - t1) / (new_tokens - 1))
-        ttft.append(t1)
-    return dict(summarize(steps), ttft_ms=statistics.median(ttft), tokens=[toks])
+def llama_cpp_version() -> str:
+    """llama-cpp-python's version, or 'not installed'."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def same_greedy(tokens: List[List[int]], ref: List[List[int]], n: int) -> str:
@@ -236,6 +252,10 @@ def main(argv=None) -> Dict:
     ap.add_argument("--check-tokens", type=int, default=32)
     ap.add_argument("--prompts", choices=["text", "random"], default="text")
     ap.add_argument("--k", type=int, default=4, help="proposals per target pass for the speculative rows")
+    ap.add_argument("--layouts", default="auto", help="comma list of this stack's parameter layouts: auto, "
+                    "stacked, unrolled (several: rows for each, the first is the ratio's base)")
+    ap.add_argument("--llama-cpp", default="q4_1,f32,f16",
+                    help="comma list of llama.cpp files: q4_1 (as shipped), f32, f16 (re-encoded); empty: none")
     ap.add_argument("--speculative", default="prompt lookup,draft",
                     help="comma list of speculative rows: 'prompt lookup', 'draft' (skipped if none is shipped)")
     args = ap.parse_args(argv)
@@ -248,16 +268,19 @@ def main(argv=None) -> Dict:
     prompts = {B: (text_prompts(B, args.prompt_len) if args.prompts == "text" else
                    make_prompts(B, args.prompt_len, VOCAB)) for B in batches}
     runs: Dict[tuple, Callable[[], dict]] = {}
-    for dt in dtypes:
-        for B in batches:
-            runs[("this stack", dt, B)] = (lambda dt=dt, B=B: run_ours(dt, B, prompts[B], args.new_tokens,
-                                                                       args.repeats))
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    ours = lambda lay: "this stack" if len(layouts) == 1 else f"this stack [{lay}]"
+    for lay in layouts:
+        for dt in dtypes:
+            for B in batches:
+                runs[(ours(lay), dt, B)] = (lambda dt=dt, B=B, lay=lay: run_ours(dt, B, prompts[B], args.new_tokens,
+                                                                                 args.repeats, lay))
     kinds = [x.strip() for x in args.speculative.split(",") if x.strip()]
     for kind in kinds:
         for B in batches:
-            runs[(f"this stack + {kind} k={args.k}", "float32", B)] = (
+            runs[(f"{ours(layouts[0])} + {kind} k={args.k}", "float32", B)] = (
                 lambda kind=kind, B=B: run_ours_speculative(kind, B, prompts[B], args.new_tokens, args.repeats,
-                                                            args.k))
+                                                            args.k, layouts[0]))
     for dt in dtypes:
         model = None
         for B in batches:
@@ -274,14 +297,11 @@ def main(argv=None) -> Dict:
             results.append(dict(engine=key[0], dtype=key[1], batch=key[2], skipped=f"skipped: {e}"))
             continue
         results.append(dict(engine=key[0], dtype=key[1], batch=key[2], **r))
-    try:
-        import llama_cpp  # noqa: F401
-        r = run_llama_cpp(prompts[1], args.new_tokens, args.repeats)
-        results.append(dict(engine="llama.cpp (llama-cpp-python)", dtype="gguf Q4_1", batch=1, **r))
-    except ImportError:
-        results.append(dict(engine="llama.cpp", dtype="–", batch=1, skipped=LLAMA_CPP_HINT))
+    results += run_llama_cpp_rows([x.strip() for x in args.llama_cpp.split(",") if x.strip()], batches, prompts,
+                                  args.new_tokens, args.repeats, args.out)
 
-    ours_f32 = {r["batch"]: r["ms_step"] for r in results if r["engine"] == "this stack" and r["dtype"] == "float32"}
+    ours_f32 = {r["batch"]: r["ms_step"] for r in results
+                if r["engine"] == ours(layouts[0]) and r["dtype"] == "float32"}
     ref = {r["batch"]: r["tokens"] for r in results if r["engine"] == "transformers" and r["dtype"] == "float32"}
     for r in results:
         if r.get("skipped"):
@@ -293,6 +313,7 @@ def main(argv=None) -> Dict:
                             else "n/a")
     env = {"cpu": cpu_name(), "cores": os.cpu_count(), "jax": jax.__version__, "transformers": transformers.__version__,
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "model": MODEL,
+           "layouts": layouts, "llama_cpp": llama_cpp_version(),
            "command": "python -m infer.bench.cpu_chat_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
            "total_s": time.perf_counter() - t_start}
