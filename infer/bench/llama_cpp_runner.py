@@ -7,9 +7,11 @@ other engines of cpu_chat_bench: TTFT = prefill + first token, ms/step = the rem
 (N - 1). Only used when llama_cpp is importable (`pip install llama-cpp-python diskcache`: it
 builds llama.cpp from source, ~10 min on 2 cores).
 
-cpu_chat_bench runs it in a fresh process (`python -m infer.bench.llama_cpp_runner`, a JSON job on
-stdin, the result on stdout): in the benchmark's own process the thread pools JAX and torch leave
-behind share the 2 cores with llama.cpp's threads and slowed its F32 decode from 13.5 to 24.7 ms/step.
+The benchmarks run it in a child process (`python -m infer.bench.llama_cpp_runner`: a JSON job on
+stdin, the result on stdout; `--serve` keeps a model loaded for alternating rounds) whose
+environment drops OMP_WAIT_POLICY: cpu_chat_bench sets it to PASSIVE for torch, and llama.cpp's
+OpenMP threads, which meet at a barrier after every op, then sleep instead of spinning between
+ops: its F32 decode step went from ~11 to ~28 ms on 2 cores.
 """
 from __future__ import annotations
 
@@ -119,20 +121,57 @@ def run_llama_cpp(path: str, prompts: List[List[int]], new_tokens: int, repeats:
     return dict(steps_ms=steps, ttft_ms=statistics.median(ttft), tokens=toks)
 
 
+def child_env() -> dict:
+    """This process's environment without OMP_WAIT_POLICY (llama.cpp wants OpenMP's default, spinning)."""
+    return {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+
 def run_in_subprocess(path: str, prompts: List[List[int]], new_tokens: int, repeats: int) -> dict:
     """run_llama_cpp in a fresh Python process (no other thread pool on the cores)."""
     import subprocess
     job = json.dumps(dict(path=path, prompts=prompts, new_tokens=new_tokens, repeats=repeats))
     out = subprocess.run([sys.executable, "-m", "infer.bench.llama_cpp_runner"], input=job, capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, env=child_env())
     if out.returncode != 0:
         raise RuntimeError(f"llama.cpp runner failed ({out.returncode}): {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    job = json.load(sys.stdin)
+class LlamaCppProcess:
+    """A LlamaCppBatch kept alive in a child process: load once, then generate on request (for alternating
+    rounds against another engine without reloading; `python -m infer.bench.llama_cpp_runner --serve`)."""
+
+    def __init__(self, path: str, batch: int, max_len: int):
+        import subprocess
+        self.proc = subprocess.Popen([sys.executable, "-m", "infer.bench.llama_cpp_runner", "--serve", path,
+                                      str(batch), str(max_len)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=child_env())
+
+    def generate(self, prompts: List[List[int]], new_tokens: int):
+        """(tokens [B][N], ttft_ms, ms per later step), as LlamaCppBatch.generate."""
+        self.proc.stdin.write(json.dumps(dict(prompts=prompts, new_tokens=new_tokens)) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"llama.cpp child exited ({self.proc.wait()})")
+        return tuple(json.loads(line))
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     quiet_llama_cpp()
+    if argv[:1] == ["--serve"]:  # one JSON request per line in, one reply per line out
+        eng = LlamaCppBatch(argv[1], int(argv[2]), int(argv[3]))
+        for line in sys.stdin:
+            job = json.loads(line)
+            print(json.dumps(eng.generate(job["prompts"], job["new_tokens"])), flush=True)
+        eng.close()
+        return
+    job = json.load(sys.stdin)
     print(json.dumps(run_llama_cpp(job["path"], job["prompts"], job["new_tokens"], job["repeats"])))
 
 
