@@ -80,3 +80,13 @@ def test_a_checkpoint_is_saved_stacked(tmp_path):
     assert lcfg == cfg and "layers" in lparams
     for a, b in zip(jax.tree_util.tree_leaves(lparams), jax.tree_util.tree_leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tensor_parallel_preparation_stacks_an_unrolled_tree():
+    from jax.sharding import Mesh
+
+    from infer.parallel.tensor_parallel import prepare_tensor_parallel
+    cfg, params = _model("plain")
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    tcfg, tparams = prepare_tensor_parallel(*reversed(unstack_layers(cfg, params)), mesh)
+    assert tcfg.scan_layers and "layers" in tparams and "layers_0" not in tparams
