@@ -131,8 +131,8 @@ class ModelConfig:
     # How the blocks' parameters are laid out and run: True = stacked on a leading L axis under one scan (compile
     # time flat in depth; the default, what loaders, quantization and parallelism produce); False = one subtree per
     # block ("layers_0", ...) run by an unrolled loop. XLA's CPU backend copies each layer's weight slice out of a
-    # stacked array before every dot, so on CPU the unrolled layout decodes faster (BENCHMARKS.md, "Where a decode
-    # step's time goes"); infer.model.layout.unstack_layers converts a stacked tree.
+    # stacked array before every dot, so on CPU the unrolled layout decodes faster (BENCHMARKS.md, "This stack
+    # vs llama.cpp"); infer.model.layout converts between the two.
     scan_layers: bool = True
     name: str = ""
 
