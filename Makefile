@@ -49,3 +49,12 @@ clean-venv:
 .PHONY: gpu-check
 gpu-check:
 	PY=$(PY) bash scripts/gpu_check.sh
+
+# SmolLM2 on CPU against llama.cpp (BENCHMARKS.md, "SmolLM2-135M on CPU"): builds llama-cpp-python from source
+# into .venv once (~10 min on 2 cores; no wheel on PyPI for this platform), then the alternating-rounds
+# comparison and the full side-by-side table (this stack / transformers / llama.cpp) → results/cpu-chat/.
+.PHONY: bench-cpu-llama-cpp
+bench-cpu-llama-cpp: $(BIN)/.installed
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q llama-cpp-python diskcache
+	$(BIN)/python -m infer.bench.cpu_head_to_head --out results/cpu-chat --rounds 7 --llama-cpp f32,f16,q4_1
+	$(BIN)/python -m infer.bench.cpu_chat_bench --out results/cpu-chat --layouts unrolled,stacked
