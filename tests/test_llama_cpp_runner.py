@@ -43,3 +43,11 @@ def test_batched_llama_cpp_greedy_tokens_equal_ours_row_by_row(tmp_path):
     cfg, params = infer.load_model_dir(name)
     want = infer.generate(params, cfg, prompts, infer.SamplingParams(temperature=0.0, max_new_tokens=6)).tokens
     assert got == want
+
+
+@pytest.mark.parametrize("bench", ["cpu_chat_bench", "cpu_head_to_head"])
+def test_an_unknown_llama_cpp_file_kind_is_refused_before_anything_runs(bench, capsys):
+    import importlib
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"infer.bench.{bench}").main(["--llama-cpp", "f32,q8"])
+    assert "--llama-cpp 'f32,q8': kinds are q4_1, f32, f16" in capsys.readouterr().err

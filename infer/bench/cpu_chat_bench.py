@@ -51,6 +51,7 @@ import numpy as np
 
 MODEL = "smollm2-135m-instruct"
 VOCAB = 49152  # its V: prompts are drawn before any model is loaded
+LLAMA_CPP_KINDS = ("q4_1", "f32", "f16")  # the shipped file, and float re-encodings of it
 LLAMA_CPP_HINT = ("llama-cpp-python is not installed: `pip install llama-cpp-python diskcache` (builds llama.cpp "
                   "from source, ~10 min on 2 cores), then rerun")
 
@@ -259,6 +260,9 @@ def main(argv=None) -> Dict:
     ap.add_argument("--speculative", default="prompt lookup,draft",
                     help="comma list of speculative rows: 'prompt lookup', 'draft' (skipped if none is shipped)")
     args = ap.parse_args(argv)
+    llama_kinds = [x.strip() for x in args.llama_cpp.split(",") if x.strip()]
+    if set(llama_kinds) - set(LLAMA_CPP_KINDS):  # refused before the minutes of other rows run
+        ap.error(f"--llama-cpp {args.llama_cpp!r}: kinds are {', '.join(LLAMA_CPP_KINDS)}")
     import torch
     import transformers
     batches = [int(b) for b in args.batches.split(",")]
@@ -297,8 +301,7 @@ def main(argv=None) -> Dict:
             results.append(dict(engine=key[0], dtype=key[1], batch=key[2], skipped=f"skipped: {e}"))
             continue
         results.append(dict(engine=key[0], dtype=key[1], batch=key[2], **r))
-    results += run_llama_cpp_rows([x.strip() for x in args.llama_cpp.split(",") if x.strip()], batches, prompts,
-                                  args.new_tokens, args.repeats, args.out)
+    results += run_llama_cpp_rows(llama_kinds, batches, prompts, args.new_tokens, args.repeats, args.out)
 
     ours_f32 = {r["batch"]: r["ms_step"] for r in results
                 if r["engine"] == ours(layouts[0]) and r["dtype"] == "float32"}

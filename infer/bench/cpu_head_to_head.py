@@ -21,7 +21,7 @@ import time
 
 import jax
 
-from infer.bench.cpu_chat_bench import MODEL, cpu_name, llama_cpp_version, load_ours, text_prompts
+from infer.bench.cpu_chat_bench import LLAMA_CPP_KINDS, MODEL, cpu_name, llama_cpp_version, load_ours, text_prompts
 
 
 def main(argv=None) -> dict:
@@ -34,6 +34,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--layouts", default="unrolled,stacked")
     ap.add_argument("--llama-cpp", default="f32", help="comma list of llama.cpp files: f32, f16, q4_1")
     args = ap.parse_args(argv)
+    if set(args.llama_cpp.split(",")) - set(LLAMA_CPP_KINDS):
+        ap.error(f"--llama-cpp {args.llama_cpp!r}: kinds are {', '.join(LLAMA_CPP_KINDS)}")
     if llama_cpp_version() == "not installed":
         raise SystemExit("llama-cpp-python is not installed: `pip install llama-cpp-python diskcache` (builds "
                          "llama.cpp from source, ~10 min on 2 cores)")
