@@ -20,17 +20,16 @@ TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16"}
 def write_dequantized(src: str, dst: str, kind: str = "f32") -> str:
     """Write `src` (a GGUF path or model name) to `dst` with every tensor F32 (kind 'f32') or F16 ('f16')."""
     import gguf
-    from gguf.quants import dequantize
 
+    from infer.io.gguf_loader import dequantize_tensor, metadata_value, open_gguf
     from infer.io.model_names import resolve_gguf
     if kind not in TYPES:
         raise ValueError(f"kind {kind!r}: expected one of {sorted(TYPES)}")
     path = resolve_gguf(src)
     if path is None:
         raise FileNotFoundError(f"{src}: not a GGUF file, a directory holding one, or a known model name")
-    reader = gguf.GGUFReader(path)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    writer = gguf.GGUFWriter(dst, arch)
+    reader = open_gguf(path)
+    writer = gguf.GGUFWriter(dst, metadata_value(reader, gguf.Keys.General.ARCHITECTURE))
     for field in reader.fields.values():
         # The writer writes the architecture itself; GGUF.* are the reader's virtual fields.
         if field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE) or field.name.startswith("GGUF."):
@@ -40,7 +39,7 @@ def write_dequantized(src: str, dst: str, kind: str = "f32") -> str:
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
     writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[kind]))
     for t in reader.tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(tuple(int(n) for n in t.shape[::-1]))
+        w = dequantize_tensor(t)
         writer.add_tensor(t.name, w.astype(np.float16) if kind == "f16" and w.ndim > 1 else w)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -163,7 +163,7 @@ def _tensor(reader, name: str):
     raise GGUFError(f"{reader.data.filename}: missing tensor {name!r}")
 
 
-def _dequantize(t) -> np.ndarray:
+def dequantize_tensor(t) -> np.ndarray:
     """Tensor t as float32 in [out, in] (row-major, ggml's dims reversed)."""
     from gguf.quants import dequantize
     return np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(tuple(int(n) for n in t.shape[::-1]))
@@ -208,7 +208,7 @@ def load_gguf(path: str, dtype: Optional[str] = None, device=None, native: bool 
     def read(hf: str):
         """The HF-layout weight of an HF tensor name: dequantized, q/k rows un-permuted."""
         name = gguf_name(hf)
-        w = _dequantize(tensors[name])
+        w = dequantize_tensor(tensors[name])
         n = heads.get(name.split(".", 2)[-1])
         return w if n is None else unpermute_rotary(w, n)
 
