@@ -31,9 +31,8 @@ def test_without_llama_cpp_the_bench_says_how_to_install_it(monkeypatch):
                                                "~10 min): `pip install llama-cpp-python diskcache`")
 def test_batched_llama_cpp_greedy_tokens_equal_ours_row_by_row(tmp_path):
     import infer
-    from infer.bench.llama_cpp_runner import quiet_llama_cpp, run_llama_cpp
+    from infer.bench.llama_cpp_runner import run_llama_cpp
     from infer.io.gguf_convert import write_dequantized
-    quiet_llama_cpp()
     name = "smollm2-135m-instruct"
     tok = infer.load_tokenizer(name)
     prompts = [tok.encode(t, add_special_tokens=False) for t in

@@ -190,24 +190,30 @@ def run_llama_cpp_rows(kinds: List[str], batches: List[int], prompts, new_tokens
         return []
     if llama_cpp_version() == "not installed":
         return [dict(engine="llama.cpp", dtype="–", batch=batches[0], skipped=LLAMA_CPP_HINT)]
-    from infer.bench.llama_cpp_runner import run_in_subprocess
-    from infer.io.gguf_convert import write_dequantized
-    from infer.io.model_names import model_file
+    from infer.bench.llama_cpp_runner import run_llama_cpp
     rows = []
     for kind in kinds:
-        if kind == "q4_1":
-            path = model_file(MODEL)
-        else:  # re-encoded next to the results once (~0.5 GB for f32), reused by later runs
-            path = os.path.join(out_dir, f"{MODEL}.{kind}.gguf")
-            if not os.path.exists(path):
-                os.makedirs(out_dir, exist_ok=True)
-                write_dequantized(MODEL, path, kind)
+        path = llama_cpp_file(kind, out_dir)
         for B in batches:
             print(f"[cpu_chat_bench] llama.cpp {kind} batch {B} ...", file=sys.stderr, flush=True)
-            r = run_in_subprocess(path, prompts[B], new_tokens, repeats)
+            r = run_llama_cpp(path, prompts[B], new_tokens, repeats)
             rows.append(dict(engine="llama.cpp (llama-cpp-python)", dtype=f"gguf {kind.upper()}", batch=B,
                              **summarize(r.pop("steps_ms")), **r))
     return rows
+
+
+def llama_cpp_file(kind: str, out_dir: str) -> str:
+    """The GGUF file llama.cpp runs for `kind`: the shipped Q4_1, or a float re-encoding of it written under out_dir
+    once (~0.5 GB for f32) and reused by later runs."""
+    from infer.io.gguf_convert import write_dequantized
+    from infer.io.model_names import model_file
+    if kind == "q4_1":
+        return model_file(MODEL)
+    path = os.path.join(out_dir, f"{MODEL}.{kind}.gguf")
+    if not os.path.exists(path):
+        os.makedirs(out_dir, exist_ok=True)
+        write_dequantized(MODEL, path, kind)
+    return path
 
 
 def llama_cpp_version() -> str:

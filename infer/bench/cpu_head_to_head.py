@@ -21,7 +21,8 @@ import time
 
 import jax
 
-from infer.bench.cpu_chat_bench import LLAMA_CPP_KINDS, MODEL, cpu_name, llama_cpp_version, load_ours, text_prompts
+from infer.bench.cpu_chat_bench import (LLAMA_CPP_KINDS, MODEL, cpu_name, llama_cpp_file, llama_cpp_version, load_ours,
+                                        text_prompts)
 
 
 def main(argv=None) -> dict:
@@ -41,17 +42,10 @@ def main(argv=None) -> dict:
                          "llama.cpp from source, ~10 min on 2 cores)")
     import infer
     from infer.bench.llama_cpp_runner import LlamaCppProcess
-    from infer.io.gguf_convert import write_dequantized
-    from infer.io.model_names import model_file
     t_start = time.perf_counter()
     layouts = args.layouts.split(",")
     kinds = args.llama_cpp.split(",")
-    files = {}
-    for kind in kinds:
-        files[kind] = model_file(MODEL) if kind == "q4_1" else os.path.join(args.out, f"{MODEL}.{kind}.gguf")
-        if not os.path.exists(files[kind]):
-            os.makedirs(args.out, exist_ok=True)
-            write_dequantized(MODEL, files[kind], kind)
+    files = {kind: llama_cpp_file(kind, args.out) for kind in kinds}
     sp = infer.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
     warm = infer.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens // 2 + 1)
     rows = []

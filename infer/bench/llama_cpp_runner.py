@@ -7,8 +7,8 @@ other engines of cpu_chat_bench: TTFT = prefill + first token, ms/step = the rem
 (N - 1). Only used when llama_cpp is importable (`pip install llama-cpp-python diskcache`: it
 builds llama.cpp from source, ~10 min on 2 cores).
 
-The benchmarks run it in a child process (`python -m infer.bench.llama_cpp_runner`: a JSON job on
-stdin, the result on stdout; `--serve` keeps a model loaded for alternating rounds) whose
+The benchmarks run it in a child process (`python -m infer.bench.llama_cpp_runner --serve`: the model
+loaded once, one JSON request per line on stdin, one reply per line on stdout) whose
 environment drops OMP_WAIT_POLICY: cpu_chat_bench sets it to PASSIVE for torch, and llama.cpp's
 OpenMP threads, which meet at a barrier after every op, then sleep instead of spinning between
 ops: its F32 decode step went from ~11 to ~28 ms on 2 cores.
@@ -106,35 +106,9 @@ class LlamaCppBatch:
         lc.llama_model_free(self.model)
 
 
-def run_llama_cpp(path: str, prompts: List[List[int]], new_tokens: int, repeats: int) -> dict:
-    """One warm-up, then `repeats` timed greedy runs of `prompts` (B rows) on the GGUF file `path`."""
-    eng = LlamaCppBatch(path, len(prompts), max(len(p) for p in prompts) + new_tokens + 1)
-    try:
-        eng.generate(prompts, max(new_tokens // 2, 2))
-        steps, ttft = [], []
-        for _ in range(repeats):
-            toks, t_first, ms = eng.generate(prompts, new_tokens)
-            steps.append(ms)
-            ttft.append(t_first)
-    finally:
-        eng.close()
-    return dict(steps_ms=steps, ttft_ms=statistics.median(ttft), tokens=toks)
-
-
 def child_env() -> dict:
     """This process's environment without OMP_WAIT_POLICY (llama.cpp wants OpenMP's default, spinning)."""
     return {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-
-
-def run_in_subprocess(path: str, prompts: List[List[int]], new_tokens: int, repeats: int) -> dict:
-    """run_llama_cpp in a fresh Python process (no other thread pool on the cores)."""
-    import subprocess
-    job = json.dumps(dict(path=path, prompts=prompts, new_tokens=new_tokens, repeats=repeats))
-    out = subprocess.run([sys.executable, "-m", "infer.bench.llama_cpp_runner"], input=job, capture_output=True,
-                         text=True, check=False, env=child_env())
-    if out.returncode != 0:
-        raise RuntimeError(f"llama.cpp runner failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class LlamaCppProcess:
@@ -161,18 +135,32 @@ class LlamaCppProcess:
         self.proc.wait()
 
 
+def run_llama_cpp(path: str, prompts: List[List[int]], new_tokens: int, repeats: int) -> dict:
+    """In a child process: one warm-up, then `repeats` timed greedy runs of `prompts` (B rows) on the GGUF `path`."""
+    child = LlamaCppProcess(path, len(prompts), max(len(p) for p in prompts) + new_tokens + 1)
+    try:
+        child.generate(prompts, max(new_tokens // 2, 2))
+        steps, ttft = [], []
+        for _ in range(repeats):
+            toks, t_first, ms = child.generate(prompts, new_tokens)
+            steps.append(ms)
+            ttft.append(t_first)
+    finally:
+        child.close()
+    return dict(steps_ms=steps, ttft_ms=statistics.median(ttft), tokens=toks)
+
+
 def main(argv=None) -> None:
+    """The child: `--serve PATH B MAX_LEN`, then one JSON request per line in, one reply per line out."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["--serve"] or len(argv) != 4:
+        raise SystemExit("usage: python -m infer.bench.llama_cpp_runner --serve PATH BATCH MAX_LEN")
     quiet_llama_cpp()
-    if argv[:1] == ["--serve"]:  # one JSON request per line in, one reply per line out
-        eng = LlamaCppBatch(argv[1], int(argv[2]), int(argv[3]))
-        for line in sys.stdin:
-            job = json.loads(line)
-            print(json.dumps(eng.generate(job["prompts"], job["new_tokens"])), flush=True)
-        eng.close()
-        return
-    job = json.load(sys.stdin)
-    print(json.dumps(run_llama_cpp(job["path"], job["prompts"], job["new_tokens"], job["repeats"])))
+    eng = LlamaCppBatch(argv[1], int(argv[2]), int(argv[3]))
+    for line in sys.stdin:
+        job = json.loads(line)
+        print(json.dumps(eng.generate(job["prompts"], job["new_tokens"])), flush=True)
+    eng.close()
 
 
 if __name__ == "__main__":
