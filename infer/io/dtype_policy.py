@@ -4,9 +4,9 @@
 
 XLA's CPU backend has no fast bfloat16/float16 matmul inside the model: a one-row bfloat16
 dot runs a slow generic loop (21x float32, `scripts/cpu_dot_probe.py`) and bfloat16 dots
-inside the layer scan stay slow, so SmolLM2-135M decodes 1.1-1.6x slower at batch 1 and
-5-7x slower at batch 8 in bfloat16 than in float32 (BENCHMARKS.md, "SmolLM2-135M on CPU:
-this stack vs transformers", two runs). A checkpoint
+inside the model stay slow (in either parameter layout), so SmolLM2-135M decodes 1.1-1.6x slower at batch 1
+and 5-9x slower at batch 8 in bfloat16 than in float32 (BENCHMARKS.md, "SmolLM2-135M on CPU:
+this stack vs transformers vs llama.cpp", three runs). A checkpoint
 stored in bfloat16 or float16 therefore loads as float32 on CPU unless the caller
 asks for a dtype: an explicit request is always honoured.
 """
@@ -16,7 +16,7 @@ from typing import Optional
 import jax
 
 SIXTEEN_BIT = ("bfloat16", "float16")
-CPU_BF16_SLOWDOWN = "1.1-1.6x at batch 1, 5-7x at batch 8"  # SmolLM2-135M decode, bf16 vs f32 (BENCHMARKS.md)
+CPU_BF16_SLOWDOWN = "1.1-1.6x at batch 1, 5-9x at batch 8"  # SmolLM2-135M decode, bf16 vs f32 (BENCHMARKS.md)
 
 
 def load_dtype(stored: str, requested: Optional[str] = None, platform: Optional[str] = None) -> str:
