@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import infer
-from infer.config import SamplingParams
+from infer.config import SamplingParams, load_config
 from infer.io.gguf_loader import GGUFError, load_gguf, unpermute_rotary
 from infer.io.model_names import MODELS, model_file, resolve_gguf
 
@@ -64,6 +64,9 @@ def test_real_config_matches_transformers(real):
     assert cfg.tie_embeddings == c.tie_word_embeddings
     assert cfg.rope_theta == c.rope_parameters["rope_theta"] and cfg.rope_scaling is None
     assert cfg.norm_eps == pytest.approx(c.rms_norm_eps, rel=1e-7) and cfg.dtype == "float32"
+    # configs/models/smollm2-135m.yaml (the random-weight benchmarks' stand-in) has the file's shapes
+    shapes = load_config("smollm2-135m", dtype="float32", max_seq_len=cfg.max_seq_len)
+    assert shapes.replace(name=cfg.name, norm_eps=cfg.norm_eps) == cfg and shapes.norm_eps == pytest.approx(cfg.norm_eps)
 
 
 def test_real_full_forward_matches_transformers(real, real_logits):

@@ -98,10 +98,10 @@ def load_ours(dtype: str, layout: str = "auto"):
     return infer.for_decode(*infer.load_model_dir(MODEL, dtype=dtype), layout)
 
 
-def run_ours(dtype: str, B: int, prompts, new_tokens: int, repeats: int, layout: str = "auto") -> dict:
-    """This stack at one dtype and batch: decode ms/step samples, TTFT and the generated ids."""
+def run_ours(model, B: int, prompts, new_tokens: int, repeats: int) -> dict:
+    """This stack's `model` = (cfg, params) at one batch: decode ms/step samples, TTFT and the generated ids."""
     import infer
-    cfg, params = load_ours(dtype, layout)
+    cfg, params = model
     sp = infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
     # Warm-up: compiles both programs; half the tokens land in the same shape buckets.
     infer.generate(params, cfg, prompts, infer.SamplingParams(temperature=0.0, max_new_tokens=new_tokens // 2 + 1))
@@ -147,12 +147,18 @@ def load_transformers(dtype: str):
 
 
 class TokenClock:
-    """A transformers streamer that timestamps each put(): the prompt first, then every generated step."""
+    """A transformers streamer that timestamps each put(): the prompt first, then every generated step.
 
-    def __init__(self):
+    sync: wait for the device before each timestamp (on CUDA, put() is called before the step's kernels end)."""
+
+    def __init__(self, sync: bool = False):
         self.times: List[float] = []
+        self.sync = sync
 
     def put(self, value):
+        if self.sync:
+            import torch
+            torch.cuda.synchronize()
         self.times.append(time.perf_counter())
 
     def end(self):
@@ -160,9 +166,10 @@ class TokenClock:
 
 
 def run_transformers(model, B: int, prompts, new_tokens: int, repeats: int) -> dict:
-    """model.generate greedy with a TokenClock: TTFT = start to first token, ms/step = first to last / (N - 1)."""
+    """model.generate greedy with a TokenClock: TTFT = start to first token, ms/step = first to last / (N - 1).
+    The prompts go to the model's device (CPU here, CUDA in infer/bench/gpu_chat_bench.py)."""
     import torch
-    ids = torch.tensor(prompts, dtype=torch.long)
+    ids = torch.tensor(prompts, dtype=torch.long, device=model.device)
     mask = torch.ones_like(ids)
 
     def gen(n: int, clock=None):
@@ -174,7 +181,7 @@ def run_transformers(model, B: int, prompts, new_tokens: int, repeats: int) -> d
     gen(8)  # warm-up (torch compiles nothing: this only warms the allocator and caches)
     steps, ttft = [], []
     for _ in range(repeats):
-        clock = TokenClock()
+        clock = TokenClock(sync=model.device.type == "cuda")
         t0 = time.perf_counter()
         out = gen(new_tokens, clock)
         first, last = clock.times[1], clock.times[-1]  # times[0]: the prompt
@@ -283,8 +290,8 @@ def main(argv=None) -> Dict:
     for lay in layouts:
         for dt in dtypes:
             for B in batches:
-                runs[(ours(lay), dt, B)] = (lambda dt=dt, B=B, lay=lay: run_ours(dt, B, prompts[B], args.new_tokens,
-                                                                                 args.repeats, lay))
+                runs[(ours(lay), dt, B)] = (lambda dt=dt, B=B, lay=lay: run_ours(load_ours(dt, lay), B, prompts[B],
+                                                                                 args.new_tokens, args.repeats))
     kinds = [x.strip() for x in args.speculative.split(",") if x.strip()]
     for kind in kinds:
         for B in batches:

@@ -1,27 +1,34 @@
-"""`make gpu-check`: the Pallas kernels compiled for real, then attention and decode benchmarks at Llama 3 8B shapes.
+"""`make gpu-check`: the Pallas kernels compiled for real, then chat-model, decode, attention and quantization benchmarks.
 
-    python -m infer.bench.gpu_check [--size full|cpu] [--out results/gpu-check]
+    python -m infer.bench.gpu_check [--size full|cpu] [--out results/gpu-check] [--stages a,b] [--budget S]
 
-Stages, each a subprocess of this Python with a time limit (one hang cannot eat the budget; the
-whole check is sized to finish in under 10 minutes on one H100):
+Stages, each a subprocess of this Python with a time limit (one hang cannot eat the budget), in
+this order (the most wanted first: a lease that runs short loses the last ones):
 
 1. device: backend, device kind, JAX version. In `full` size a backend other than GPU stops the
    check (the kernels would silently run nowhere).
 2. `pytest -m gpu` over the test files that carry the mark (tests/test_gpu_kernels.py): the
    Triton kernels compiled with interpret=False, compared with their pure-JAX references.
-3. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
+3. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table): SmolLM2-135M's shapes,
+   this stack vs transformers on the same random weights, bfloat16 and float32, batch 1 and 8.
 4. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b`
-5. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
+5. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
+6. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
+
+`--budget` (seconds, default 570: the device tool's 10-minute call less a margin) bounds the whole
+check: each stage's limit is cut to what is left, and a stage that would get under 20 s is skipped
+and says so, so summary.md is always written. `--stages` runs a subset (the device stage always
+runs): a second call on a warm machine can pick up what the first had to skip.
 
 Writes <out>/summary.md (device, JAX version, the exact commands, each stage's status and time,
 the benchmark tables), <out>/gpu_check.json (the same, machine-readable), each stage's log
 <out>/<stage>.log and the benchmarks' own JSON and summaries under <out>/<stage>/.
 
 Size `cpu` (GPU_CHECK_SIZE=cpu in the Makefile) runs the same stages on the CPU backend at the
-YAMLs' `cpu:` sizes (the gpu tests skip): the pipeline end to end on any machine. Nothing is
-installed; this process never initializes a JAX backend itself (on a GPU that would reserve the
-memory the stages need).
+YAMLs' `cpu:` sizes (the gpu tests skip; the chat stage at the tiny model's shapes): the pipeline
+end to end on any machine. Nothing is installed; this process never initializes a JAX backend
+itself (on a GPU that would reserve the memory the stages need).
 """
 from __future__ import annotations
 
@@ -39,9 +46,14 @@ from infer.bench import report
 from infer.config.paths import REPO_ROOT
 
 EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
-# seconds each stage may run: 30 + 150 + 130 + 150 + 120 = 580 s in all, under the device tool's 10-minute call
-LIMITS = {"device": 30, "pytest": 150, "attention": 130, "decode": 150, "quant": 120}
+# seconds each stage may run at most (the --budget cuts them further)
+LIMITS = {"device": 30, "pytest": 150, "chat": 180, "decode": 150, "attention": 130, "quant": 120}
+STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
+MIN_STAGE_S = 20  # a stage that would get less is skipped
+MARGIN_S = 10  # kept back from the budget for writing the summary
+# The chat stage runs torch beside JAX in one process: JAX must not reserve the memory torch needs.
+STAGE_ENV = {"chat": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.4"}}
 
 
 def _env(size: str) -> dict:
@@ -65,30 +77,34 @@ def _commands(size: str, out: str) -> dict:
         "pytest": [py, "-m", "pytest", "-q", "-rs", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "gpu",
                    *gpu_tests],
     }
+    cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat"), "--repeats", "3"]
+    if size == "cpu":
+        cmds["chat"] += ["--shapes", "tiny", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"]
     for stage, name in BENCHES.items():
         cmds[stage] = [py, "-m", "infer.bench", "--experiments", EXPERIMENTS, "--only", name, "--size", size,
                        "--out", os.path.join(out, stage)]
     return cmds
 
 
-def _run_stage(stage: str, cmd: list, env: dict, out: str) -> dict:
+def _run_stage(stage: str, cmd: list, env: dict, out: str, limit: float) -> dict:
     log = os.path.join(out, f"{stage}.log")
-    print(f"[{stage}] {shlex.join(cmd)}  (limit {LIMITS[stage]} s, log {log})", flush=True)
+    print(f"[{stage}] {shlex.join(cmd)}  (limit {limit:.0f} s, log {log})", flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         try:
-            rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                timeout=LIMITS[stage]).returncode
+            rc = subprocess.run(cmd, cwd=REPO_ROOT, env={**env, **STAGE_ENV.get(stage, {})}, stdout=f,
+                                stderr=subprocess.STDOUT, timeout=limit).returncode
             status = "ok" if rc == 0 else f"failed (exit {rc})"
         except subprocess.TimeoutExpired:
-            rc, status = None, f"timed out after {LIMITS[stage]} s"
+            rc, status = None, f"timed out after {limit:.0f} s"
     with open(log) as f:
         lines = f.read().splitlines()
     seconds = time.perf_counter() - t0
     print("\n".join(f"  {line}" for line in lines[-15:]), flush=True)
     print(f"[{stage}] {status} in {seconds:.1f} s", flush=True)
     # the line that says how it went: the runner's "ok in ..., N rows" for a benchmark, else the last line
-    result = [line.strip() for line in lines if line.startswith("  ok in ") or line.startswith("  failed in ")]
+    result = [line.strip() for line in lines if line.startswith("  ok in ") or line.startswith("  failed in ")
+              or line.startswith("[gpu_chat_bench] total")]
     return {"stage": stage, "command": shlex.join(cmd), "status": status, "exit_code": rc, "seconds": seconds,
             "log": os.path.relpath(log, out), "result": (result or lines or [""])[-1]}
 
@@ -113,10 +129,14 @@ def render_summary(size: str, info: dict, stages: list, out: str, invocation: st
     lines += [s["command"] for s in stages] + ["```", ""]
     for s in stages:
         bench_summary = os.path.join(out, s["stage"], "summary.md")
+        chat_summary = os.path.join(out, s["stage"], "gpu_chat.md")
         if s["stage"] in BENCHES and os.path.exists(bench_summary):
             with open(bench_summary) as f:
                 body = f.read().split("\n", 1)[1]  # drop its title
             lines += [f"## {s['stage']}: `{BENCHES[s['stage']]}`", "", body.replace("\n## ", "\n### ")]
+        elif s["stage"] == "chat" and os.path.exists(chat_summary):
+            with open(chat_summary) as f:
+                lines += ["## chat: `infer.bench.gpu_chat_bench`", "", f.read()]
     return "\n".join(lines) + "\n"
 
 
@@ -125,13 +145,20 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=("full", "cpu"), default="full",
                    help="full: Llama 3 8B shapes on the GPU; cpu: every stage at CPU sizes on the CPU backend")
     p.add_argument("--out", default="results/gpu-check", help="output folder (default results/gpu-check)")
+    p.add_argument("--stages", default=",".join(STAGES[1:]),
+                   help=f"comma list of stages after device, run in the check's order ({', '.join(STAGES[1:])})")
+    p.add_argument("--budget", type=float, default=570.0, help="seconds for the whole check (default 570)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    wanted = [x.strip() for x in args.stages.split(",") if x.strip()]
+    if set(wanted) - set(STAGES):
+        p.error(f"--stages {args.stages!r}: stages are {', '.join(STAGES[1:])}")
+    deadline = time.perf_counter() + args.budget - MARGIN_S
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     env = _env(args.size)
     cmds = _commands(args.size, out)
     invocation = "python -m infer.bench.gpu_check " + shlex.join(sys.argv[1:] if argv is None else argv)
-    stages = [_run_stage("device", cmds["device"], env, out)]
+    stages = [_run_stage("device", cmds["device"], env, out, min(LIMITS["device"], args.budget))]
     info = {}
     if stages[0]["status"] == "ok":
         info = json.loads(stages[0]["result"])
@@ -140,14 +167,22 @@ def main(argv=None) -> int:
         if args.size == "full" and info["backend"] != "gpu":
             stages[0]["status"] = f"failed: backend is {info['backend']}, not gpu (GPU_CHECK_SIZE=cpu checks on CPU)"
     if stages[0]["status"] == "ok":
-        stages += [_run_stage(stage, cmds[stage], env, out) for stage in ("pytest", *BENCHES)]
+        for stage in (s for s in STAGES[1:] if s in wanted):
+            left = deadline - time.perf_counter()
+            if left < MIN_STAGE_S:
+                stages.append({"stage": stage, "command": shlex.join(cmds[stage]), "exit_code": None, "seconds": 0.0,
+                               "status": f"skipped: {left:.0f} s of the --budget {args.budget:.0f} s left",
+                               "log": "", "result": ""})
+                print(f"[{stage}] {stages[-1]['status']}", flush=True)
+                continue
+            stages.append(_run_stage(stage, cmds[stage], env, out, min(LIMITS[stage], left)))
     report.write_json({"size": args.size, "device": info, "invocation": invocation, "stages": stages,
                        "env": {k: env.get(k) for k in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}},
                       os.path.join(out, "gpu_check.json"))
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(render_summary(args.size, info, stages, out, invocation))
     print(f"wrote {os.path.join(out, 'summary.md')}")
-    failed = [s["stage"] for s in stages if s["status"] != "ok"]
+    failed = [s["stage"] for s in stages if s["status"] != "ok"]  # a skipped stage counts: it did not run
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
