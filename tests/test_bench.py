@@ -173,6 +173,32 @@ def test_gpu_check_stops_without_a_gpu_and_says_so(tmp_path):
     assert "not gpu" in summary and "JAX " in summary and "device_info" in summary  # the exact command is listed
 
 
+def test_gpu_check_budget_skips_what_does_not_fit_and_says_so(tmp_path):
+    from infer.bench import gpu_check
+    # 25 s less the 10 s kept for the summary leaves under the 20 s a stage needs once the device stage has run
+    assert gpu_check.main(["--size", "cpu", "--out", str(tmp_path), "--stages", "quant,chat", "--budget", "25"]) == 1
+    stages = json.loads((tmp_path / "gpu_check.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["device", "chat", "quant"]  # the check's order, not the argument's
+    assert stages[0]["status"] == "ok" and all(s["status"].startswith("skipped: ") for s in stages[1:])
+    assert "--budget 25 s" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--size", "cpu", "--out", str(tmp_path), "--stages", "pytest,nonsense"])
+
+
+def test_gpu_chat_bench_runs_both_engines_on_the_same_random_weights(tmp_path):
+    from infer.bench import gpu_chat_bench
+    r = gpu_chat_bench.main(["--out", str(tmp_path), "--shapes", "tiny", "--dtypes", "float32", "--batches", "2",
+                             "--prompt-len", "6", "--new-tokens", "6", "--repeats", "1", "--check-tokens", "6"])
+    rows = {row["engine"]: row for row in r["results"]}
+    assert set(rows) == {"this stack", "transformers"}
+    # one checkpoint, two loaders: float32 greedy tokens agree row by row (the weights really are the same)
+    assert rows["this stack"]["same_greedy"] == "2/2" and rows["transformers"]["ratio_to_ours"] > 0
+    V, D, N, K, H, F, L = 256, 48, 6, 2, 8, 96, 2  # configs/models/tiny.yaml (untied head)
+    per_layer = 2 * D + D * N * H + 2 * D * K * H + N * H * D + 3 * D * F
+    assert rows["this stack"]["weights_bytes"] == 4 * (2 * V * D + D + L * per_layer)
+    assert "| this stack | float32 | 2 |" in (tmp_path / "gpu_chat.md").read_text()
+
+
 def test_runner_continues_past_a_failure_and_writes_results(tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()

@@ -7,7 +7,7 @@ this order (the most wanted first: a lease that runs short loses the last ones):
 
 1. device: backend, device kind, JAX version. In `full` size a backend other than GPU stops the
    check (the kernels would silently run nowhere).
-2. `pytest -m gpu` over the test files that carry the mark (tests/test_gpu_kernels.py): the
+2. `pytest -m gpu -n 4` over the test files that carry the mark (tests/test_gpu_kernels.py): the
    Triton kernels compiled with interpret=False, compared with their pure-JAX references.
 3. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table): SmolLM2-135M's shapes,
    this stack vs transformers on the same random weights, bfloat16 and float32, batch 1 and 8.
@@ -47,13 +47,17 @@ from infer.config.paths import REPO_ROOT
 
 EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
-LIMITS = {"device": 30, "pytest": 150, "chat": 180, "decode": 150, "attention": 130, "quant": 120}
+# pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
+# matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
+LIMITS = {"device": 30, "pytest": 200, "chat": 180, "decode": 150, "attention": 130, "quant": 120}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
 MARGIN_S = 10  # kept back from the budget for writing the summary
-# The chat stage runs torch beside JAX in one process: JAX must not reserve the memory torch needs.
-STAGE_ENV = {"chat": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.4"}}
+PYTEST_WORKERS = 4
+# The chat stage runs torch beside JAX in one process: JAX must not reserve the memory torch needs; the pytest
+# workers share one GPU: none may reserve it.
+STAGE_ENV = {"chat": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.4"}, "pytest": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
 
 
 def _env(size: str) -> dict:
@@ -74,8 +78,8 @@ def _commands(size: str, out: str) -> dict:
     cmds = {
         "device": [py, "-c", "import json; from infer.bench.device_probe import device_info; "
                              "print(json.dumps(device_info()))"],
-        "pytest": [py, "-m", "pytest", "-q", "-rs", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "gpu",
-                   *gpu_tests],
+        "pytest": [py, "-m", "pytest", "-q", "-rs", "-n", str(PYTEST_WORKERS if size == "full" else 1), "-p",
+                   "no:cacheprovider", "--durations=5", "-m", "gpu", *gpu_tests],
     }
     cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat"), "--repeats", "3"]
     if size == "cpu":
