@@ -119,6 +119,33 @@ def test_decode_bench_runs_and_predicts_with_the_roofline(tmp_path):
     assert ok["mbu"] == pytest.approx(cost.bytes / (ok["step_ms"] / 1e3) / (ok["probe_GB_s"] * 1e9))
     # S + steps beyond the model's max_seq_len (512) is reported, not crashed on.
     assert skipped["S"] == 600 and skipped["status"].startswith("skipped")
+    assert ok["layout"] == skipped["layout"] == "stacked"  # the default
+
+
+def test_decode_bench_times_each_parameter_layout(tmp_path):
+    from infer.bench import decode_bench
+    spec = {"name": "t", "kind": "decode_bench", "model": "tiny", "batch_sizes": [2], "context_lens": [8],
+            "layouts": ["stacked", "unrolled"], "single_steps": 2, "decode_steps": 2, "warmup": 1, "repeats": 1,
+            "prefill_max_tokens": 0, "probe_bytes": 1 << 20, "probe_matmul": 64, "dump_hlo": True}
+    stacked, unrolled = decode_bench.run(spec, str(tmp_path))
+    assert (stacked["layout"], unrolled["layout"]) == ("stacked", "unrolled")
+    assert stacked["status"] == unrolled["status"] == "ok" and unrolled["step_bytes"] == stacked["step_bytes"]
+    # The dumped step: the scan slices one layer's weights out of the stacked arrays at run time, the unrolled
+    # program slices none (only KV-cache rows). tiny's layer: norms, q/k/v/o, gate/up/down in float32.
+    D, N, K, H, F = 48, 6, 2, 8, 96
+    layer_MB = 4 * (2 * D + 2 * D * N * H + 2 * D * K * H + 3 * D * F) / 1e6
+    assert stacked["hlo_sliced_MB"] >= 0.9 * layer_MB and unrolled["hlo_sliced_MB"] < 0.1 * layer_MB
+    assert sorted(os.listdir(tmp_path)) == ["decode_step_stacked_B2_S8.hlo.txt", "decode_step_unrolled_B2_S8.hlo.txt"]
+    with pytest.raises(SpecError, match="layouts"):
+        decode_bench.run({**spec, "layouts": ["scanned"]}, str(tmp_path))
+
+
+def test_dynamic_slice_bytes_reads_hlo_shapes():
+    from infer.bench.decode_bench import dynamic_slice_bytes
+    hlo = ("  %ds.1 = bf16[1,768,256]{2,1,0} dynamic-slice(%p0, %i, %c, %c), dynamic_slice_sizes={1,768,256}\n"
+           "  %ds.2 = s32[]{} dynamic-slice(%p1, %i)\n  %dot = f32[1,256]{1,0} dot(%a, %b)\n"
+           "  %ds.3 = f32[4]{0} dynamic-slice(%p2, %i), dynamic_slice_sizes={4}\n")
+    assert dynamic_slice_bytes(hlo) == 2 * 768 * 256 + 4 + 16
 
 
 def test_attention_bench_times_every_impl_against_the_reference(tmp_path):

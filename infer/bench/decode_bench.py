@@ -6,6 +6,8 @@ Spec fields (configs/experiments/decode_bench*.yaml)::
     model_overrides: {}            # ModelConfig fields to replace (e.g. n_kv_heads: 8)
     dtype: bfloat16                # optional override of the config's dtype
     attention_impl: auto           # auto (Pallas on GPU/TPU, the reference on CPU) | reference | pallas
+    layouts: [stacked]             # parameter layouts, each its own rows (infer/model/layout.py): stacked
+                                   # (one array per projection, layers scanned) and/or unrolled (one subtree per layer)
     batch_sizes: [1, 16, 64]
     context_lens: [512, 2048]      # S: cached tokens when decoding; prompt length for TTFT
     single_steps: 5                # individually timed (blocked) decode steps per round
@@ -18,6 +20,8 @@ Spec fields (configs/experiments/decode_bench*.yaml)::
     probe_bytes: 268435456         # read-bandwidth probe array size
     probe_matmul: 4096             # matmul probe size (FLOP/s)
     memory_fraction: 0.85          # skip (B, S) whose weights + KV exceed this share of device memory
+    dump_hlo: false                # write each layout's optimized decode-step HLO (first measured B, S) to the
+                                   # experiment's folder; that row gets hlo_sliced_MB (dynamic_slice_bytes)
 
 Every step is the model's one ragged paged step (`infer.model.step.run_step`) through the row view
 `infer.model.rows` (`init_cache`, `prefill`, `decode_step`: B rows, each owning M = ceil(max_len / Z)
@@ -47,6 +51,8 @@ What is measured, per (B, S):
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
 import warnings
 from typing import Optional, Tuple
@@ -60,13 +66,13 @@ from infer.bench.experiment import parse_spec, positive_ints, require
 from infer.bench.timing import Timing, block, time_fn
 from infer.config.model_config import load_config
 from infer.model.params import init_params
-from infer.model.rows import decode_step, init_cache, prefill
+from infer.model.rows import decode_step, decode_step_hlo, init_cache, prefill
 from infer.perf import roofline as rl
 from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_device_kind
 from layers.attention import registry
 
 MARKDOWN_COLUMNS = (
-    "model", "K", "dtype", "attn", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
+    "model", "K", "dtype", "attn", "layout", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
     "multi_ms_per_tok", "gen_ms_per_tok", "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu", "mbu_probe", "mfu",
     "bound", "status",
 )
@@ -80,6 +86,7 @@ class DecodeBenchSpec:
     model_overrides: Optional[dict] = None
     dtype: Optional[str] = None
     attention_impl: str = "auto"
+    layouts: Tuple[str, ...] = ("stacked",)
     single_steps: int = 5
     decode_steps: int = 16
     warmup: int = 2
@@ -90,6 +97,7 @@ class DecodeBenchSpec:
     probe_bytes: int = 256 << 20
     probe_matmul: int = 4096
     memory_fraction: float = 0.85
+    dump_hlo: bool = False
     seed: int = 0
     name: str = "decode_bench"
 
@@ -102,6 +110,8 @@ class DecodeBenchSpec:
         require(self.warmup >= 0, f"{n}.warmup", f"must be >= 0, got {self.warmup}")
         require(self.prefill_max_tokens >= 0, f"{n}.prefill_max_tokens", "must be >= 0")
         require(0 < self.memory_fraction <= 1, f"{n}.memory_fraction", f"must be in (0, 1], got {self.memory_fraction}")
+        require(len(self.layouts) >= 1 and set(self.layouts) <= {"stacked", "unrolled"}, f"{n}.layouts",
+                f"a non-empty list of stacked / unrolled, got {list(self.layouts)}")
 
     def model_config(self):
         overrides = {"attention_impl": self.attention_impl, **(self.model_overrides or {})}
@@ -198,13 +208,48 @@ def run(spec: dict, out_dir: str) -> list:
           f"{measured.peak_flops_bf16 / 1e12:.3f} TFLOP/s {cfg.dtype} matmul; "
           f"profile for MBU: {hw.name} ({hw.source}, {hw.memory_bandwidth / 1e9:.1f} GB/s)", flush=True)
     attn = f"{cfg.attention_impl} -> {registry.resolve(cfg.attention_impl)}"
-    params = block(init_params(cfg, jax.random.PRNGKey(s.seed)))
     budget = s.memory_fraction * info["device_memory_bytes"]
     rows = []
+    for layout in s.layouts:
+        # initialised in the layout itself (no stacked copy beside it); random values: speed does not depend on them
+        cfg = cfg.replace(scan_layers=layout == "stacked")
+        params = block(init_params(cfg, jax.random.PRNGKey(s.seed)))
+        rows += _run_layout(s, cfg, params, layout, attn, hw, measured, copy_bw, budget, out_dir)
+        del params
+    return rows
+
+
+_HLO_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1, "s4": 0.5, "u4": 0.5}
+_DYNAMIC_SLICE = re.compile(r"= (\w+)\[([\d,]*)\]\S* dynamic-slice\(")
+
+
+def dynamic_slice_bytes(hlo_text: str) -> float:
+    """Bytes produced by the dynamic-slice instructions of an HLO text (each counted once, also inside a loop body:
+    a layer scan's weight slices count one layer's worth). Large = the program slices weights at run time."""
+    total = 0.0
+    for dtype, dims in _DYNAMIC_SLICE.findall(hlo_text):
+        total += _HLO_BYTES.get(dtype, 4) * float(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+    return total
+
+
+def _dump_hlo(params, cfg, B: int, S: int, path: str) -> float:
+    """Write the decode step's optimized HLO at (B, S) to `path`; the MB its dynamic-slices produce."""
+    text = decode_step_hlo(params, cfg, _synthetic_cache(cfg, B, S, S + 1))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return dynamic_slice_bytes(text) / 1e6
+
+
+def _run_layout(s: DecodeBenchSpec, cfg, params, layout: str, attn: str, hw, measured, copy_bw, budget,
+                out_dir: str) -> list:
+    """The rows of one parameter layout: every (S, B) of the spec."""
+    rows = []
+    dumped = not s.dump_hlo
     for S in sorted(s.context_lens):
         for B in sorted(s.batch_sizes):
             max_len = S + s.single_steps + s.decode_steps
-            base = {"model": cfg.name, "K": cfg.n_kv_heads, "dtype": cfg.dtype, "attn": attn,
+            base = {"model": cfg.name, "K": cfg.n_kv_heads, "dtype": cfg.dtype, "attn": attn, "layout": layout,
                     "weights_MB": rl.param_bytes(cfg) / 1e6,
                     "B": B, "S": S, "hardware": hw.name, "hardware_source": hw.source,
                     "probe_GB_s": measured.memory_bandwidth / 1e9, "probe_copy_GB_s": copy_bw / 1e9, "probe_TFLOP_s": measured.peak_flops_bf16 / 1e12}
@@ -217,6 +262,11 @@ def run(spec: dict, out_dir: str) -> list:
                 continue
             t_start = time.perf_counter()
             row = dict(base)
+            if not dumped:
+                path = os.path.join(out_dir, f"decode_step_{layout}_B{B}_S{S}.hlo.txt")
+                row["hlo_sliced_MB"] = _dump_hlo(params, cfg, B, S, path)
+                print(f"  {layout}: dynamic-slices produce {row['hlo_sliced_MB']:.3f} MB in {path}", flush=True)
+                dumped = True
             if B * S <= s.prefill_max_tokens:
                 ttft = _time_prefill(params, cfg, B, S, s)
                 pre = rl.predict_prefill(cfg, hw, B, S)
@@ -241,7 +291,7 @@ def run(spec: dict, out_dir: str) -> list:
                 status="ok",
             )
             rows.append(row)
-            print(f"  B={B:<4} S={S:<6} step {row['step_ms']:.3f} ms (pred {row['step_pred_ms']:.3f}), "
+            print(f"  {layout:<8} B={B:<4} S={S:<6} step {row['step_ms']:.3f} ms (pred {row['step_pred_ms']:.3f}), "
                   f"{row['tok_s']:.1f} tok/s, MBU {row['mbu']:.1%}"
                   + (f", TTFT {row['ttft_ms']:.2f} ms" if "ttft_ms" in row else "")
                   + f"  [{time.perf_counter() - t_start:.1f}s]", flush=True)

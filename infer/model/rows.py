@@ -112,6 +112,14 @@ def decode_step(params, cfg: ModelConfig, tokens_B, cache):
                        cache, "last")
 
 
+def decode_step_hlo(params, cfg: ModelConfig, cache) -> str:
+    """The optimized HLO text of `decode_step` at this cache's shapes: what the compiler will run, for inspection
+    (e.g. whether a layer loop copies weight slices before its matmuls). Compiles; runs nothing."""
+    B = cache["lengths"].shape[0]
+    tokens_B1, ones_B = jnp.zeros((B, 1), jnp.int32), jnp.ones((B,), jnp.int32)
+    return _extend_jit.lower(params, cfg, tokens_B1, ones_B, cache, "last").compile().as_text()
+
+
 def extend(params, cfg: ModelConfig, tokens_BT, n_new_B, cache):
     """Append up to T tokens per row; logits at every position [B, T, V] (speculative verify)."""
     _check_rows(cfg, tokens_BT, n_new_B, cache, "extend")
