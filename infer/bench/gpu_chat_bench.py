@@ -118,15 +118,14 @@ def main(argv=None) -> Dict:
             cfg, params = ours
             for B in batches:
                 prompts = make_prompts(B, args.prompt_len, cfg.vocab_size)
-                for engine, run in (("this stack", lambda: run_ours(ours, B, prompts, args.new_tokens, args.repeats)),
-                                    ("transformers", lambda: run_transformers(ref, B, prompts, args.new_tokens,
-                                                                              args.repeats))):
+                for engine, run, model in (("this stack", run_ours, ours), ("transformers", run_transformers, ref)):
                     print(f"[gpu_chat_bench] {engine} {dt} batch {B} ...", file=sys.stderr, flush=True)
-                    results.append(dict(engine=engine, dtype=dt, batch=B, weights_bytes=param_bytes(params), **run()))
+                    r = run(model, B, prompts, args.new_tokens, args.repeats)
+                    results.append(dict(engine=engine, dtype=dt, batch=B, weights_bytes=param_bytes(params), **r))
                     os.makedirs(args.out, exist_ok=True)  # the rows so far survive a caller's time limit
                     with open(os.path.join(args.out, "gpu_chat.partial.json"), "w") as f:
                         json.dump(results, f)
-            del ours, ref
+            del ours, ref, model, params  # one dtype's weights on the device at a time
     ours_ms = {(r["dtype"], r["batch"]): r["ms_step"] for r in results if r["engine"] == "this stack"}
     ref_tokens = {r["batch"]: r["tokens"] for r in results if r["engine"] == "transformers" and r["dtype"] == "float32"}
     for r in results:
