@@ -256,3 +256,21 @@ def test_markdown_table_formats_rows():
     assert t.splitlines()[2] == "| 1,234 | 0.5000 | — |"
     assert report.markdown_table([]) == "_(no rows)_\n"
 
+
+
+def test_step_profile_attributes_the_stacked_layouts_slice_copies(tmp_path):
+    from infer.bench import step_profile
+    assert [step_profile.category(n) for n in ("dynamic-slice_bitcast_fusion.2", "loop_dynamic_slice_fusion",
+                                               "cublas-gemm.1", "gemm_fusion_dot.3", "dot.46", "ragged_gpu",
+                                               "custom-call.4", "fusion.12")] == \
+        ["slice/copy", "slice/copy", "matmul", "matmul", "matmul", "attention", "other", "other"]
+    s = step_profile.main(["--model", "small", "--dtype", "float32", "--context", "32", "--steps", "3",
+                           "--repeats", "3", "--out", str(tmp_path)])
+    stacked, unrolled = s["results"]
+    assert (stacked["layout"], unrolled["layout"]) == ("stacked", "unrolled")
+    for r in (stacked, unrolled):
+        assert r["step_ms"] > 0 and 0 < r["op_ms_per_step"] and r["ops"]
+        assert sum(r["categories"].values()) == pytest.approx(r["op_ms_per_step"])
+    # XLA's CPU backend copies each layer's weight slices out of the stacked arrays; the unrolled program has none
+    assert stacked["categories"]["slice/copy"] > 5 * unrolled["categories"]["slice/copy"]
+    assert "| stacked | 1 | 32 |" in (tmp_path / "step_profile.md").read_text()

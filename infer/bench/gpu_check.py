@@ -13,8 +13,11 @@ this order (the most wanted first: a lease that runs short loses the last ones):
    this stack vs transformers on the same random weights, bfloat16 and float32, batch 1 and 8.
 4. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b` (stacked and
    unrolled parameter layouts)
-5. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
-6. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
+5. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
+   step at batch 1 in both layouts under `jax.profiler`, its device time by op (slice/copy, matmul,
+   attention, other) beside the wall-clock step.
+6. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
+7. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
 
 `--budget` (seconds, default 570: the device tool's 10-minute call less a margin) bounds the whole
@@ -50,7 +53,7 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "chat": 180, "decode": 220, "attention": 130, "quant": 120}
+LIMITS = {"device": 30, "pytest": 200, "chat": 180, "decode": 220, "profile": 120, "attention": 130, "quant": 120}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
@@ -85,6 +88,9 @@ def _commands(size: str, out: str) -> dict:
     cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat"), "--repeats", "3"]
     if size == "cpu":
         cmds["chat"] += ["--shapes", "tiny", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"]
+    cmds["profile"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile"), "--steps", "5",
+                       "--repeats", "5"] + (["--model", "small", "--dtype", "float32", "--context", "64"]
+                                            if size == "cpu" else ["--model", "llama3-8b", "--context", "1024"])
     for stage, name in BENCHES.items():
         cmds[stage] = [py, "-m", "infer.bench", "--experiments", EXPERIMENTS, "--only", name, "--size", size,
                        "--out", os.path.join(out, stage)]
@@ -109,7 +115,7 @@ def _run_stage(stage: str, cmd: list, env: dict, out: str, limit: float) -> dict
     print(f"[{stage}] {status} in {seconds:.1f} s", flush=True)
     # the line that says how it went: the runner's "ok in ..., N rows" for a benchmark, else the last line
     result = [line.strip() for line in lines if line.startswith("  ok in ") or line.startswith("  failed in ")
-              or line.startswith("[gpu_chat_bench] total")]
+              or line.startswith("[gpu_chat_bench] total") or line.startswith("[step_profile] done")]
     return {"stage": stage, "command": shlex.join(cmd), "status": status, "exit_code": rc, "seconds": seconds,
             "log": os.path.relpath(log, out), "result": (result or lines or [""])[-1]}
 
@@ -142,6 +148,9 @@ def render_summary(size: str, info: dict, stages: list, out: str, invocation: st
         elif s["stage"] == "chat" and os.path.exists(chat_summary):
             with open(chat_summary) as f:
                 lines += ["## chat: `infer.bench.gpu_chat_bench`", "", f.read()]
+        elif s["stage"] == "profile" and os.path.exists(os.path.join(out, "profile", "step_profile.md")):
+            with open(os.path.join(out, "profile", "step_profile.md")) as f:
+                lines += ["## profile: `infer.bench.step_profile`", "", f.read()]
     return "\n".join(lines) + "\n"
 
 
