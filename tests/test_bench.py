@@ -203,9 +203,9 @@ def test_gpu_check_stops_without_a_gpu_and_says_so(tmp_path):
 def test_gpu_check_budget_skips_what_does_not_fit_and_says_so(tmp_path):
     from infer.bench import gpu_check
     # 25 s less the 10 s kept for the summary leaves under the 20 s a stage needs once the device stage has run
-    assert gpu_check.main(["--size", "cpu", "--out", str(tmp_path), "--stages", "quant,chat", "--budget", "25"]) == 1
+    assert gpu_check.main(["--size", "cpu", "--out", str(tmp_path), "--stages", "chat,quant", "--budget", "25"]) == 1
     stages = json.loads((tmp_path / "gpu_check.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["device", "chat", "quant"]  # the check's order, not the argument's
+    assert [s["stage"] for s in stages] == ["device", "quant", "chat"]  # the check's order, not the argument's
     assert stages[0]["status"] == "ok" and all(s["status"].startswith("skipped: ") for s in stages[1:])
     assert "--budget 25 s" in (tmp_path / "summary.md").read_text()
     with pytest.raises(SystemExit):

@@ -1,4 +1,4 @@
-"""`make gpu-check`: the Pallas kernels compiled for real, then chat-model, decode, attention and quantization benchmarks.
+"""`make gpu-check`: the Pallas kernels compiled for real, then decode, profile, attention, quantization and chat benchmarks.
 
     python -m infer.bench.gpu_check [--size full|cpu] [--out results/gpu-check] [--stages a,b] [--budget S]
 
@@ -9,16 +9,17 @@ this order (the most wanted first: a lease that runs short loses the last ones):
    check (the kernels would silently run nowhere).
 2. `pytest -m gpu -n 4` over the test files that carry the mark (tests/test_gpu_kernels.py): the
    Triton kernels compiled with interpret=False, compared with their pure-JAX references.
-3. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table): SmolLM2-135M's shapes,
-   this stack vs transformers on the same random weights, bfloat16 and float32, batch 1 and 8.
-4. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b` (stacked and
-   unrolled parameter layouts)
-5. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
+3. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b` (stacked and
+   unrolled parameter layouts, each layout's optimized step HLO written beside the rows)
+4. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
    step at batch 1 in both layouts under `jax.profiler`, its device time by op (slice/copy, matmul,
    attention, other) beside the wall-clock step.
-6. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
-7. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
+5. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
+6. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
+7. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table, measured on the first run):
+   SmolLM2-135M's shapes, this stack vs transformers on the same random weights, bfloat16 and
+   float32, batch 1 and 8.
 
 `--budget` (seconds, default 570: the device tool's 10-minute call less a margin) bounds the whole
 check: each stage's limit is cut to what is left, and a stage that would get under 20 s is skipped
@@ -53,7 +54,7 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "chat": 180, "decode": 220, "profile": 120, "attention": 130, "quant": 120}
+LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "attention": 130, "quant": 120, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
