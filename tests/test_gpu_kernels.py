@@ -90,6 +90,14 @@ def test_ragged_other_shapes_window_softcap(G, H, Z, block_q, block_k):
     _check_ragged(c, _ragged(c, ragged_paged_attention_gpu, block_q=block_q, block_k=block_k, **kw), BF16, **kw)
 
 
+def test_ragged_split_k_long_row_in_a_small_mixed_step():
+    # a long decoding row beside a short chunk: 2 query blocks x K x R = 32 programs, under the GPU's SMs, so the
+    # default cuts each program's keys into parts (split-K) and merges them; and a forced J = 3
+    c = make_ragged_case([(4000, 1), (40, 17)], K=8, G=4, H=128, Z=16, dtype=jnp.bfloat16, seed=6)
+    _check_ragged(c, _ragged(c, ragged_paged_attention_gpu), BF16)
+    _check_ragged(c, _ragged(c, ragged_paged_attention_gpu, num_splits=3), BF16)
+
+
 def test_ragged_traced_layer_float32():
     c = make_ragged_case(MIXES["mixed"], K=8, G=4, H=128, Z=16, L=3, seed=5)
     f = jax.jit(lambda a, layer: ragged_paged_attention_gpu(

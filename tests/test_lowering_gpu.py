@@ -23,6 +23,7 @@ from jax import export
 from layers.quant.formats import get_format
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
 from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
+from pallas_kernels.attention.splits import choose_num_splits
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 
 TRITON_TARGETS = ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi")
@@ -117,6 +118,24 @@ def test_ragged_lowers(pool_dtype, R, T, max_q_len):
     assert f"grid_x = {-(-max_q_len // 16)} : i32" in call
     # the output is the aliased zero buffer (padding rows stay zero): one output aliased to an operand
     assert "output_operand_aliases" in call
+
+
+def test_ragged_split_k_lowers_for_a_small_grid():
+    # two sequences of a mixed step, one decoding a long context: 2 query blocks x K x R = 32 programs, under the
+    # 132 SMs, so the kernel cuts each program's keys into J = 17 parts (splits.choose_num_splits) and merges them
+    R, T, max_q_len, M = 2, 64, 32, 512
+    arrays = _pools(jnp.bfloat16, (L, P, K, Z))
+
+    def fn(q, table, start, q_len, kv_len, layer, k, v):
+        return ragged_paged_attention_gpu(q, k, v, table, start, q_len, kv_len, max_q_len=max_q_len, layer=layer)
+
+    exp, text = _export(fn, S((T, N, H), jnp.bfloat16), S((R, M), i32), S((R,), i32), S((R,), i32), S((R,), i32),
+                        S((), i32), *arrays)
+    assert exp.out_avals[0].shape == (T, N, H) and exp.out_avals[0].dtype == jnp.bfloat16
+    call = _check_kernel_only_user(text, *arrays)
+    J = choose_num_splits(2 * K * R, M * Z // 64)
+    assert J == 17 and f"grid_x = {2 * J} : i32" in call and re.search(rf"grid_y = {K} : i32, grid_z = {R} : i32", call)
+    assert "_splits17" in call  # the kernel's name says it
 
 
 # Llama-3-8B MLP at decode (M = 8 rows): gate/up [4096 -> 14336] and down [14336 -> 4096]

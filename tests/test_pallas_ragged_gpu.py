@@ -107,3 +107,27 @@ def test_refuses_shapes_triton_cannot_tile(kw, match):
     c = make_ragged_case([(5, 2)], K=1, G=2, H=kw.get("H", 32), Z=Z, pad_tokens=1)
     with pytest.raises(ValueError, match=match):
         _kernel(c, **{k: v for k, v in kw.items() if k != "H"})
+
+
+@pytest.mark.parametrize("num_splits", [2, 3, 7])
+def test_split_k_equals_the_unsplit_kernel_and_the_reference(num_splits):
+    # J parts of every program's key blocks, merged: more parts than some rows have blocks (empty splits), a
+    # sliding window and softcap, int8 pages, a padding sequence and rows of one key
+    seqs = [(90, 1), (0, 0), (1, 1), (2 * Z + 1, 1), (40, 13), (70, 9), (Z, Z)]
+    for kw, ref_kw, dtype, int8, tol in (
+            (dict(block_q=4, block_k=16), {}, jnp.float32, False, 1e-5),
+            (dict(block_q=8, block_k=16, sliding_window=20, softcap=3.0), dict(sliding_window=20, softcap=3.0),
+             jnp.float32, False, 1e-5),
+            (dict(block_q=4, block_k=32), {}, jnp.bfloat16, True, TOLERANCE[jnp.bfloat16])):
+        c = make_ragged_case(seqs, K=2, G=3, H=32, Z=Z, dtype=dtype, int8=int8, seed=20 + num_splits,
+                             sliding_window=ref_kw.get("sliding_window"), softcap=ref_kw.get("softcap"))
+        split = _kernel(c, num_splits=num_splits, **kw)
+        _check(c, split, tol, **ref_kw)
+        assert rel_err(split, _kernel(c, num_splits=1, **kw)) <= tol
+
+
+def test_split_k_default_is_one_in_interpret_mode_and_refuses_zero():
+    c = make_ragged_case([(40, 1)], K=1, G=2, H=32, Z=Z, pad_tokens=1, seed=30)
+    np.testing.assert_array_equal(np.asarray(_kernel(c)), np.asarray(_kernel(c, num_splits=1)))
+    with pytest.raises(ValueError, match="num_splits"):
+        _kernel(c, num_splits=0)

@@ -3,10 +3,19 @@
 Contract: `ragged_reference.py` (a flat batch of T query tokens from R sequences,
 any mix of decode tokens, prefill chunks and verify runs, over paged pools).
 
-Grid (Qb, K, R), Qb = cdiv(max_q_len, block_q): program (i, kh, r) handles query
-tokens i * block_q ... i * block_q + block_q - 1 of sequence r for KV head kh. The
-query block index is the fastest grid axis, so programs that read the same pages
-(same sequence and KV head) run side by side and share them through L2.
+Grid (Qb * J, K, R), Qb = cdiv(max_q_len, block_q): program (i * J + j, kh, r) handles
+query tokens i * block_q ... i * block_q + block_q - 1 of sequence r for KV head kh,
+over the j-th of J near-equal parts of those tokens' key blocks. The query block index
+is the fastest grid axis, so programs that read the same pages (same sequence and KV
+head) run side by side and share them through L2.
+
+Split-K (J > 1, "flash decoding"): with few programs (one long sequence decoding in a
+mixed step is K programs: 8 of a GPU's 132 SMs), each (i, kh, r) is cut into J
+programs that write un-normalised partials (acc, m, l) and `splits.merge_splits`
+combines them exactly (up to rounding). On a GPU, a grid of fewer than
+SPLIT_BELOW_PROGRAMS programs gets J = `splits.choose_num_splits` of its programs and
+the table's key blocks; a larger grid, and interpret mode (no SMs to fill), J = 1;
+`num_splits` overrides. J = 1 stores the normalised output directly.
 
 Tile: the block_q tokens times the G query heads of kh are packed as the rows of
 one [Rt, H] tile, row j = (token j // G, head j % G), Rt = next_pow2(block_q * G)
@@ -43,10 +52,14 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.attention import block_math, layout
+from pallas_kernels.attention.splits import choose_num_splits, merge_splits
 from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows
 
 DEFAULT_ROWS = 64  # packed (token, head) rows per tile: [64, 128] f32 accumulator
 DEFAULT_BLOCK_K = 64  # keys per block (raised to the page size Z when Z is larger)
+# Split-K only for a grid that leaves SMs idle (an H100/H200 has 132): a bigger grid fills the GPU as it is,
+# and the partials (J x T x N x H float32, written and read back) would cost more than they balance.
+SPLIT_BELOW_PROGRAMS = 132
 # Running max a row starts from instead of -inf: a row whose first key blocks are all masked (a later token
 # under a sliding window, a padding row of the tile) then keeps m finite, exp(-inf - m) = 0 and l = acc = 0,
 # where -inf would give exp(-inf + inf) = NaN. Real logits are always far above it.
@@ -71,26 +84,37 @@ def _scatter_rows(ref, rows_J, valid_J, x_JH):
     plgpu.store(ref.at[rows_J[:, None], cols_H[None, :]], x_JH, mask=valid_J[:, None])
 
 
-def _triton_call(kernel, grid, in_arrays, out_init, *, num_warps, num_stages, interpret, name):
-    """Every operand passed whole (the kernel indexes them); the output aliases out_init, so rows the kernel
-    does not store keep out_init's values."""
+def _store_rows(ref, rows_J, valid_J, x_J):
+    """1-D ref[rows_J[j]] = x_J[j] where valid_J[j] (masked-off rows point past the end, as _scatter_rows)."""
+    plgpu.store(ref.at[rows_J], x_J, mask=valid_J)
+
+
+def _triton_call(kernel, grid, in_arrays, out_inits, *, num_warps, num_stages, interpret, name):
+    """Every operand passed whole (the kernel indexes them); each output aliases its out_init, so rows the
+    kernel does not store keep out_init's values."""
     whole = pl.BlockSpec()
+    n = len(in_arrays)
     return pl.pallas_call(
-        kernel, grid=grid, in_specs=[whole] * (len(in_arrays) + 1), out_specs=whole,
-        out_shape=jax.ShapeDtypeStruct(out_init.shape, out_init.dtype), input_output_aliases={len(in_arrays): 0},
+        kernel, grid=grid, in_specs=[whole] * (n + len(out_inits)), out_specs=[whole] * len(out_inits),
+        out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_inits],
+        input_output_aliases={n + o: o for o in range(len(out_inits))},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-        interpret=interpret, name=name)(*in_arrays, out_init)
+        interpret=interpret, name=name)(*in_arrays, *out_inits)
 
 
 # ---------------------------------------------------------------- the kernel
 def _ragged_kernel(*refs, G, N, block_q, rows, block_k, page_size, table_len, num_pages, sm_scale, softcap,
-                   sliding_window, quantized, cdt):
+                   sliding_window, quantized, cdt, num_splits):
     it = iter(refs)
     start_ref, qlen_ref, kvlen_ref, layer_ref, table_ref, q_ref, k_ref, v_ref = (next(it) for _ in range(8))
     ks_ref, vs_ref = (next(it), next(it)) if quantized else (None, None)
-    _, o_ref = it  # the aliased zero buffer (same memory as o_ref) and the output [T * N, H]
+    if num_splits == 1:  # the aliased zero buffer (same memory as o_ref), then the output [T * N, H]
+        _, o_ref = it
+    else:  # the aliased inits, then the partials: acc [J * T * N, H] float32, m and l [J * T * N]
+        _, _, _, o_ref, m_ref, l_ref = it
 
-    i, kh, r = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    pid0, kh, r = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    i, j = jax.lax.div(pid0, num_splits), jax.lax.rem(pid0, num_splits)  # query block, split
     q_len = qlen_ref[r]
     tok0 = i * block_q
 
@@ -147,16 +171,29 @@ def _ragged_kernel(*refs, G, N, block_q, rows, block_k, page_size, table_len, nu
 
         _, l, acc = block_math.init_state(rows, H)
         state = (jnp.full((rows, 1), _M_FLOOR, jnp.float32), l, acc)
-        _, l, acc = jax.lax.fori_loop(0, n_blocks, body, state)
-        out_JH = acc / jnp.where(l > 0, l, 1.0)
-        _scatter_rows(o_ref, rows_J, row_valid_J, out_JH.astype(o_ref.dtype))
+        if num_splits == 1:
+            _, l, acc = jax.lax.fori_loop(0, n_blocks, body, state)
+            out_JH = acc / jnp.where(l > 0, l, 1.0)
+            _scatter_rows(o_ref, rows_J, row_valid_J, out_JH.astype(o_ref.dtype))
+            return
+        # this program's part of the key blocks: [b0, b0 + count) of [0, n_blocks)
+        per = jax.lax.div(n_blocks + num_splits - 1, num_splits)
+        b0 = j * per
+        count = jnp.clip(n_blocks - b0, 0, per)
+        m, l, acc = jax.lax.fori_loop(b0, b0 + count, body, state)
+        # split j's partial rows live at j * T * N + row; masked-off rows keep pointing past the end
+        out_rows_J = jnp.where(row_valid_J, rows_J + j * q_ref.shape[0], num_splits * q_ref.shape[0])
+        _scatter_rows(o_ref, out_rows_J, row_valid_J, acc)
+        _store_rows(m_ref, out_rows_J, row_valid_J, m[:, 0])
+        _store_rows(l_ref, out_rows_J, row_valid_J, l[:, 0])
 
 
 # ---------------------------------------------------------------- wrapper
 @functools.partial(jax.jit, static_argnames=(
-    "max_q_len", "sliding_window", "softcap", "block_q", "block_k", "num_warps", "num_stages", "interpret"))
+    "max_q_len", "sliding_window", "softcap", "block_q", "block_k", "num_warps", "num_stages", "interpret",
+    "num_splits"))
 def _run(q_TNH, k, v, k_scale, v_scale, page_table_RM, query_start_R, query_len_R, kv_len_R, layer, *, max_q_len,
-         sliding_window, softcap, block_q, block_k, num_warps, num_stages, interpret):
+         sliding_window, softcap, block_q, block_k, num_warps, num_stages, interpret, num_splits):
     T, N, H = q_TNH.shape
     _, P, K, Z, _ = k.shape
     R, M = page_table_RM.shape
@@ -169,14 +206,23 @@ def _run(q_TNH, k, v, k_scale, v_scale, page_table_RM, query_start_R, query_len_
                  q_TNH.reshape(T * N, H), k, v]
     if quantized:
         in_arrays += [k_scale, v_scale]
+    J = num_splits
     kernel = functools.partial(
         _ragged_kernel, G=G, N=N, block_q=block_q, rows=Rt, block_k=block_k, page_size=Z, table_len=M,
         num_pages=P, sm_scale=H ** -0.5, softcap=softcap, sliding_window=sliding_window, quantized=quantized,
-        cdt=layout.compute_dtype(q_TNH.dtype))
-    out = _triton_call(kernel, (Qb, K, R), in_arrays, jnp.zeros((T * N, H), q_TNH.dtype),  # padding rows stay 0
-                       num_warps=num_warps, num_stages=num_stages, interpret=interpret,
-                       name=f"ragged_paged_attn_rows{Rt}_keys{block_k}")
-    return out.reshape(T, N, H)
+        cdt=layout.compute_dtype(q_TNH.dtype), num_splits=J)
+    name = f"ragged_paged_attn_rows{Rt}_keys{block_k}" + (f"_splits{J}" if J > 1 else "")
+    if J == 1:
+        out, = _triton_call(kernel, (Qb, K, R), in_arrays, [jnp.zeros((T * N, H), q_TNH.dtype)],  # padding rows: 0
+                            num_warps=num_warps, num_stages=num_stages, interpret=interpret, name=name)
+        return out.reshape(T, N, H)
+    # rows no program stores keep l = 0: merge_splits gives them 0, like the unsplit kernel's padding rows
+    inits = [jnp.zeros((J * T * N, H), jnp.float32), jnp.full((J * T * N,), -jnp.inf, jnp.float32),
+             jnp.zeros((J * T * N,), jnp.float32)]
+    acc, m, l = _triton_call(kernel, (Qb * J, K, R), in_arrays, inits, num_warps=num_warps, num_stages=num_stages,
+                             interpret=interpret, name=name)
+    out, _, _ = merge_splits(acc.reshape(J, T * N, H), m.reshape(J, T * N), l.reshape(J, T * N))
+    return out.astype(q_TNH.dtype).reshape(T, N, H)
 
 
 def _check_pow2(name: str, x: int, minimum: int):
@@ -189,12 +235,13 @@ def ragged_paged_attention_gpu(q_TNH, k_pages, v_pages, page_table_RM, query_sta
                                sliding_window: Optional[int] = None, softcap: Optional[float] = None,
                                interpret: bool = False, block_q: Optional[int] = None,
                                block_k: Optional[int] = None, num_warps: Optional[int] = None,
-                               num_stages: Optional[int] = None):
+                               num_stages: Optional[int] = None, num_splits: Optional[int] = None):
     """Same contract as ragged_reference.ragged_paged_attention_reference; pools [L, P, K, Z, H] or [P, K, Z, H].
 
     block_q: query tokens per program (default: as many as fill DEFAULT_ROWS packed rows, at most
     max_q_len); block_k: keys per block, a power-of-two multiple of Z (default max(DEFAULT_BLOCK_K, Z)).
-    `layer` may be a traced int32 scalar.
+    num_splits: J, the parts each program's key range is cut into (default: enough to fill the GPU when the grid
+    has fewer than SPLIT_BELOW_PROGRAMS programs, `splits.choose_num_splits`; else 1, and 1 in interpret mode). `layer` may be a traced int32 scalar.
     """
     k, v, k_scale, v_scale = layout.stack_cache(k_pages, v_pages, k_scale, v_scale, "ragged_paged_attention_gpu")
     T, N, H = q_TNH.shape
@@ -221,7 +268,15 @@ def ragged_paged_attention_gpu(q_TNH, k_pages, v_pages, page_table_RM, query_sta
         raise ValueError(f"sliding_window: must be >= 1, got {sliding_window}")
     if T == 0 or R == 0:
         return jnp.zeros((T, N, H), q_TNH.dtype)
+    if num_splits is None:
+        programs = -(-max_q_len // bq) * K * R
+        J = 1 if interpret or programs >= SPLIT_BELOW_PROGRAMS else choose_num_splits(
+            programs, -(-page_table_RM.shape[1] * Z // bk))
+    else:
+        J = int(num_splits)
+        if J < 1:
+            raise ValueError(f"num_splits: must be >= 1, got {num_splits}")
     return _run(q_TNH, k, v, k_scale, v_scale, page_table_RM, query_start_R, query_len_R, kv_len_R,
                 jnp.asarray(layer, jnp.int32), max_q_len=max_q_len, sliding_window=sliding_window,
                 softcap=softcap, block_q=bq, block_k=bk, num_warps=num_warps or 4, num_stages=num_stages or 2,
-                interpret=interpret)
+                interpret=interpret, num_splits=J)
