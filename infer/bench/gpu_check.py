@@ -13,7 +13,8 @@ this order (the most wanted first: a lease that runs short loses the last ones):
    unrolled parameter layouts, each layout's optimized step HLO written beside the rows)
 4. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
    step at batch 1 in both layouts under `jax.profiler`, its device time by op (slice/copy, matmul,
-   attention, other) beside the wall-clock step.
+   attention, other) beside the wall-clock step; profile_dsf: the stacked layout again with
+   `--xla_gpu_enable_dynamic_slice_fusion=true` (cuBLAS reading a scanned weight's slice in place).
 5. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
 6. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
@@ -54,7 +55,7 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "attention": 130, "quant": 120, "chat": 180}
+LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130, "quant": 120, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
@@ -89,9 +90,14 @@ def _commands(size: str, out: str) -> dict:
     cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat"), "--repeats", "3"]
     if size == "cpu":
         cmds["chat"] += ["--shapes", "tiny", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"]
+    model = (["--model", "small", "--dtype", "float32", "--context", "64"] if size == "cpu" else
+             ["--model", "llama3-8b", "--context", "1024"])
     cmds["profile"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile"), "--steps", "5",
-                       "--repeats", "5"] + (["--model", "small", "--dtype", "float32", "--context", "64"]
-                                            if size == "cpu" else ["--model", "llama3-8b", "--context", "1024"])
+                       "--repeats", "5", *model]
+    # the stacked layout again with XLA's dynamic-slice fusion (cuBLAS reading a scanned weight's slice in place)
+    cmds["profile_dsf"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile_dsf"),
+                           "--layouts", "stacked", "--steps", "5", "--repeats", "5",
+                           "--xla-flags=--xla_gpu_enable_dynamic_slice_fusion=true", *model]
     for stage, name in BENCHES.items():
         cmds[stage] = [py, "-m", "infer.bench", "--experiments", EXPERIMENTS, "--only", name, "--size", size,
                        "--out", os.path.join(out, stage)]
@@ -149,9 +155,9 @@ def render_summary(size: str, info: dict, stages: list, out: str, invocation: st
         elif s["stage"] == "chat" and os.path.exists(chat_summary):
             with open(chat_summary) as f:
                 lines += ["## chat: `infer.bench.gpu_chat_bench`", "", f.read()]
-        elif s["stage"] == "profile" and os.path.exists(os.path.join(out, "profile", "step_profile.md")):
-            with open(os.path.join(out, "profile", "step_profile.md")) as f:
-                lines += ["## profile: `infer.bench.step_profile`", "", f.read()]
+        elif s["stage"].startswith("profile") and os.path.exists(os.path.join(out, s["stage"], "step_profile.md")):
+            with open(os.path.join(out, s["stage"], "step_profile.md")) as f:
+                lines += [f"## {s['stage']}: `infer.bench.step_profile`", "", f.read()]
     return "\n".join(lines) + "\n"
 
 

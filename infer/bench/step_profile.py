@@ -148,7 +148,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=10, help="timed steps (median) before profiling")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--out", default="results/step-profile")
+    ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before the backend starts (e.g. "
+                    "--xla_gpu_enable_dynamic_slice_fusion=true: cuBLAS reads a scanned weight's slice in place)")
     args = ap.parse_args(argv)
+    if args.xla_flags:  # read when the backend is created, which nothing above has done
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     from infer.config import load_config
     layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
     if not layouts or set(layouts) - {"stacked", "unrolled"}:
@@ -163,9 +167,12 @@ def main(argv=None) -> dict:
         results.append(profile_layout(cfg, layout, args.batch, args.context, args.steps, args.repeats,
                                       os.path.join(args.out, f"trace_{layout}")))
     md = render(args.model, cfg.dtype, results, args.top)
+    if args.xla_flags:
+        md = f"XLA_FLAGS: `{os.environ['XLA_FLAGS']}`\n\n" + md
     with open(os.path.join(args.out, "step_profile.md"), "w") as f:
         f.write(md)
     summary = {"model": args.model, "dtype": cfg.dtype, "device": str(jax.devices()[0]), "jax": jax.__version__,
+               "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "command": "python -m infer.bench.step_profile " + " ".join(argv if argv is not None else sys.argv[1:]),
                "results": [{**r, "ops": r["ops"][:args.top]} for r in results]}
     with open(os.path.join(args.out, "step_profile.json"), "w") as f:
