@@ -262,15 +262,20 @@ def table(rows: List[dict]) -> str:
     return head + body
 
 
-def main(argv=None) -> Dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="results/cpu-chat")
+def add_workload_args(ap: argparse.ArgumentParser, dtypes: str, repeats: int) -> None:
+    """The workload options both chat benches share: prompt length, new tokens, batches, dtypes, repeats."""
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtypes", default=dtypes)
+    ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--check-tokens", type=int, default=32)
+
+
+def main(argv=None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/cpu-chat")
+    add_workload_args(ap, dtypes="float32,bfloat16", repeats=3)
     ap.add_argument("--prompts", choices=["text", "random"], default="text")
     ap.add_argument("--k", type=int, default=4, help="proposals per target pass for the speculative rows")
     ap.add_argument("--layouts", default="auto", help="comma list of this stack's parameter layouts: auto, "
@@ -340,17 +345,22 @@ def main(argv=None) -> Dict:
            "command": "python -m infer.bench.cpu_chat_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
            "total_s": time.perf_counter() - t_start}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cpu_chat.json"), "w") as f:
-        json.dump({"env": env, "results": results}, f, indent=1)
     md = (f"{env['cpu']}, {env['cores']} cores; JAX {env['jax']}, transformers {env['transformers']} (torch "
           f"{env['torch']}, {env['torch_threads']} threads); {args.prompt_len}-token prompts, {args.new_tokens} new "
           f"tokens, greedy; median of {args.repeats} after a warm-up; ratio > 1 = faster than this stack f32.\n\n"
           + table(results))
-    with open(os.path.join(args.out, "cpu_chat.md"), "w") as f:
+    return write_results(args.out, "cpu_chat", env, results, md)
+
+
+def write_results(out_dir: str, stem: str, env: dict, results: List[dict], md: str) -> Dict:
+    """<out_dir>/<stem>.json (env + rows) and <stem>.md (the table), the table printed; returns env and rows."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump({"env": env, "results": results}, f, indent=1)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
         f.write(md + "\n")
     print(md)
-    print(f"[cpu_chat_bench] total {env['total_s']:.0f} s", file=sys.stderr)
+    print(f"[{stem}_bench] total {env['total_s']:.0f} s", file=sys.stderr)
     return {"env": env, "results": results}
 
 

@@ -33,7 +33,8 @@ from typing import Dict, List
 import jax
 import numpy as np
 
-from infer.bench.cpu_chat_bench import make_prompts, run_ours, run_transformers, same_greedy
+from infer.bench.cpu_chat_bench import (add_workload_args, make_prompts, run_ours, run_transformers, same_greedy,
+                                         write_results)
 
 SHAPES = "smollm2-135m"
 MODEL = "smollm2-135m-instruct"
@@ -94,12 +95,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--weights", default="random",
                     help=f"random: transformers' seed-0 init at --shapes; {MODEL} or a .gguf path: that file")
     ap.add_argument("--shapes", default=SHAPES, help="configs/models name for --weights random")
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--dtypes", default="bfloat16,float32")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--check-tokens", type=int, default=32)
+    add_workload_args(ap, dtypes="bfloat16,float32", repeats=5)
     args = ap.parse_args(argv)
     import torch
     import transformers
@@ -141,18 +137,11 @@ def main(argv=None) -> Dict:
            "command": "python -m infer.bench.gpu_chat_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
            "total_s": time.perf_counter() - t_start}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_chat.json"), "w") as f:
-        json.dump({"env": env, "results": results}, f, indent=1)
     md = (f"{env['device']} (torch on {device}); JAX {env['jax']}, transformers {env['transformers']} (torch "
           f"{env['torch']}); weights: {env['weights']}; {args.prompt_len}-token prompts, {args.new_tokens} new tokens, "
           f"greedy; median of {args.repeats} after a warm-up; × this stack > 1 = faster than this stack at the same "
           f"dtype and batch.\n\n" + table(results))
-    with open(os.path.join(args.out, "gpu_chat.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
-    print(f"[gpu_chat_bench] total {env['total_s']:.0f} s", file=sys.stderr)
-    return {"env": env, "results": results}
+    return write_results(args.out, "gpu_chat", env, results, md)
 
 
 if __name__ == "__main__":
