@@ -72,9 +72,9 @@ from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_devi
 from layers.attention import registry
 
 MARKDOWN_COLUMNS = (
-    "model", "K", "dtype", "attn", "layout", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms", "step_pred_ms",
-    "multi_ms_per_tok", "gen_ms_per_tok", "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu", "mbu_probe", "mfu",
-    "bound", "status",
+    "model", "K", "dtype", "attn", "layout", "weights_MB", "B", "S", "ttft_ms", "ttft_pred_ms", "step_ms",
+    "step_pred_ms", "multi_ms_per_tok", "gen_ms_per_tok", "tok_s", "tok_s_pred", "GB_s", "probe_GB_s", "mbu",
+    "mbu_probe", "mfu", "bound", "hlo_sliced_MB", "status",
 )
 
 

@@ -55,7 +55,8 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130, "quant": 120, "chat": 180}
+LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130,
+          "quant": 120, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
@@ -87,9 +88,9 @@ def _commands(size: str, out: str) -> dict:
         "pytest": [py, "-m", "pytest", "-q", "-rs", "-n", str(PYTEST_WORKERS if size == "full" else 1), "-p",
                    "no:cacheprovider", "--durations=5", "-m", "gpu", *gpu_tests],
     }
-    cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat"), "--repeats", "3"]
-    if size == "cpu":
-        cmds["chat"] += ["--shapes", "tiny", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"]
+    cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat")] + (
+        ["--shapes", "tiny", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"] if size == "cpu" else
+        ["--repeats", "3"])
     model = (["--model", "small", "--dtype", "float32", "--context", "64"] if size == "cpu" else
              ["--model", "llama3-8b", "--context", "1024"])
     cmds["profile"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile"), "--steps", "5",
