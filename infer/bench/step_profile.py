@@ -9,7 +9,8 @@ step time is measured, then `--steps` steps run under `jax.profiler.trace`. The 
 back with `jax.profiler.ProfileData` and every op event is summed by name:
 
 - on a GPU/TPU, the device plane's "XLA Ops" line (each HLO op's device time; the kernels of a
-  custom call or a Pallas kernel are one op), or its stream lines when there is no such line;
+  custom call or a Pallas kernel are one op), or its stream lines when there is no such line (each
+  kernel, labelled "<HLO op>: <kernel>" when the trace names the op);
 - on the CPU, the XLA thunks on the host's XLA threads, less the executor and loop wrappers that
   contain other ops.
 
@@ -77,9 +78,20 @@ def op_times(trace_dir: str) -> Tuple[Dict[str, float], Dict[str, int], str]:
         for ev in line.events:
             if not devices and WRAPPERS.match(ev.name):
                 continue
-            total[ev.name] += ev.duration_ns
-            count[ev.name] += 1
+            label = _label(ev)
+            total[label] += ev.duration_ns
+            count[label] += 1
     return dict(total), dict(count), source
+
+
+def _label(ev) -> str:
+    """An event's name; a GPU kernel's as "<its HLO op>: <kernel>" when the trace says which op launched it
+    (cuBLAS kernels are named by tile shape, the op by its kind: together they say what ran)."""
+    try:
+        op = dict(ev.stats).get("hlo_op")
+    except (TypeError, ValueError):
+        op = None
+    return f"{op}: {ev.name}" if op and op != ev.name else ev.name
 
 
 def profile_layout(cfg, layout: str, B: int, S: int, steps: int, repeats: int, trace_dir: str) -> dict:
