@@ -10,7 +10,11 @@ AttentionMetadata), sampling/, generation/ (static batch, speculative, text), io
 tokenizers), engine/ (serving: block manager, scheduler, Engine, LLM), perf/ (roofline, hardware),
 parallel/ (sharding), cli/, bench/, train/.
 """
-from infer.config import ConfigError, ModelConfig, RopeScaling, SamplingParams, load_config
+from infer.config.xla_flags import apply_default_xla_flags
+
+apply_default_xla_flags()  # before anything starts a backend: XLA reads XLA_FLAGS then (infer/config/xla_flags.py)
+
+from infer.config import ConfigError, ModelConfig, RopeScaling, SamplingParams, load_config  # noqa: E402
 from infer.kv import AttentionMetadata, MetadataError, SequenceStep, build_metadata, init_pools
 from infer.model import (count_params, decode_step, extend, forward, init_cache, init_params, param_logical_axes,
                          prefill, step)
