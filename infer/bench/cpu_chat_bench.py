@@ -262,12 +262,38 @@ def table(rows: List[dict]) -> str:
     return head + body
 
 
+def _int_list(text: str) -> List[int]:
+    """'1,8' -> [1, 8]; argparse reports anything else as a bad value of its option."""
+    vals = [int(x) for x in text.split(",") if x.strip()]
+    if not vals or min(vals) < 1:
+        raise ValueError(text)
+    return vals
+
+
+def _dtype_list(text: str) -> List[str]:
+    from infer.config import DTYPES
+    vals = [x.strip() for x in text.split(",") if x.strip()]
+    if not vals or set(vals) - set(DTYPES):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of {', '.join(DTYPES)}")
+    return vals
+
+
+def llama_cpp_kinds(text: str) -> List[str]:
+    """--llama-cpp's type: 'f32,q4_1' -> ['f32', 'q4_1'] (empty: none); an unknown kind is refused at parse time,
+    before the minutes of other rows run."""
+    kinds = [x.strip() for x in text.split(",") if x.strip()]
+    if set(kinds) - set(LLAMA_CPP_KINDS):
+        raise argparse.ArgumentTypeError(f"--llama-cpp {text!r}: kinds are {', '.join(LLAMA_CPP_KINDS)}")
+    return kinds
+
+
 def add_workload_args(ap: argparse.ArgumentParser, dtypes: str, repeats: int) -> None:
-    """The workload options both chat benches share: prompt length, new tokens, batches, dtypes, repeats."""
+    """The workload options both chat benches share: prompt length, new tokens, batches, dtypes, repeats
+    (--batches and --dtypes parse to lists; a bad entry is refused at parse time, naming the option)."""
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--dtypes", default=dtypes)
+    ap.add_argument("--batches", type=_int_list, default="1,8", help="comma list of positive batch sizes")
+    ap.add_argument("--dtypes", type=_dtype_list, default=dtypes)
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--check-tokens", type=int, default=32)
 
@@ -280,18 +306,14 @@ def main(argv=None) -> Dict:
     ap.add_argument("--k", type=int, default=4, help="proposals per target pass for the speculative rows")
     ap.add_argument("--layouts", default="auto", help="comma list of this stack's parameter layouts: auto, "
                     "stacked, unrolled (several: rows for each, the first is the ratio's base)")
-    ap.add_argument("--llama-cpp", default="q4_1,f32,f16",
+    ap.add_argument("--llama-cpp", type=llama_cpp_kinds, default="q4_1,f32,f16",
                     help="comma list of llama.cpp files: q4_1 (as shipped), f32, f16 (re-encoded); empty: none")
     ap.add_argument("--speculative", default="prompt lookup,draft",
                     help="comma list of speculative rows: 'prompt lookup', 'draft' (skipped if none is shipped)")
     args = ap.parse_args(argv)
-    llama_kinds = [x.strip() for x in args.llama_cpp.split(",") if x.strip()]
-    if set(llama_kinds) - set(LLAMA_CPP_KINDS):  # refused before the minutes of other rows run
-        ap.error(f"--llama-cpp {args.llama_cpp!r}: kinds are {', '.join(LLAMA_CPP_KINDS)}")
     import torch
     import transformers
-    batches = [int(b) for b in args.batches.split(",")]
-    dtypes = args.dtypes.split(",")
+    batches, dtypes = args.batches, args.dtypes
     t_start = time.perf_counter()
     results: List[dict] = []
     prompts = {B: (text_prompts(B, args.prompt_len) if args.prompts == "text" else
@@ -326,7 +348,7 @@ def main(argv=None) -> Dict:
             results.append(dict(engine=key[0], dtype=key[1], batch=key[2], skipped=f"skipped: {e}"))
             continue
         results.append(dict(engine=key[0], dtype=key[1], batch=key[2], **r))
-    results += run_llama_cpp_rows(llama_kinds, batches, prompts, args.new_tokens, args.repeats, args.out)
+    results += run_llama_cpp_rows(args.llama_cpp, batches, prompts, args.new_tokens, args.repeats, args.out)
 
     ours_f32 = {r["batch"]: r["ms_step"] for r in results
                 if r["engine"] == ours(layouts[0]) and r["dtype"] == "float32"}

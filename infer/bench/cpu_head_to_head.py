@@ -21,8 +21,8 @@ import time
 
 import jax
 
-from infer.bench.cpu_chat_bench import (LLAMA_CPP_KINDS, MODEL, cpu_name, llama_cpp_file, llama_cpp_version, load_ours,
-                                        text_prompts)
+from infer.bench.cpu_chat_bench import (MODEL, cpu_name, llama_cpp_file, llama_cpp_kinds, llama_cpp_version,
+                                        load_ours, text_prompts)
 
 
 def main(argv=None) -> dict:
@@ -33,10 +33,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--layouts", default="unrolled,stacked")
-    ap.add_argument("--llama-cpp", default="f32", help="comma list of llama.cpp files: f32, f16, q4_1")
+    ap.add_argument("--llama-cpp", type=llama_cpp_kinds, default="f32",
+                    help="comma list of llama.cpp files: f32, f16, q4_1")
     args = ap.parse_args(argv)
-    if set(args.llama_cpp.split(",")) - set(LLAMA_CPP_KINDS):
-        ap.error(f"--llama-cpp {args.llama_cpp!r}: kinds are {', '.join(LLAMA_CPP_KINDS)}")
     if llama_cpp_version() == "not installed":
         raise SystemExit("llama-cpp-python is not installed: `pip install llama-cpp-python diskcache` (builds "
                          "llama.cpp from source, ~10 min on 2 cores)")
@@ -44,7 +43,7 @@ def main(argv=None) -> dict:
     from infer.bench.llama_cpp_runner import LlamaCppProcess
     t_start = time.perf_counter()
     layouts = args.layouts.split(",")
-    kinds = args.llama_cpp.split(",")
+    kinds = args.llama_cpp
     files = {kind: llama_cpp_file(kind, args.out) for kind in kinds}
     sp = infer.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
     warm = infer.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens // 2 + 1)

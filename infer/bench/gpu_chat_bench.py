@@ -32,10 +32,10 @@ import time
 from typing import Dict, List
 
 import jax
-import numpy as np
 
 from infer.bench.cpu_chat_bench import (add_workload_args, make_prompts, run_ours, run_transformers, same_greedy,
                                          write_results)
+from infer.perf import roofline as rl
 
 SHAPES = "smollm2-135m"
 MODEL = "smollm2-135m-instruct"
@@ -65,19 +65,15 @@ def load_pair(source: str, dtype: str, device: str):
     import torch
     import infer
     from transformers import AutoModelForCausalLM
-    if source.endswith(".gguf") or source == MODEL:
-        from infer.io.model_names import model_file
-        path = model_file(source) if source == MODEL else source
+    from infer.io.model_names import resolve_gguf
+    path = resolve_gguf(source)  # a .gguf file, a folder holding one, or a model name; None: a Hugging Face folder
+    if path is not None:
         ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                    dtype=torch.float32)
     else:
         ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     ours = infer.for_decode(*infer.load_model_dir(source, dtype=dtype))
     return ours, ref.to(device=device, dtype=getattr(torch, dtype)).eval()
-
-
-def param_bytes(params) -> int:
-    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params)))
 
 
 def table(rows: List[dict]) -> str:
@@ -98,10 +94,14 @@ def main(argv=None) -> Dict:
     ap.add_argument("--shapes", default=SHAPES, help="configs/models name for --weights random")
     add_workload_args(ap, dtypes="bfloat16,float32", repeats=5)
     args = ap.parse_args(argv)
+    if args.weights != "random" and not os.path.exists(args.weights):
+        from infer.io.model_names import MODELS
+        if args.weights not in MODELS:
+            ap.error(f"--weights {args.weights!r}: not 'random', a checkpoint path or a model name "
+                     f"({', '.join(sorted(MODELS))})")
     import torch
     import transformers
-    batches = [int(b) for b in args.batches.split(",")]
-    dtypes = args.dtypes.split(",")
+    batches, dtypes = args.batches, args.dtypes
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +118,7 @@ def main(argv=None) -> Dict:
                 for engine, run, model in (("this stack", run_ours, ours), ("transformers", run_transformers, ref)):
                     print(f"[gpu_chat_bench] {engine} {dt} batch {B} ...", file=sys.stderr, flush=True)
                     r = run(model, B, prompts, args.new_tokens, args.repeats)
-                    results.append(dict(engine=engine, dtype=dt, batch=B, weights_bytes=param_bytes(params), **r))
+                    results.append(dict(engine=engine, dtype=dt, batch=B, weights_bytes=rl.param_bytes(cfg), **r))
                     os.makedirs(args.out, exist_ok=True)  # the rows so far survive a caller's time limit
                     with open(os.path.join(args.out, "gpu_chat.partial.json"), "w") as f:
                         json.dump(results, f)
