@@ -22,7 +22,7 @@ from jax import export
 
 from layers.quant.formats import get_format
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
-from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
+from pallas_kernels.attention.ragged_gpu import RAGGED_TARGET_PROGRAMS, ragged_paged_attention_gpu
 from pallas_kernels.attention.splits import choose_num_splits
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 
@@ -122,7 +122,8 @@ def test_ragged_lowers(pool_dtype, R, T, max_q_len):
 
 def test_ragged_split_k_lowers_for_a_small_grid():
     # two sequences of a mixed step, one decoding a long context: 2 query blocks x K x R = 32 programs, under the
-    # 132 SMs, so the kernel cuts each program's keys into J = 17 parts (splits.choose_num_splits) and merges them
+    # 132 SMs, so the kernel cuts each program's keys into J = 5 parts (splits.choose_num_splits toward one program
+    # per SM) and merges them
     R, T, max_q_len, M = 2, 64, 32, 512
     arrays = _pools(jnp.bfloat16, (L, P, K, Z))
 
@@ -133,9 +134,9 @@ def test_ragged_split_k_lowers_for_a_small_grid():
                         S((), i32), *arrays)
     assert exp.out_avals[0].shape == (T, N, H) and exp.out_avals[0].dtype == jnp.bfloat16
     call = _check_kernel_only_user(text, *arrays)
-    J = choose_num_splits(2 * K * R, M * Z // 64)
-    assert J == 17 and f"grid_x = {2 * J} : i32" in call and re.search(rf"grid_y = {K} : i32, grid_z = {R} : i32", call)
-    assert "_splits17" in call  # the kernel's name says it
+    J = choose_num_splits(2 * K * R, M * Z // 64, target_programs=RAGGED_TARGET_PROGRAMS)
+    assert J == 5 and f"grid_x = {2 * J} : i32" in call and re.search(rf"grid_y = {K} : i32, grid_z = {R} : i32", call)
+    assert "_splits5" in call  # the kernel's name says it
 
 
 # Llama-3-8B MLP at decode (M = 8 rows): gate/up [4096 -> 14336] and down [14336 -> 4096]

@@ -12,9 +12,9 @@ head) run side by side and share them through L2.
 Split-K (J > 1, "flash decoding"): with few programs (one long sequence decoding in a
 mixed step is K programs: 8 of a GPU's 132 SMs), each (i, kh, r) is cut into J
 programs that write un-normalised partials (acc, m, l) and `splits.merge_splits`
-combines them exactly (up to rounding). On a GPU, a grid of fewer than
-SPLIT_BELOW_PROGRAMS programs gets J = `splits.choose_num_splits` of its programs and
-the table's key blocks; a larger grid, and interpret mode (no SMs to fill), J = 1;
+combines them exactly (up to rounding). On a GPU, J = `splits.choose_num_splits` of
+the grid's programs and the table's key blocks with RAGGED_TARGET_PROGRAMS as the
+target (a grid that fills the SMs gets J = 1); interpret mode (no SMs to fill) J = 1;
 `num_splits` overrides. J = 1 stores the normalised output directly.
 
 Tile: the block_q tokens times the G query heads of kh are packed as the rows of
@@ -57,9 +57,10 @@ from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows
 
 DEFAULT_ROWS = 64  # packed (token, head) rows per tile: [64, 128] f32 accumulator
 DEFAULT_BLOCK_K = 64  # keys per block (raised to the page size Z when Z is larger)
-# Split-K only for a grid that leaves SMs idle (an H100/H200 has 132): a bigger grid fills the GPU as it is,
-# and the partials (J x T x N x H float32, written and read back) would cost more than they balance.
-SPLIT_BELOW_PROGRAMS = 132
+# Split-K aims at one program per SM (an H100/H200 has 132), not the decode kernel's four
+# (splits.GPU_TARGET_PROGRAMS): the ragged partials are J x T x N x H float32, written and read back, so a grid
+# that already fills the SMs is not split (choose_num_splits gives J = 1 there).
+RAGGED_TARGET_PROGRAMS = 132
 # Running max a row starts from instead of -inf: a row whose first key blocks are all masked (a later token
 # under a sliding window, a padding row of the tile) then keeps m finite, exp(-inf - m) = 0 and l = acc = 0,
 # where -inf would give exp(-inf + inf) = NaN. Real logits are always far above it.
@@ -240,8 +241,8 @@ def ragged_paged_attention_gpu(q_TNH, k_pages, v_pages, page_table_RM, query_sta
 
     block_q: query tokens per program (default: as many as fill DEFAULT_ROWS packed rows, at most
     max_q_len); block_k: keys per block, a power-of-two multiple of Z (default max(DEFAULT_BLOCK_K, Z)).
-    num_splits: J, the parts each program's key range is cut into (default: enough to fill the GPU when the grid
-    has fewer than SPLIT_BELOW_PROGRAMS programs, `splits.choose_num_splits`; else 1, and 1 in interpret mode). `layer` may be a traced int32 scalar.
+    num_splits: J, the parts each program's key range is cut into (default: `splits.choose_num_splits` toward
+    RAGGED_TARGET_PROGRAMS programs, so 1 for a grid that fills the GPU; 1 in interpret mode). `layer` may be a traced int32 scalar.
     """
     k, v, k_scale, v_scale = layout.stack_cache(k_pages, v_pages, k_scale, v_scale, "ragged_paged_attention_gpu")
     T, N, H = q_TNH.shape
@@ -270,8 +271,8 @@ def ragged_paged_attention_gpu(q_TNH, k_pages, v_pages, page_table_RM, query_sta
         return jnp.zeros((T, N, H), q_TNH.dtype)
     if num_splits is None:
         programs = -(-max_q_len // bq) * K * R
-        J = 1 if interpret or programs >= SPLIT_BELOW_PROGRAMS else choose_num_splits(
-            programs, -(-page_table_RM.shape[1] * Z // bk))
+        J = 1 if interpret else choose_num_splits(programs, -(-page_table_RM.shape[1] * Z // bk),
+                                                  target_programs=RAGGED_TARGET_PROGRAMS)
     else:
         J = int(num_splits)
         if J < 1:
