@@ -120,7 +120,7 @@ class DecodeBenchSpec:
         return load_config(self.model, **overrides)
 
 
-def _synthetic_cache(cfg, B: int, S: int, max_len: int) -> dict:
+def synthetic_cache(cfg, B: int, S: int, max_len: int) -> dict:
     """A cache that claims S valid positions per row (values are zeros: speed does not depend on them)."""
     cache = init_cache(cfg, B, max_len)
     cache["lengths"] = jnp.full((B,), S, jnp.int32)
@@ -132,7 +132,7 @@ def _time_decode(params, cfg, B: int, S: int, spec: DecodeBenchSpec):
     max_len = S + spec.single_steps + spec.decode_steps
     step_samples, multi_samples = [], []
     for r in range(spec.warmup + spec.repeats):
-        cache = _synthetic_cache(cfg, B, S, max_len)
+        cache = synthetic_cache(cfg, B, S, max_len)
         tok_B = block(jnp.zeros((B,), jnp.int32))
         for _ in range(spec.single_steps):
             t0 = time.perf_counter()
@@ -234,7 +234,7 @@ def dynamic_slice_bytes(hlo_text: str) -> float:
 
 def _dump_hlo(params, cfg, B: int, S: int, path: str) -> float:
     """Write the decode step's optimized HLO at (B, S) to `path`; the MB its dynamic-slices produce."""
-    text = decode_step_hlo(params, cfg, _synthetic_cache(cfg, B, S, S + 1))
+    text = decode_step_hlo(params, cfg, synthetic_cache(cfg, B, S, S + 1))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)

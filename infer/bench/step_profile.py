@@ -96,13 +96,13 @@ def _label(ev) -> str:
 
 def profile_layout(cfg, layout: str, B: int, S: int, steps: int, repeats: int, trace_dir: str) -> dict:
     """Median blocked step time and the per-op device time of `steps` profiled steps, in one layout."""
+    from infer.bench.decode_bench import synthetic_cache
     from infer.bench.timing import block
     from infer.model.params import init_params
-    from infer.model.rows import decode_step, init_cache
+    from infer.model.rows import decode_step
     cfg = cfg.replace(scan_layers=layout == "stacked")
     params = block(init_params(cfg, jax.random.PRNGKey(0)))
-    cache = init_cache(cfg, B, S + repeats + steps + 4)
-    cache["lengths"] = jnp.full((B,), S, jnp.int32)
+    cache = synthetic_cache(cfg, B, S, S + repeats + steps + 4)
     tok = jnp.zeros((B,), jnp.int32)
     for _ in range(2):  # compile + warm up
         _, cache = block(decode_step(params, cfg, tok, cache))
