@@ -3,8 +3,8 @@
 - `--xla_cpu_prefer_vector_width=512` on a CPU with AVX-512: XLA's CPU backend emits a batch-1
   matrix-vector product (every projection of a batch-1 decode step) as its own single-threaded
   loop, compiled for 256-bit vectors by default; with 512-bit vectors SmolLM2's float32 decode
-  step at batch 1 is ~10% faster (5 of 5 alternating pairs, BENCHMARKS.md "SmolLM2-135M on
-  CPU"); batch 8 (Eigen's matmul) is unchanged. The flag only concerns the CPU backend.
+  step at batch 1 is ~10% faster (`python scripts/xla_flag_probe.py`; BENCHMARKS.md "Kept: 512-bit
+  vectors"); batch 8 (Eigen's matmul) is unchanged. The flag only concerns the CPU backend.
 
 A flag the caller already put in XLA_FLAGS is left as it is; INFER_NO_XLA_FLAGS=1 applies none.
 XLA reads XLA_FLAGS when it creates a backend, so this has no effect once one exists (e.g. when
