@@ -19,7 +19,7 @@ import numpy as np
 
 from infer.config import SamplingParams
 from infer.sampling import filter_logits, sample
-from infer.sampling.sampler import greedy_tokens
+from infer.sampling.filters import greedy_tokens
 
 D, V = 576, 49152
 

@@ -274,3 +274,16 @@ def test_step_profile_attributes_the_stacked_layouts_slice_copies(tmp_path):
     # XLA's CPU backend copies each layer's weight slices out of the stacked arrays; the unrolled program has none
     assert stacked["categories"]["slice/copy"] > 5 * unrolled["categories"]["slice/copy"]
     assert "| stacked | 1 | 32 |" in (tmp_path / "step_profile.md").read_text()
+
+
+def test_sampling_bench_times_both_filters_and_the_decode_loop(tmp_path):
+    from infer.bench import sampling_bench
+    out = sampling_bench.main(["--vocab", "512", "--batches", "1,3", "--model", "tiny", "--loop-batches", "2",
+                               "--new-tokens", "4", "--repeats", "1", "--out", str(tmp_path)])
+    assert [(r["V"], r["B"]) for r in out["filters"]] == [(512, 1), (512, 3)]
+    assert all(r["equal_rows"] == r["B"] and r["sorted_ms"] > 0 and r["threshold_ms"] > 0 for r in out["filters"])
+    assert [r["setting"] for r in out["loop"]] == [name for name, _ in sampling_bench.LOOP_SETTINGS]
+    assert all(r["ms_step"] > 0 for r in out["loop"])
+    md = (tmp_path / "sampling_bench.md").read_text()
+    assert "threshold_keep ms" in md and "| tiny | 2 | top_p 0.95 |" in md
+    assert json.loads((tmp_path / "sampling_bench.json").read_text())["command"].startswith("python -m infer.bench")

@@ -3,8 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infer import sampling
+from infer.sampling import filters
 from infer.config import SamplingParams
 
 
@@ -128,3 +131,66 @@ def test_top_p_one_keeps_every_token_whatever_the_neighbours_use():
     keep = np.isfinite(np.asarray(sampling.filter_logits(jnp.asarray(logits), samp)))
     assert keep[0].all(), f"top_p=1 row lost {int((~keep[0]).sum())} tokens"
     assert keep[1].sum() == 1  # the neighbour really used the sort
+
+
+# ------------------------------------------------------------- the sort-free filters against their references
+def ref_keep(z, top_k, top_p):
+    """Top-k then top-p membership of one row by the documented rule in float64 (rank order: logit descending,
+    id ascending), and the smallest |mass-before - top_p| over the candidates (how close the row is to a
+    boundary that float32 rounding may decide either way)."""
+    z = np.asarray(z, np.float64)
+    order = sorted(range(len(z)), key=lambda i: (-z[i], i))
+    cand = order[:top_k] if top_k > 0 else order
+    pr = _softmax(z[cand])
+    keep, mass, margin = np.zeros(len(z), bool), 0.0, np.inf
+    for idx, pi in zip(cand, pr):
+        keep[idx] = mass < top_p or top_p >= 1.0
+        margin = min(margin, abs(mass - top_p))
+        mass += pi
+    keep[order[0]] = True
+    return keep, margin
+
+
+PB, PV = 4, 64  # one padded shape, so the property test compiles each filter once
+_threshold_keep, _sorted_keep = jax.jit(filters.threshold_keep), jax.jit(filters.sorted_keep)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_threshold_filters_keep_what_the_documented_rule_keeps(data):
+    """`threshold_keep` (what `filter_logits` runs) against the float64 rule by enumeration, on rows with ties
+    (logits rounded to a coarse grid, signed zeros included), -inf entries (a row of n < 64 real tokens is
+    padded with -inf) and per-row top_k / top_p. Rows whose nucleus boundary sits within 1e-5 of top_p are
+    float32 rounding's call and are skipped."""
+    n = data.draw(st.integers(2, PV))
+    grid = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    z = np.full((PB, PV), -np.inf)
+    z[:, :n] = rng.standard_normal((PB, n)) * data.draw(st.sampled_from([0.3, 2.0, 6.0]))
+    if grid:
+        z = np.round(z / grid) * grid  # ties, and -0.0 beside +0.0
+    z[rng.random((PB, PV)) < 0.1] = -np.inf
+    z[:, rng.integers(n)] = 1.0  # at least one finite logit per row
+    k = [data.draw(st.sampled_from([0, 1, 2, n - 1, n, PV, PV + 5, int(rng.integers(1, n + 1))])) for _ in range(PB)]
+    p = [data.draw(st.sampled_from([1.0, 0.999, 0.9, 0.5, 0.1, float(rng.uniform(0.01, 1))])) for _ in range(PB)]
+    samp = {"top_k": jnp.asarray(k, jnp.int32), "top_p": jnp.asarray(p, jnp.float32)}
+    z32 = np.asarray(z, np.float32)
+    got = np.asarray(_threshold_keep(jnp.asarray(z32), samp))
+    ref = np.asarray(_sorted_keep(jnp.asarray(z32), samp))
+    for b in range(PB):
+        want, margin = ref_keep(z32[b], k[b], np.float32(p[b]))
+        if margin < 1e-5:
+            continue
+        np.testing.assert_array_equal(got[b], want, err_msg=f"row {b}: top_k={k[b]} top_p={p[b]}")
+        np.testing.assert_array_equal(ref[b], want, err_msg=f"reference row {b}")
+
+
+def test_threshold_filters_equal_the_sort_at_a_real_vocabulary():
+    """At V = 49152 with random logits (no exact ties or boundaries): the same kept sets as the two-sort
+    reference, top-k alone, top-p alone and both, rows mixing them."""
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.standard_normal((6, 49152)) * 3, jnp.float32)
+    for k, p in [([40] * 6, [1.0] * 6), ([0] * 6, [0.95] * 6), ([0, 1, 40, 1000, 49152, 7], [0.9, 1.0, 0.5, 0.95, 0.3, 1.0])]:
+        samp = {"top_k": jnp.asarray(k, jnp.int32), "top_p": jnp.asarray(p, jnp.float32)}
+        np.testing.assert_array_equal(np.asarray(filters.threshold_keep(z, samp)),
+                                      np.asarray(filters.sorted_keep(z, samp)), err_msg=f"top_k={k} top_p={p}")

@@ -10,7 +10,7 @@ and whether it runs in the on-device loop or one step at a time.
 import jax
 import jax.numpy as jnp
 
-from infer.sampling.filters import filter_logits
+from infer.sampling.filters import filter_logits, greedy_tokens
 
 # Stream tags of request_keys: which use a key is for.
 TOKEN, DRAFT, ACCEPT = 0, 1, 2
@@ -21,18 +21,6 @@ def request_keys(seed_B, position_B, stream: int = TOKEN):
     def one(seed, pos):
         return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), pos)
     return jax.vmap(one)(seed_B.astype(jnp.uint32), position_B.astype(jnp.int32))
-
-
-def greedy_tokens(logits_BV):
-    """argmax over V per row [B] int32: the lowest id among ties, the first NaN if a row has one (as jnp.argmax).
-
-    Written as a max and a min-index reduction: XLA's CPU argmax (a variadic reduce) is ~8x slower
-    at [8, 49152] (1.7 ms vs 0.2 ms, BENCHMARKS.md "SmolLM2-135M on CPU").
-    """
-    V = logits_BV.shape[-1]
-    m_B1 = jnp.max(logits_BV, axis=-1, keepdims=True)  # NaN if the row has one
-    hit_BV = (logits_BV == m_B1) | jnp.isnan(logits_BV)
-    return jnp.min(jnp.where(hit_BV, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
 
 
 def sample(logits_BV, samp: dict, keys_B):
