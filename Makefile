@@ -44,7 +44,7 @@ clean-venv:
 
 # On a GPU machine, in this order: the Pallas kernels compiled for real (pytest -m gpu); at Llama 3 8B shapes,
 # decode (both layouts), a profiled decode step (also with XLA's dynamic-slice fusion), attention and
-# per-weight-format decode; last, SmolLM2-135M's shapes this stack vs transformers (bf16/f32);
+# per-weight-format decode, the sampling filters; last, SmolLM2-135M's shapes this stack vs transformers (bf16/f32);
 # summary.md + JSON in results/gpu-check/. Bounded by GPU_CHECK_BUDGET seconds (570: one 10-minute device call);
 # GPU_CHECK_STAGES=a,b runs a subset. Installs nothing (.venv's Python if present, else $(PY)).
 # GPU_CHECK_SIZE=cpu: the same stages at CPU sizes.

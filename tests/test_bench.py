@@ -285,5 +285,13 @@ def test_sampling_bench_times_both_filters_and_the_decode_loop(tmp_path):
     assert [r["setting"] for r in out["loop"]] == [name for name, _ in sampling_bench.LOOP_SETTINGS]
     assert all(r["ms_step"] > 0 for r in out["loop"])
     md = (tmp_path / "sampling_bench.md").read_text()
-    assert "threshold_keep ms" in md and "| tiny | 2 | top_p 0.95 |" in md
+    assert "threshold_keep ms" in md and "| tiny | float32 | 2 | top_p 0.95 |" in md
     assert json.loads((tmp_path / "sampling_bench.json").read_text())["command"].startswith("python -m infer.bench")
+
+
+def test_gpu_check_sampling_stage_runs_at_cpu_size(tmp_path):
+    from infer.bench import gpu_check
+    assert gpu_check.main(["--size", "cpu", "--out", str(tmp_path), "--stages", "sampling"]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| sampling | ok |" in summary and "## sampling: `infer.bench.sampling_bench`" in summary
+    assert "[sampling_bench] done" in summary  # the stage's result line is the bench's own

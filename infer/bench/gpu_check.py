@@ -18,7 +18,9 @@ this order (the most wanted first: a lease that runs short loses the last ones):
 5. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
 6. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
-7. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table, measured on the first run):
+7. sampling: `python -m infer.bench.sampling_bench --dtype bfloat16 --loop-batches 1,8,64`: the sort-free
+   top-k / top-p filters against the two-sort reference, and SmolLM2's decode step per sampling setting.
+8. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table, measured on the first run):
    SmolLM2-135M's shapes, this stack vs transformers on the same random weights, bfloat16 and
    float32, batch 1 and 8.
 
@@ -56,7 +58,7 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
 LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130,
-          "quant": 120, "chat": 180}
+          "quant": 120, "sampling": 60, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
@@ -88,6 +90,9 @@ def _commands(size: str, out: str) -> dict:
         "pytest": [py, "-m", "pytest", "-q", "-rs", "-n", str(PYTEST_WORKERS if size == "full" else 1), "-p",
                    "no:cacheprovider", "--durations=5", "-m", "gpu", *gpu_tests],
     }
+    cmds["sampling"] = [py, "-m", "infer.bench.sampling_bench", "--out", os.path.join(out, "sampling")] + (
+        ["--vocab", "512", "--batches", "1,3", "--model", "tiny", "--loop-batches", "2", "--new-tokens", "4",
+         "--repeats", "1"] if size == "cpu" else ["--dtype", "bfloat16", "--loop-batches", "1,8,64"])
     cmds["chat"] = [py, "-m", "infer.bench.gpu_chat_bench", "--out", os.path.join(out, "chat")] + (
         ["--shapes", "tiny", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"] if size == "cpu" else
         ["--repeats", "3"])
@@ -123,7 +128,8 @@ def _run_stage(stage: str, cmd: list, env: dict, out: str, limit: float) -> dict
     print(f"[{stage}] {status} in {seconds:.1f} s", flush=True)
     # the line that says how it went: the runner's "ok in ..., N rows" for a benchmark, else the last line
     result = [line.strip() for line in lines if line.startswith("  ok in ") or line.startswith("  failed in ")
-              or line.startswith("[gpu_chat_bench] total") or line.startswith("[step_profile] done")]
+              or line.startswith("[gpu_chat_bench] total") or line.startswith("[step_profile] done")
+              or line.startswith("[sampling_bench] done")]
     return {"stage": stage, "command": shlex.join(cmd), "status": status, "exit_code": rc, "seconds": seconds,
             "log": os.path.relpath(log, out), "result": (result or lines or [""])[-1]}
 
@@ -156,6 +162,9 @@ def render_summary(size: str, info: dict, stages: list, out: str, invocation: st
         elif s["stage"] == "chat" and os.path.exists(chat_summary):
             with open(chat_summary) as f:
                 lines += ["## chat: `infer.bench.gpu_chat_bench`", "", f.read()]
+        elif s["stage"] == "sampling" and os.path.exists(os.path.join(out, s["stage"], "sampling_bench.md")):
+            with open(os.path.join(out, s["stage"], "sampling_bench.md")) as f:
+                lines += ["## sampling: `infer.bench.sampling_bench`", "", f.read()]
         elif s["stage"].startswith("profile") and os.path.exists(os.path.join(out, s["stage"], "step_profile.md")):
             with open(os.path.join(out, s["stage"], "step_profile.md")) as f:
                 lines += [f"## {s['stage']}: `infer.bench.step_profile`", "", f.read()]

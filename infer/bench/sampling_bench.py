@@ -53,13 +53,14 @@ def filter_rows(V: int, batches: List[int], repeats: int, seed: int = 0) -> List
     return rows
 
 
-def loop_rows(model: str, batches: List[int], new_tokens: int, repeats: int, prompt_len: int = 64) -> List[dict]:
+def loop_rows(model: str, batches: List[int], new_tokens: int, repeats: int, prompt_len: int = 64,
+              dtype: str = "float32") -> List[dict]:
     """Decode ms/step of `infer.generate` per sampling setting (random weights of configs/models/<model>)."""
     from infer.config import SamplingParams, load_config
     from infer.generation.batch import generate
     from infer.model.layout import for_decode
     from infer.model.params import init_params
-    cfg = load_config(model)
+    cfg = load_config(model, dtype=dtype)
     cfg, params = for_decode(cfg, init_params(cfg, jax.random.PRNGKey(0)))
     rows = []
     for B in batches:
@@ -72,7 +73,7 @@ def loop_rows(model: str, batches: List[int], new_tokens: int, repeats: int, pro
                 r = generate(params, cfg, prompts, sp)
                 samples.append(r.latency_s)
             ms = float(np.median(samples)) * 1e3
-            rows.append({"model": model, "B": B, "setting": name, "ms_step": ms, "tok_s": B / ms * 1e3})
+            rows.append({"model": model, "dtype": dtype, "B": B, "setting": name, "ms_step": ms, "tok_s": B / ms * 1e3})
             print(f"[sampling_bench] {model} B={B} {name}: {ms:.2f} ms/step", file=sys.stderr, flush=True)
     return rows
 
@@ -85,9 +86,10 @@ def render(filters: List[dict], loop: List[dict]) -> str:
     lines += [f"| {r['V']} | {r['B']} | {r['sorted_ms']:.2f} | {r['threshold_ms']:.2f} | {r['speedup']:.1f}x | "
               f"{r['equal_rows']}/{r['B']} |" for r in filters]
     if loop:
-        lines += ["", "| model | B | sampling | decode ms/step | tok/s | x greedy's step |", "|---|---|---|---|---|---|"]
+        lines += ["", "| model | dtype | B | sampling | decode ms/step | tok/s | x greedy's step |",
+                  "|---|---|---|---|---|---|---|"]
         greedy = {r["B"]: r["ms_step"] for r in loop if r["setting"] == "greedy"}
-        lines += [f"| {r['model']} | {r['B']} | {r['setting']} | {r['ms_step']:.2f} | {r['tok_s']:.1f} | "
+        lines += [f"| {r['model']} | {r['dtype']} | {r['B']} | {r['setting']} | {r['ms_step']:.2f} | {r['tok_s']:.1f} | "
                   f"{r['ms_step'] / greedy[r['B']]:.2f} |" for r in loop]
     return "\n".join(lines) + "\n"
 
@@ -98,6 +100,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--model", default="smollm2-135m", help='configs/models name for the decode-loop rows ("": none)')
     ap.add_argument("--loop-batches", default="1,8")
+    ap.add_argument("--dtype", default="float32", help="the decode loop's dtype (float32: the CPU default)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="results/sampling")
@@ -105,7 +108,7 @@ def main(argv=None) -> dict:
     ints = lambda s: [int(v) for v in s.split(",") if v.strip()]
     t0 = time.perf_counter()
     filters = [r for V in ints(args.vocab) for r in filter_rows(V, ints(args.batches), args.repeats)]
-    loop = loop_rows(args.model, ints(args.loop_batches), args.new_tokens, args.repeats) \
+    loop = loop_rows(args.model, ints(args.loop_batches), args.new_tokens, args.repeats, dtype=args.dtype) \
         if args.model else []
     md = render(filters, loop)
     os.makedirs(args.out, exist_ok=True)
@@ -117,6 +120,10 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.out, "sampling_bench.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(md)
+    print(f"[sampling_bench] done in {summary['seconds']:.0f} s: " + "; ".join(
+        f"V={r['V']} B={r['B']} x{r['speedup']:.1f}" for r in filters) + (
+        f"; top_p 0.95 step x{loop[2]['ms_step'] / loop[0]['ms_step']:.2f} greedy's at B={loop[0]['B']}" if loop else ""),
+        flush=True)
     return summary
 
 
