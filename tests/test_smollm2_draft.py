@@ -157,3 +157,39 @@ def test_shipped_draft_acceptance_and_exact_greedy_output(shipped):
     assert abs(got - card["test_subset"]["acceptance"]) < 0.05
     assert abs(card["acceptance"] - CARD_ACCEPTANCE) < 0.005  # the number models/SMOLLM2_CARD.md states
     assert got > 0.02  # distillation did something: the pruned-only draft accepts ~0% (card)
+
+
+def test_self_questions_are_finished_new_and_reproducible(shipped):
+    """The target writes user questions: each one ended at its end-of-turn token, none repeats or is excluded,
+    and the same seed gives the same questions."""
+    from infer.train.self_questions import STARTERS, sample_questions, user_turn_prefix
+    _, tparams, _, _, tok, _ = shipped
+    tcfg = shipped[0]
+    prefix = user_turn_prefix(tok)
+    assert prefix.endswith("user\n") and tok.chat_template.render([{"role": "user", "content": "x"}]).startswith(prefix)
+    first = sample_questions(tparams, tcfg, tok, 4, seed=3, batch=8, max_tokens=40, max_rounds=2)
+    assert 1 <= len(first) <= 4 and all(len(q.split()) >= 3 for q in first)
+    assert all(q.startswith(STARTERS) for q in first) and len({q.lower() for q in first}) == len(first)
+    again = sample_questions(tparams, tcfg, tok, 4, seed=3, batch=8, max_tokens=40, max_rounds=2, exclude=first[:1])
+    assert first[0] not in again and again[:len(first) - 1] == first[1:]  # same draws, the excluded one dropped
+
+
+def test_distillation_data_cache_is_rebuilt_for_other_recipe_fields(tmp_path, monkeypatch):
+    import dataclasses
+    from infer.train import smollm2_draft as SD
+    built = []
+
+    def fake_rows(tparams, tcfg, tok, recipe):
+        built.append(recipe.data.self_questions)
+        return np.full((2, recipe.train.seq_len + 1), len(built), np.int32), np.ones((2, recipe.train.seq_len), np.float32)
+
+    monkeypatch.setattr(SD, "build_rows", fake_rows)
+    monkeypatch.setattr(SD, "teacher_topk", lambda tp, tc, tokens, k: (np.zeros(tokens.shape[:1] + (tokens.shape[1] - 1, k),
+                                                                                np.float32),) * 2)
+    r = SD.load_recipe("smollm2_draft")
+    path = str(tmp_path / "data.npz")
+    a = SD.build_data(None, None, None, r, path)
+    assert SD.build_data(None, None, None, r, path)["tokens_BT1"][0, 0] == a["tokens_BT1"][0, 0] and built == [0]
+    r2 = dataclasses.replace(r, data=dataclasses.replace(r.data, self_questions=8))
+    assert SD.build_data(None, None, None, r2, path)["tokens_BT1"][0, 0] == 2 and built == [0, 8]
+    assert "recipe_key" not in SD.build_data(None, None, None, r2, path) and built == [0, 8]

@@ -77,8 +77,8 @@ def threshold_keep(scaled_BV, samp: dict):
     top-k probabilities p: the nucleus is every token whose mass strictly before it in the (probability
     descending, id ascending) order is < top_p; that order's masses are monotone, so the kept set is
     p > p* plus a prefix (by id) of the tokens equal to p*, where p* is the smallest probability with
-    sum(p > p*) < top_p (32 masked-sum passes). Work O(32 B V) instead of two sorts; at [64, 49152] on a
-    2-core CPU ~25x faster (`python -m infer.bench.sampling_bench`). Masses are masked sums rather than a
+    sum(p > p*) < top_p (32 masked-sum passes). Work O(32 B V) instead of two sorts: 11-15x faster at
+    B = 8-64 on a 2-core CPU (`python -m infer.bench.sampling_bench`). Masses are masked sums rather than a
     running sum in sorted order, so a token whose mass-before equals top_p to within float32 rounding can
     land on the other side than in `sorted_keep`."""
     B, V = scaled_BV.shape

@@ -17,6 +17,7 @@ with the target's chat template; generation stops at the end of the assistant's 
                as one jitted loop (`step_cost`): the draft's cost per step in target steps.
   test_subset  acceptance on the first TEST_PROMPTS prompts with TEST_MAX_NEW tokens: what
                tests/test_smollm2_draft.py re-measures and compares.
+--acceptance-only: the acceptance rows and same_output alone (no timings), e.g. for a draft in training.
 Plain generation is measured once and shared by the drafts.
 """
 from __future__ import annotations
@@ -120,6 +121,8 @@ def main(argv=None):
     ap.add_argument("--batch1-prompts", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--acceptance-only", action="store_true",
+                    help="acceptance and same_output on all held-out prompts; no timings, no test subset")
     a = ap.parse_args(argv)
     if a.drafts is None:
         a.drafts = [DRAFT_DIR, "build/runs/smollm2-draft/pruned"] + ([EAGLE_DIR] if os.path.isdir(EAGLE_DIR) else [])
@@ -133,6 +136,15 @@ def main(argv=None):
     plain_all = []
     for i in range(0, len(prompts), 8):
         plain_all += generate(tparams, tcfg, prompts[i:i + 8], sp).tokens
+    if a.acceptance_only:
+        out = {"target": TARGET, "temperature": 0.0, "k": a.k, "max_new_tokens": a.max_new_tokens, "drafts": {}}
+        for path in a.drafts:
+            dcfg, dparams = load_smollm2_draft(path, tparams)
+            row = acceptance_stats(tparams, tcfg, dparams, dcfg, prompts, sp, a.k, plain_all)
+            out["drafts"][os.path.relpath(os.path.abspath(path))] = row
+            print(f"{path}: acceptance {row['acceptance']:.3f}, by position "
+                  f"{[round(x, 3) for x in row['acceptance_by_position']]}, same output {row['same_output']}", flush=True)
+        return report_json(out, a.out)
     plain_b1 = [_median(lambda p=p: generate(tparams, tcfg, [p], sp), a.repeats)[0]
                 for p in prompts[:a.batch1_prompts]]
     plain_b8, _ = _median(lambda: generate(tparams, tcfg, prompts[:8], sp), a.repeats)

@@ -116,13 +116,15 @@ class DataConfig:
     teacher_top_k: int = 32  # teacher logits kept per position
     val_rows: int = 16  # rows held back for the validation loss (the last ones, after shuffling)
     generate_batch: int = 16
+    self_questions: int = 0  # more questions, written by the target itself (infer/train/self_questions.py)
 
     def __post_init__(self):
         for f in ("chat_prompts", "response_tokens", "teacher_top_k", "val_rows", "generate_batch"):
             v = getattr(self, f)
             require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"data.{f}", f"must be an int > 0, got {v!r}")
-        require(isinstance(self.code_windows, int) and self.code_windows >= 0, "data.code_windows",
-                 f"must be an int >= 0, got {self.code_windows!r}")
+        for f in ("code_windows", "self_questions"):
+            v = getattr(self, f)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"data.{f}", f"must be an int >= 0, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +187,12 @@ def build_rows(tparams, tcfg, tok, recipe: DraftRecipe):
     from infer.train.corpus import read_split
     dc, T = recipe.data, recipe.train.seq_len
     sp = SamplingParams(temperature=0.0, max_new_tokens=dc.response_tokens, stop_token_ids=stop_ids(tok))
-    prompts = [chat_prompt_ids(tok, q) for q in train_questions(dc.chat_prompts)]
+    questions = train_questions(dc.chat_prompts)
+    if dc.self_questions:
+        from infer.train.self_questions import sample_questions
+        questions += sample_questions(tparams, tcfg, tok, dc.self_questions, seed=recipe.train.seed,
+                                      exclude=HELD_OUT_QUESTIONS + tuple(questions))
+    prompts = [chat_prompt_ids(tok, q) for q in questions]
     tokens, weights = [], []
     for i in range(0, len(prompts), dc.generate_batch):
         batch = prompts[i:i + dc.generate_batch]
@@ -232,10 +239,16 @@ def teacher_topk(tparams, tcfg, tokens_NT1, k: int, batch: int = 8):
 
 
 def build_data(tparams, tcfg, tok, recipe: DraftRecipe, cache_path: str) -> dict:
-    """Distillation arrays (infer.train.distill.topk_distill_loss fields, leading row axis), cached in an .npz."""
+    """Distillation arrays (infer.train.distill.topk_distill_loss fields, leading row axis), cached in an .npz
+    together with the recipe fields they came from: a cache built from other fields is rebuilt, not reused."""
+    key = json.dumps({"data": dataclasses.asdict(recipe.data), "seq_len": recipe.train.seq_len,
+                      "seed": recipe.train.seed, "target": recipe.target}, sort_keys=True)
     if os.path.exists(cache_path):
         with np.load(cache_path) as z:
-            return {k: z[k] for k in z.files}
+            cached = {k: z[k] for k in z.files}
+        if str(cached.pop("recipe_key", "")) == key:
+            return cached
+        print(f"data: {cache_path} was built from other recipe fields; rebuilding it", flush=True)
     t0 = time.perf_counter()
     tokens_NT1, weights_NT = build_rows(tparams, tcfg, tok, recipe)
     t1 = time.perf_counter()
@@ -245,7 +258,7 @@ def build_data(tparams, tcfg, tok, recipe: DraftRecipe, cache_path: str) -> dict
     arrays = {"tokens_BT1": tokens_NT1, "weights_BT": weights_NT, "top_ids_BTK": top_ids,
               "top_logits_BTK": top_logits}
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    np.savez(cache_path, **arrays)
+    np.savez(cache_path, recipe_key=np.asarray(key), **arrays)
     return arrays
 
 
