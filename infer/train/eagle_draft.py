@@ -8,7 +8,8 @@ that reads the target's final features.
 
 Recipe (the YAML names the values; `EagleRecipe` validates them):
   1. data: the pruned draft's (infer/train/smollm2_draft.py `build_data`: the target's greedy replies
-     to training questions, loss on the reply, plus code windows, and the target's top-k logits),
+     to training questions — templated ones and `data.self_questions` the target writes itself — loss on
+     the reply, plus code windows, and the target's top-k logits),
      and the target's final features at every position (`target_features`, computed here);
   2. draft: the target's config with one block and `feature_input`; the block (and final norm)
      start as the target's block `eagle.init_layer`, the fuse projection [2D, D] as
