@@ -261,9 +261,9 @@ def test_markdown_table_formats_rows():
 def test_step_profile_attributes_the_stacked_layouts_slice_copies(tmp_path):
     from infer.bench import step_profile
     assert [step_profile.category(n) for n in ("dynamic-slice_bitcast_fusion.2", "loop_dynamic_slice_fusion",
-                                               "cublas-gemm.1", "gemm_fusion_dot.3", "dot.46", "ragged_gpu",
-                                               "custom-call.4", "fusion.12")] == \
-        ["slice/copy", "slice/copy", "matmul", "matmul", "matmul", "attention", "other", "other"]
+                                               "cublas-gemm.1", "gemm_fusion_dot.3", "dot.46", "ynn_fusion.59",
+                                               "ragged_gpu", "custom-call.4", "fusion.12")] == \
+        ["slice/copy", "slice/copy", "matmul", "matmul", "matmul", "matmul", "attention", "other", "other"]
     s = step_profile.main(["--model", "small", "--dtype", "float32", "--context", "32", "--steps", "3",
                            "--repeats", "3", "--out", str(tmp_path)])
     stacked, unrolled = s["results"]
@@ -276,22 +276,22 @@ def test_step_profile_attributes_the_stacked_layouts_slice_copies(tmp_path):
     assert "| stacked | 1 | 32 |" in (tmp_path / "step_profile.md").read_text()
 
 
-def test_sampling_bench_times_both_filters_and_the_decode_loop(tmp_path):
-    from infer.bench import sampling_bench
-    out = sampling_bench.main(["--vocab", "512", "--batches", "1,3", "--model", "tiny", "--loop-batches", "2",
-                               "--new-tokens", "4", "--repeats", "1", "--out", str(tmp_path)])
-    assert [(r["V"], r["B"]) for r in out["filters"]] == [(512, 1), (512, 3)]
-    assert all(r["equal_rows"] == r["B"] and r["sorted_ms"] > 0 and r["threshold_ms"] > 0 for r in out["filters"])
-    assert [r["setting"] for r in out["loop"]] == [name for name, _ in sampling_bench.LOOP_SETTINGS]
-    assert all(r["ms_step"] > 0 for r in out["loop"])
-    md = (tmp_path / "sampling_bench.md").read_text()
-    assert "threshold_keep ms" in md and "| tiny | float32 | 2 | top_p 0.95 |" in md
-    assert json.loads((tmp_path / "sampling_bench.json").read_text())["command"].startswith("python -m infer.bench")
-
-
-def test_gpu_check_sampling_stage_runs_at_cpu_size(tmp_path):
-    from infer.bench import gpu_check
+def test_sampling_bench_times_both_filters_and_the_decode_loop_as_a_gpu_check_stage(tmp_path):
+    # one run of the bench at CPU size, through gpu-check's stage (its command: --vocab 512 --batches 1,3 --model
+    # tiny --loop-batches 2 --new-tokens 4 --repeats 1)
+    from infer.bench import gpu_check, sampling_bench
     assert gpu_check.main(["--size", "cpu", "--out", str(tmp_path), "--stages", "sampling"]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "| sampling | ok |" in summary and "## sampling: `infer.bench.sampling_bench`" in summary
     assert "[sampling_bench] done" in summary  # the stage's result line is the bench's own
+    out = json.loads((tmp_path / "sampling" / "sampling_bench.json").read_text())
+    assert [(r["V"], r["B"]) for r in out["filters"]] == [(512, 1), (512, 3)]
+    assert all(r["equal_rows"] == r["B"] and r["sorted_ms"] > 0 and r["threshold_ms"] > 0 for r in out["filters"])
+    assert [r["setting"] for r in out["loop"]] == [name for name, _ in sampling_bench.LOOP_SETTINGS]
+    assert all(r["ms_step"] > 0 for r in out["loop"])
+    md = (tmp_path / "sampling" / "sampling_bench.md").read_text()
+    assert "threshold_keep ms" in md and "| tiny | float32 | 2 | top_p 0.95 |" in md
+    assert out["command"].startswith("python -m infer.bench")
+    with pytest.raises(SystemExit):  # a bad list is refused at parse time, naming the option
+        sampling_bench.main(["--loop-batches", "0"])
+    assert sampling_bench.main(["--vocab", "", "--model", "", "--out", str(tmp_path / "none")])["filters"] == []

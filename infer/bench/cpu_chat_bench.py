@@ -262,11 +262,16 @@ def table(rows: List[dict]) -> str:
     return head + body
 
 
-def _int_list(text: str) -> List[int]:
-    """'1,8' -> [1, 8]; argparse reports anything else as a bad value of its option."""
-    vals = [int(x) for x in text.split(",") if x.strip()]
-    if not vals or min(vals) < 1:
-        raise ValueError(text)
+def int_list(text: str, allow_empty: bool = False) -> List[int]:
+    """An option's type: '1,8' -> [1, 8], positive integers ('' -> [] when allow_empty); anything else is refused
+    at parse time with the option's name (argparse adds it)."""
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = None
+    if vals is None or (not vals and not allow_empty) or (vals and min(vals) < 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of positive integers"
+                                         + (" (or empty)" if allow_empty else ""))
     return vals
 
 
@@ -292,7 +297,7 @@ def add_workload_args(ap: argparse.ArgumentParser, dtypes: str, repeats: int) ->
     (--batches and --dtypes parse to lists; a bad entry is refused at parse time, naming the option)."""
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--batches", type=_int_list, default="1,8", help="comma list of positive batch sizes")
+    ap.add_argument("--batches", type=int_list, default="1,8", help="comma list of positive batch sizes")
     ap.add_argument("--dtypes", type=_dtype_list, default=dtypes)
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--check-tokens", type=int, default=32)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -26,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infer.bench.cpu_chat_bench import int_list
+from infer.config import DTYPES
 from infer.bench.timing import time_fn
 
 LOOP_SETTINGS = (("greedy", dict(temperature=0.0)), ("temperature 1", dict(temperature=1.0)),
@@ -96,19 +99,20 @@ def render(filters: List[dict], loop: List[dict]) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m infer.bench.sampling_bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--vocab", default="49152,128256", help='V values for the filter table ("": none)')
-    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--vocab", type=functools.partial(int_list, allow_empty=True), default="49152,128256",
+                    help='V values for the filter table ("": none)')
+    ap.add_argument("--batches", type=int_list, default="1,8,64")
     ap.add_argument("--model", default="smollm2-135m", help='configs/models name for the decode-loop rows ("": none)')
-    ap.add_argument("--loop-batches", default="1,8")
-    ap.add_argument("--dtype", default="float32", help="the decode loop's dtype (float32: the CPU default)")
+    ap.add_argument("--loop-batches", type=int_list, default="1,8")
+    ap.add_argument("--dtype", choices=DTYPES, default="float32",
+                    help="the decode loop's dtype (float32: the CPU default)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="results/sampling")
     args = ap.parse_args(argv)
-    ints = lambda s: [int(v) for v in s.split(",") if v.strip()]
     t0 = time.perf_counter()
-    filters = [r for V in ints(args.vocab) for r in filter_rows(V, ints(args.batches), args.repeats)]
-    loop = loop_rows(args.model, ints(args.loop_batches), args.new_tokens, args.repeats, dtype=args.dtype) \
+    filters = [r for V in args.vocab for r in filter_rows(V, args.batches, args.repeats)]
+    loop = loop_rows(args.model, args.loop_batches, args.new_tokens, args.repeats, dtype=args.dtype) \
         if args.model else []
     md = render(filters, loop)
     os.makedirs(args.out, exist_ok=True)
