@@ -163,8 +163,7 @@ def test_self_questions_are_finished_new_and_reproducible(shipped):
     """The target writes user questions: each one ended at its end-of-turn token, none repeats or is excluded,
     and the same seed gives the same questions."""
     from infer.train.self_questions import STARTERS, sample_questions, user_turn_prefix
-    _, tparams, _, _, tok, _ = shipped
-    tcfg = shipped[0]
+    tcfg, tparams, _, _, tok, _ = shipped
     prefix = user_turn_prefix(tok)
     assert prefix.endswith("user\n") and tok.chat_template.render([{"role": "user", "content": "x"}]).startswith(prefix)
     first = sample_questions(tparams, tcfg, tok, 4, seed=3, batch=8, max_tokens=40, max_rounds=2)

@@ -6,8 +6,8 @@ The chat template rendered up to the start of a user turn, plus an opening word 
 "How", "Write", ... so the questions spread over kinds), is continued by the target at temperature 1 with
 top-p 0.95, one seed per row, until its end-of-turn token. What comes back is kept when it ended by itself
 (not cut at `max_tokens`), has at least three words, and is new (case- and space-insensitive) and not in
-`exclude`. Rounds continue until n are kept or `max_rounds` is reached (then fewer are returned, with a line
-that says so). Deterministic for a given model, seed and batch size.
+`exclude`. Rounds of `batch` rows continue until n are kept or `max_rounds` is reached (0: four times the
+rounds n would need if every row were kept), and then fewer are returned, with a line that says so. Deterministic for a given model, seed and batch size.
 
 Why: a draft distilled on a few hundred templated questions (32 topics x 8 templates) memorises them
 (models/SMOLLM2_CARD.md: 25% acceptance on its training rows, 9% held out); the target's own questions are

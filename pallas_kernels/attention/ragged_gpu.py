@@ -242,7 +242,8 @@ def ragged_paged_attention_gpu(q_TNH, k_pages, v_pages, page_table_RM, query_sta
     block_q: query tokens per program (default: as many as fill DEFAULT_ROWS packed rows, at most
     max_q_len); block_k: keys per block, a power-of-two multiple of Z (default max(DEFAULT_BLOCK_K, Z)).
     num_splits: J, the parts each program's key range is cut into (default: `splits.choose_num_splits` toward
-    RAGGED_TARGET_PROGRAMS programs, so 1 for a grid that fills the GPU; 1 in interpret mode). `layer` may be a traced int32 scalar.
+    RAGGED_TARGET_PROGRAMS programs, so 1 for a grid that fills the GPU; 1 in interpret mode).
+    `layer` may be a traced int32 scalar.
     """
     k, v, k_scale, v_scale = layout.stack_cache(k_pages, v_pages, k_scale, v_scale, "ragged_paged_attention_gpu")
     T, N, H = q_TNH.shape
