@@ -13,7 +13,7 @@ asks for a dtype: an explicit request is always honoured.
 import warnings
 from typing import Optional
 
-import jax
+from pallas_kernels.platform import family
 
 SIXTEEN_BIT = ("bfloat16", "float16")
 CPU_BF16_SLOWDOWN = "1.1-1.6x at batch 1, 5-9x at batch 8"  # SmolLM2-135M decode, bf16 vs f32 (BENCHMARKS.md)
@@ -22,13 +22,12 @@ CPU_BF16_SLOWDOWN = "1.1-1.6x at batch 1, 5-9x at batch 8"  # SmolLM2-135M decod
 def load_dtype(stored: str, requested: Optional[str] = None, platform: Optional[str] = None) -> str:
     """The dtype to load and run in: `requested` if given, else `stored`, except float32 for 16-bit on CPU.
 
-    stored: the checkpoint's own dtype; platform: the JAX backend (default: jax.default_backend()).
+    stored: the checkpoint's own dtype; platform: a JAX platform name (default: the target platform, pallas_kernels/platform.py).
     The CPU fallback warns once per load, saying why and how to force the stored dtype.
     """
     if requested is not None:
         return requested
-    platform = jax.default_backend() if platform is None else platform
-    if platform == "cpu" and stored in SIXTEEN_BIT:
+    if family(platform) == "cpu" and stored in SIXTEEN_BIT:
         warnings.warn(f"checkpoint stored in {stored}: loading it as float32 because the backend is CPU, where "
                       f"XLA's {stored} matmuls are slow (SmolLM2-135M decodes {CPU_BF16_SLOWDOWN} slower in "
                       f"bfloat16 than in float32 there); pass dtype={stored!r} to load it in {stored} anyway", stacklevel=3)

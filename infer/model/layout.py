@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from infer.config.model_config import ModelConfig
+from pallas_kernels.platform import family
 
 
 def unstack_layers(cfg: ModelConfig, params: dict) -> Tuple[ModelConfig, dict]:
@@ -59,6 +60,5 @@ def for_decode(cfg: ModelConfig, params: dict, layout: str = "auto", platform: s
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if layout == "auto":
-        platform = jax.default_backend() if platform is None else platform
-        layout = "unrolled" if platform == "cpu" else "stacked"
+        layout = "unrolled" if family(platform) == "cpu" else "stacked"
     return unstack_layers(cfg, params) if layout == "unrolled" else stack_layers(cfg, params)

@@ -10,6 +10,8 @@ ModelConfig accepts any registered name.
 import importlib
 from typing import Callable, Dict, Tuple
 
+from pallas_kernels.platform import family
+
 AUTO = "auto"
 _BUILTIN = {"reference": "reference", "pallas": "pallas"}  # name -> function in layers.attention.impls
 _IMPLS: Dict[str, Callable] = {}
@@ -28,12 +30,10 @@ def names() -> Tuple[str, ...]:
 
 
 def resolve(name: str, platform: str = None) -> str:
-    """The registered name that runs for `name` on `platform` (default: JAX's default backend)."""
+    """The registered name that runs for `name` on `platform` (default: the target platform,
+    pallas_kernels/platform.py)."""
     if name == AUTO:
-        if platform is None:
-            import jax
-            platform = jax.default_backend()
-        return "pallas" if platform in ("gpu", "cuda", "rocm", "tpu") else "reference"
+        return "reference" if family(platform) == "cpu" else "pallas"
     if name not in _IMPLS and name not in _BUILTIN:
         raise ValueError(f"attention_impl: unknown implementation {name!r}; registered: {names()}")
     return name

@@ -10,21 +10,18 @@
 """
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
 from pallas_kernels.attention import decode_gpu, decode_tpu, mla_gpu, mla_tpu, ragged_gpu, ragged_tpu
 from pallas_kernels.attention.mla_reference import mla_ragged_paged_attention_reference
+from pallas_kernels.platform import family
 
 
 def pick_backend(platform: Optional[str] = None):
-    """(kernel family "gpu" | "tpu", interpret) for a JAX platform name (default: jax.default_backend())."""
-    platform = platform or jax.default_backend()
-    if platform in ("gpu", "cuda", "rocm"):
-        return "gpu", False
-    if platform == "tpu":
-        return "tpu", False
-    return "gpu", True
+    """(kernel family "gpu" | "tpu", interpret) for a JAX platform name (default: the target platform,
+    pallas_kernels/platform.py)."""
+    fam = family(platform)
+    return ("gpu", True) if fam == "cpu" else (fam, False)
 
 
 def decode_attention(q_BNH, k, v, lengths_B, *, platform=None, **kw):

@@ -12,12 +12,12 @@ leading dims [..., I]; the kernels see [M, I].
 """
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference
 from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
+from pallas_kernels.platform import family
 from layers.quant.formats import pad_inputs
 from layers.quant.matmul import quant_matmul as xla_quant_matmul
 
@@ -25,11 +25,11 @@ IMPLS = ("auto", "xla", "reference", "gpu", "tpu")
 
 
 def pick_impl(impl: str = "auto", platform: Optional[str] = None):
-    """(implementation "xla" | "reference" | "gpu" | "tpu", interpret) for impl on a JAX platform (default: the backend)."""
+    """(implementation "xla" | "reference" | "gpu" | "tpu", interpret) for impl on a JAX platform (default: the target)."""
     if impl not in IMPLS:
         raise ValueError(f"impl: must be one of {IMPLS}, got {impl!r}")
-    platform = platform or jax.default_backend()
-    on_gpu, on_tpu = platform in ("gpu", "cuda", "rocm"), platform == "tpu"
+    fam = family(platform)
+    on_gpu, on_tpu = fam == "gpu", fam == "tpu"
     if impl == "auto":
         return ("gpu", False) if on_gpu else ("tpu", False) if on_tpu else ("xla", False)
     if impl == "gpu":
