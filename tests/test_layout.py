@@ -11,7 +11,8 @@ from conftest import make_cfg
 
 import infer
 from infer.config import SamplingParams
-from infer.model.layout import for_decode, stack_layers, unstack_layers
+from infer.model.layout import for_decode, for_engine, stack_layers, unstack_layers
+from pallas_kernels.platform import target_platform
 
 CASES = {
     "plain": dict(),
@@ -57,7 +58,7 @@ def test_init_params_in_the_unrolled_layout_has_the_unstacked_shapes():
     assert jax.tree_util.tree_map(np.shape, fresh) == jax.tree_util.tree_map(np.shape, uparams)
 
 
-def test_conversions_refuse_the_wrong_tree_and_for_decode_picks_by_backend():
+def test_conversions_refuse_the_wrong_tree_and_auto_picks_by_target():
     cfg, params = _model("plain")
     with pytest.raises(ValueError, match="no stacked 'layers' subtree"):
         unstack_layers(cfg, {"embed": params["embed"]})
@@ -67,7 +68,14 @@ def test_conversions_refuse_the_wrong_tree_and_for_decode_picks_by_backend():
         stack_layers(ucfg, uparams)
     assert unstack_layers(ucfg, uparams) == (ucfg, uparams)  # already unrolled: as is
     assert not for_decode(cfg, params, platform="cpu")[0].scan_layers
-    assert for_decode(cfg, params, platform="gpu") == (cfg, params)
+    assert not for_decode(cfg, params, platform="gpu")[0].scan_layers  # GPU: no per-layer weight-slice copies
+    assert for_decode(cfg, params, platform="tpu") == (cfg, params)
+    assert not for_engine(cfg, params, platform="cuda")[0].scan_layers
+    assert for_engine(cfg, params, platform="cpu") == (cfg, params)  # CPU: the engine keeps the caller's layout
+    with target_platform("gpu"):  # the target platform decides when none is named
+        assert not for_engine(cfg, params)[0].scan_layers
+    with pytest.raises(ValueError, match="platform 'metal'"):
+        for_decode(cfg, params, platform="metal")
     assert for_decode(*unstack_layers(cfg, params), layout="stacked", platform="cpu")[0] == cfg
     with pytest.raises(ValueError, match="layout 'scan': expected one of auto, stacked, unrolled"):
         for_decode(cfg, params, layout="scan")

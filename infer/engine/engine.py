@@ -46,6 +46,7 @@ from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request
 from infer.engine.scheduler import Scheduler
 from infer.kv.metadata import SequenceStep, bucket, build_metadata
 from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
+from infer.model.layout import for_engine
 from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
 
@@ -72,11 +73,15 @@ class Engine:
                  page_size: int = DEFAULT_PAGE_SIZE, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
                  tokenizer=None, max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
                  kv_dtype: Optional[str] = None, poison_freed_pages: bool = False,
-                 max_num_partial_prefills: int = 4, mesh=None):
+                 max_num_partial_prefills: int = 4, mesh=None, layout: str = "auto"):
         """mesh: a jax.sharding.Mesh whose "model" axis runs the engine tensor-parallel (parameters and page
-        pools split by heads; infer/parallel/tensor_parallel.py). The host side is unchanged."""
+        pools split by heads; infer/parallel/tensor_parallel.py). The host side is unchanged.
+        layout: the parameters' layout for the step (infer/model/layout.py's for_engine: "auto" = unrolled on GPU,
+        where a layer scan copies every weight slice each step; as given on CPU and TPU); a mesh keeps stacked."""
         if mesh is not None:
             cfg, params = prepare_tensor_parallel(params, cfg, mesh)
+        else:
+            cfg, params = for_engine(cfg, params, layout)
         max_model_len = min(cfg.max_seq_len, max_model_len or cfg.max_seq_len)
         for name, v in (("page_size", page_size), ("max_num_seqs", max_num_seqs),
                         ("max_num_batched_tokens", max_num_batched_tokens), ("max_model_len", max_model_len)):

@@ -4,7 +4,7 @@ A call runs two device programs, each compiled once per shape bucket:
   1. `_start`: builds the page pools and each row's page table (every request's
      pages for its whole length are reserved up front, so the loop needs no host),
      prefills the right-padded prompts and samples the first token (timed as TTFT);
-  2. `_decode_loop`: a `lax.while_loop` of decode steps, the pools donated, that
+  2. `decode_loop`: a `lax.while_loop` of decode steps, the pools donated, that
      stops each row on one of its stop tokens or its max_new_tokens and ends when
      every row is done. No Python runs per token.
 
@@ -129,7 +129,7 @@ _start = jax.jit(prefill_and_sample, static_argnames=("cfg", "S", "page_size", "
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_out"), donate_argnames=("cache",))
-def _decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
+def decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
     S = capacity(cache)
     rows_B = jnp.arange(first_B.shape[0])
     max_new_B = samp["max_new_tokens"]
@@ -176,7 +176,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size, mesh)
         first.block_until_ready()
         t1 = time.perf_counter()
-        out, n, steps, _ = _decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
+        out, n, steps, _ = decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
     out, n = to_host((out, n))  # on several processes the result may live partly on other hosts' devices
     t2 = time.perf_counter()
     toks = [out[i, :n[i]].tolist() for i in range(n_real)]

@@ -1,0 +1,220 @@
+"""The GPU program report: what our jitted programs launch on an H100, compiled here without a GPU.
+
+    python -m infer.perf.gpu_program --model llama3-8b --batch 1 --context 1024
+    python -m infer.perf.gpu_program --model smollm2-135m --programs decode,generate --layout stacked
+
+Each program is traced for the GPU (target_platform("gpu"): the Pallas kernels, the GPU layout), compiled by
+XLA's CUDA pipeline against configs/hardware/h100.target.txtpb (infer/perf/gpu_target.py), and read back from
+the compiler's dump (infer/perf/thunks.py): kernel launches per step and per layer, kernels by family (XLA
+fusions, Triton GEMMs, cuBLAS, Pallas), copies and the bytes they move (weight-sized ones flagged), host
+submissions (a command buffer is one), the largest float32 buffer a kernel writes, and temp memory.
+
+Programs (all at --batch rows, a cache of --context positions, --weights in the model's dtype or quantized):
+    decode          one decode step over a static batch of rows (infer.decode_step's program)
+    verify          a speculative verify: k+1 tokens per row, logits at every one (--spec-k)
+    generate        the on-device generation loop (per token: one trip of its while loop)
+    engine_decode   the engine's step (page copies, ragged step, sampling) with --batch decode tokens
+    engine_mixed    the engine's step with one prefill chunk beside --batch - 1 decode tokens
+Without a GPU there are no timings and GEMM tiles are XLA's untuned defaults; the same report from a real GPU
+(`make gpu-check`'s program stage) says how far the two differ.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Callable, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infer.config import ModelConfig, SamplingParams, load_config
+from infer.config.sampling_params import batch_arrays
+from infer.kv.metadata import SequenceStep, build_metadata
+from infer.kv.pool import init_pools
+from infer.perf.gpu_target import abstract, gpu_topology, replicated
+from infer.perf.thunks import ProgramReport, read_dump
+from pallas_kernels.platform import target_platform
+
+PROGRAMS = ("decode", "verify", "generate", "engine_decode", "engine_mixed")
+LAYOUT_CHOICES = ("auto", "stacked", "unrolled")
+PAGE_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+    """What to compile: a model config, a layout, rows, context, weights, and the speculative k for verify."""
+
+    cfg: ModelConfig
+    layout: str = "auto"
+    batch: int = 1
+    context: int = 1024
+    spec_k: int = 4
+    generate_tokens: int = 64
+
+    def __post_init__(self):
+        if self.layout not in LAYOUT_CHOICES:
+            raise ValueError(f"layout {self.layout!r}: expected one of {', '.join(LAYOUT_CHOICES)}")
+        for name in ("batch", "context", "spec_k", "generate_tokens"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ValueError(f"{name}: must be an int > 0, got {getattr(self, name)!r}")
+        if self.context + self.spec_k + self.generate_tokens > self.cfg.max_seq_len:
+            raise ValueError(f"context: {self.context} (+ {self.spec_k} verify / {self.generate_tokens} generated "
+                             f"tokens) exceeds the model's max_seq_len={self.cfg.max_seq_len}")
+
+
+def decode_params(cfg: ModelConfig, layout: str, engine: bool = False):
+    """(cfg, abstract params) in the layout `layout` resolves to for the target (for_decode's rule, or
+    for_engine's for the engine's programs)."""
+    from infer.model.layout import for_decode, for_engine
+    from infer.model.params import init_params
+    stacked = jax.eval_shape(lambda: init_params(cfg.replace(scan_layers=True), jax.random.PRNGKey(0)))
+    holder = {}
+
+    def convert(p):
+        dcfg, out = (for_engine if engine else for_decode)(cfg.replace(scan_layers=True), p, layout)
+        holder["cfg"] = dcfg
+        return out
+    params = jax.eval_shape(convert, stacked)
+    return holder["cfg"], params
+
+
+def _rows_cache(cfg, B, max_len):
+    from infer.model.rows import init_cache
+    return jax.eval_shape(lambda: init_cache(cfg, B, max_len, page_size=PAGE_SIZE))
+
+
+def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[int, ...]]:
+    """(function, concrete-or-abstract arguments, donated argument numbers) of program `name`."""
+    from infer.model.rows import extend_rows
+    cfg, params = decode_params(spec.cfg, spec.layout, engine=name.startswith("engine"))
+    B, S = spec.batch, spec.context
+    if name in ("decode", "verify"):
+        T = 1 if name == "decode" else spec.spec_k + 1
+        cache = _rows_cache(cfg, B, S + T)
+        which = "last" if name == "decode" else "all"
+        fn = lambda p, t, n, c: extend_rows(p, cfg, t, n, c, which)
+        return fn, (params, jax.ShapeDtypeStruct((B, T), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32),
+                    cache), (3,)
+    if name == "generate":
+        from infer.generation.batch import decode_loop
+        cache = _rows_cache(cfg, B, S + spec.generate_tokens)
+        samp = batch_arrays([SamplingParams(temperature=0.0, max_new_tokens=spec.generate_tokens)], B)
+        fn = lambda p, first, c, active, sp: decode_loop(p, cfg, first, c, active, sp, spec.generate_tokens)
+        return fn, (params, jax.ShapeDtypeStruct((B,), jnp.int32), cache, jax.ShapeDtypeStruct((B,), jnp.bool_),
+                    samp), (2,)
+    if name in ("engine_decode", "engine_mixed"):
+        from infer.engine.device_step import engine_step
+        M = -(-(S + 1) // PAGE_SIZE)
+        P = B * M + 1
+        prefill = min(S, 256) if name == "engine_mixed" else 0
+        seqs = [SequenceStep(tokens=[1] * (prefill if (prefill and r == 0) else 1),
+                             pages=list(range(r * M, (r + 1) * M)), cached=0 if (prefill and r == 0) else S)
+                for r in range(B)]
+        shapes = dict(max_q_len=1) if not prefill else dict(prefill_rows=1)
+        tokens_T, meta = build_metadata(seqs, page_size=PAGE_SIZE, num_pages=P, **shapes)
+        R = meta.query_start_R.shape[0]
+        kv = jax.eval_shape(lambda: init_pools(cfg, P, PAGE_SIZE))
+        samp = {"temperature": np.zeros((R,), np.float32), "top_k": np.zeros((R,), np.int32),
+                "top_p": np.ones((R,), np.float32), "min_p": np.zeros((R,), np.float32),
+                "seed": np.zeros((R,), np.uint32)}
+        fn = lambda p, t, m, k, src, dst, rows, pos, sp: engine_step(p, cfg, t, m, k, src, dst, rows, pos, sp)
+        ints = lambda n, fill=0: np.full((n,), fill, np.int32)
+        return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,)
+    raise ValueError(f"program {name!r}: expected one of {', '.join(PROGRAMS)}")
+
+
+def compile_report(name: str, spec: ProgramSpec, target: str = "h100", dump_dir: Optional[str] = None
+                   ) -> ProgramReport:
+    """Compile program `name` for `target` without a GPU and read its report from the compiler's dump."""
+    topo = gpu_topology(target)
+    sharding = replicated(topo)
+    with target_platform("gpu"):
+        fn, args, donate = build_program(name, spec)
+        args = abstract(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), args), sharding)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = dump_dir or tmp
+            compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
+                compiler_options={"xla_dump_to": out, "xla_dump_hlo_as_text": True})
+            report = read_dump(out)
+    mem = compiled.memory_analysis()
+    report.temp_bytes = getattr(mem, "temp_size_in_bytes", None)
+    return report
+
+
+def weight_bytes(cfg: ModelConfig) -> float:
+    """The smallest per-layer weight matrix's bytes: a copy at least this large copies a weight."""
+    from infer.model.params import init_params
+    p = jax.eval_shape(lambda: init_params(cfg.replace(scan_layers=False), jax.random.PRNGKey(0)))
+    sizes = [x.size * x.dtype.itemsize for path, x in jax.tree_util.tree_flatten_with_path(p["layers_0"])[0]
+             if x.ndim >= 2]
+    return float(min(sizes))
+
+
+def report_row(name: str, spec: ProgramSpec, rep: ProgramReport) -> dict:
+    """One table row: per-step and per-layer numbers, weight-sized copies counted against weight_bytes."""
+    cfg = spec.cfg
+    wbytes = weight_bytes(cfg)
+    big = rep.copies_at_least(wbytes)
+    row = {"program": name, "layout": spec.layout, "B": spec.batch, "S": spec.context,
+           "weights": cfg.weight_format or cfg.dtype, **rep.summary()}
+    row["launches_per_step"] = rep.launches
+    row["launches_per_layer"] = row["launches_per_step"] / cfg.n_layers
+    row["weight_copies"] = sum(c.runs for c in big)
+    row["weight_copy_GB"] = sum(c.bytes * c.runs for c in big) / 1e9
+    row["largest_f32_op"] = rep.largest_f32[0]
+    return row
+
+
+COLUMNS = ("program", "layout", "B", "weights", "launches_per_step", "launches_per_layer", "kernels_xla",
+           "kernels_triton_gemm", "kernels_cublas", "kernels_pallas", "weight_copies", "weight_copy_GB",
+           "submissions", "command_buffers", "largest_f32_MB", "temp_MB")
+
+
+def markdown(rows: List[dict]) -> str:
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
+    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    return head + "".join("| " + " | ".join(fmt(r.get(c, 0)) for c in COLUMNS) + " |\n" for r in rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama3-8b", help="a config in configs/models/ (random weights' shapes)")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--weights", default="", help="a weight format (int8, int4-g128, ...) or empty: float weights")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto")
+    ap.add_argument("--programs", default="decode,engine_decode,engine_mixed",
+                    help=f"comma-separated, from {', '.join(PROGRAMS)}")
+    ap.add_argument("--spec-k", type=int, default=4)
+    ap.add_argument("--target", default="h100")
+    ap.add_argument("--dump", default="", help="keep each program's compiler dump under this folder")
+    ap.add_argument("--out", default="", help="write report.json and report.md here")
+    a = ap.parse_args(argv)
+    names = [n for n in a.programs.split(",") if n]
+    bad = [n for n in names if n not in PROGRAMS]
+    if bad:
+        ap.error(f"--programs: unknown {bad}; expected from {', '.join(PROGRAMS)}")
+    cfg = load_config(a.model).replace(dtype=a.dtype, weight_format=a.weights or None)
+    spec = ProgramSpec(cfg, a.layout, a.batch, a.context, a.spec_k)
+    rows = []
+    for n in names:
+        print(f"compiling {n} for {a.target} ...", flush=True)
+        rep = compile_report(n, spec, a.target, os.path.join(a.dump, n) if a.dump else None)
+        rows.append(report_row(n, spec, rep))
+    table = markdown(rows)
+    print(f"\n{a.model} on {a.target} (deviceless compile, JAX {jax.__version__})\n\n{table}")
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        json.dump(rows, open(os.path.join(a.out, "report.json"), "w"), indent=1)
+        open(os.path.join(a.out, "report.md"), "w").write(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
