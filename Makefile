@@ -31,8 +31,19 @@ PORT ?= 8000
 serve: $(BIN)/.installed
 	$(BIN)/python -m infer serve --model $(MODEL) --port $(PORT)
 
-# The test suite (CPU; Pallas kernels in interpret mode).
-test: $(BIN)/.installed
+# XLA's CUDA compiler for deviceless GPU compiles (infer/perf/gpu_program.py, tests/test_gpu_program.py): the CUDA
+# plugin at jaxlib's version, no nvidia-* wheels, installed beside the venv's site-packages (not in it: there JAX
+# would try to start a CUDA backend on every CPU-only run). About 480 MB.
+$(VENV)/gpu-aot/.installed: $(BIN)/.installed
+	v=$$($(BIN)/python -c "import jaxlib; print(jaxlib.__version__)"); \
+	$(BIN)/pip install -q --no-deps --target $(VENV)/gpu-aot jax-cuda12-plugin==$$v jax-cuda12-pjrt==$$v
+	touch $@
+
+.PHONY: gpu-aot
+gpu-aot: $(VENV)/gpu-aot/.installed
+
+# The test suite (CPU; Pallas kernels in interpret mode; GPU programs compiled deviceless).
+test: $(BIN)/.installed $(VENV)/gpu-aot/.installed
 	$(BIN)/python -m pytest -q -n 2 tests
 
 # Every benchmark experiment in configs/experiments/ on the current device.

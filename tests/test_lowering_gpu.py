@@ -1,4 +1,4 @@
-"""Every GPU Pallas kernel lowers for CUDA on this CPU-only machine, at Llama-3-8B shapes in bfloat16.
+"""Every GPU Pallas kernel lowers for CUDA, and compiles for an H100, on this CPU-only machine, at Llama-3-8B shapes.
 
 jax.export with platforms=["cuda"] runs the real Triton lowering (not interpret
 mode) on abstract arguments, so no memory is allocated for the multi-GiB pools.
@@ -12,6 +12,9 @@ touches the page pools or the cache (no slice, transpose, gather or copy of them
 the kernels compute layer/page addresses themselves). The quantized matmul is
 checked the same way at Llama-3-8B's MLP decode shapes: the packed weight reaches
 the kernel untouched (never dequantized or copied by XLA).
+
+Each exported function is also compiled by XLA's CUDA pipeline for sm_90a without a GPU (tests/gpu_aot.py):
+Triton runs, so a block that does not fit the H100's shared memory fails here, as the last test shows.
 """
 import re
 
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import export
+from gpu_aot import compile_for, h100_sharding
 
 from layers.quant.formats import get_format
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
@@ -38,6 +42,7 @@ def _export(fn, *args):
     exp = export.export(jax.jit(fn), platforms=["cuda"],
                         disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in TRITON_TARGETS])(*args)
     assert exp.platforms == ("cuda",)
+    compile_for(h100_sharding(), fn, *args)  # Triton -> PTX -> cubin for sm_90a: limits are checked here
     return exp, exp.mlir_module()
 
 
@@ -165,3 +170,15 @@ def test_quant_matmul_lowers(fmt, I, O):
     grid = [int(re.search(rf"grid_{a} = (\d+) : i32", call).group(1)) for a in "xyz"]
     # (M blocks, O blocks of 128, I splits): enough programs for the H100's 132 SMs, even for O = 4096
     assert grid[0] == 1 and grid[1] == O // 128 and grid[0] * grid[1] * grid[2] >= 132, grid
+
+
+def test_an_oversized_block_fails_to_compile_for_the_h100():
+    """256 pages of 16 keys per block: k and v tiles of 4096 x 128 bf16 need 3.3 MB of shared memory, past the
+    H100's 227 KB; the compile is refused (lowering alone would accept it). The default block compiles."""
+    arrays = _pools(jnp.bfloat16, (L, P, K, Z))
+    args = (S((8, N, H), jnp.bfloat16), S((8, 512), i32), S((8,), i32), *arrays)
+    fn = lambda ppb: lambda q, t, n, k, v: paged_decode_attention_gpu(q, k, v, t, n, pages_per_block=ppb,
+                                                                      num_splits=1)
+    compile_for(h100_sharding(), fn(None), *args)
+    with pytest.raises(Exception, match="[Ss]hared memory size limit exceeded"):
+        compile_for(h100_sharding(), fn(256), *args)
