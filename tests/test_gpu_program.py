@@ -76,3 +76,12 @@ def test_the_engines_steps_for_a_gpu_copy_no_weight(llama, program):
     row = gpu_program.report_row(program, spec, gpu_program.compile_report(program, spec))
     assert row["weight_copies"] == 0 and row["weight_copy_GB"] == 0, row
     assert row["kernels_pallas"] >= llama.n_layers
+
+
+def test_smollm2s_generation_loop_is_one_command_buffer_on_a_gpu(llama):
+    """The on-device loop (every token's step, sampling and stop checks) is one CUDA graph: one host submission
+    per call, where XLA's default command buffers left 346 submissions per token (the loop body outside)."""
+    spec = gpu_program.ProgramSpec(infer.load_config("smollm2-135m").replace(dtype="bfloat16"), "auto", 1, 512)
+    rep = gpu_program.compile_report("generate", spec)
+    assert rep.submissions == 1 and rep.command_buffers == 1, rep.summary()
+    assert rep.kernels["pallas"] == spec.cfg.n_layers  # the decode attention kernel inside, once per layer

@@ -47,3 +47,17 @@ def apply_default_xla_flags(environ=None, features: Optional[set] = None) -> str
     if extra:
         env["XLA_FLAGS"] = " ".join([current, *extra]).strip()
     return env.get("XLA_FLAGS", "")
+
+
+# Command buffers (CUDA graphs) around whole loops on a GPU. XLA's default command buffers leave while loops and
+# conditionals out, so the on-device generation loop submits each trip's kernels from the host (SmolLM2-135M at
+# batch 1: 346 host submissions per token, `python -m infer.perf.gpu_program --model smollm2-135m --programs
+# generate`); with WHILE and CONDITIONAL in the list the whole loop is one submission. Passed per program as a
+# compiler option (jax.jit(compiler_options=...)), so it applies to that loop alone.
+LOOP_COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+
+
+def loop_compiler_options(family: str) -> Dict[str, str]:
+    """Compiler options for a program that runs a device loop, on a target family ("gpu": the loop in one command
+    buffer; elsewhere none)."""
+    return {"xla_gpu_enable_command_buffer": LOOP_COMMAND_BUFFERS} if family == "gpu" else {}

@@ -6,7 +6,8 @@ A call runs two device programs, each compiled once per shape bucket:
      prefills the right-padded prompts and samples the first token (timed as TTFT);
   2. `decode_loop`: a `lax.while_loop` of decode steps, the pools donated, that
      stops each row on one of its stop tokens or its max_new_tokens and ends when
-     every row is done. No Python runs per token.
+     every row is done. No Python runs per token. On a GPU the whole loop is one
+     command buffer (CUDA graph): one host submission per call (`decode_loop_jit`).
 
 Each prompt may have its own SamplingParams (one shared, or one per prompt). A
 request's random draws depend only on its seed and the position of the token
@@ -25,7 +26,6 @@ A row's output includes its stop token when it stops on one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import List, Sequence, Union
 
@@ -34,10 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
+from infer.config.xla_flags import loop_compiler_options
 from infer.kv.metadata import bucket
 from infer.kv.pool import DEFAULT_PAGE_SIZE
 from infer.model.rows import capacity, extend_rows, init_cache
 from infer.parallel.distributed import to_host
+from pallas_kernels.platform import family
 from infer.parallel.tensor_parallel import constrain_pools, mesh_context, prepare_tensor_parallel
 from infer.sampling import is_stop, request_keys, sample
 
@@ -128,7 +130,6 @@ def init_outputs(first_B, active_B, samp, max_out):
 _start = jax.jit(prefill_and_sample, static_argnames=("cfg", "S", "page_size", "mesh"))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_out"), donate_argnames=("cache",))
 def decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
     S = capacity(cache)
     rows_B = jnp.arange(first_B.shape[0])
@@ -154,6 +155,18 @@ def decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
     return out_BO, n_B, step - 1, cache
 
 
+_LOOPS = {}
+
+
+def decode_loop_jit(fam: str):
+    """decode_loop jitted for a target family (the cache donated); on a GPU the whole loop is one command buffer
+    (infer/config/xla_flags.py's loop_compiler_options)."""
+    if fam not in _LOOPS:
+        _LOOPS[fam] = jax.jit(decode_loop, static_argnames=("cfg", "max_out"), donate_argnames=("cache",),
+                              compiler_options=loop_compiler_options(fam) or None)
+    return _LOOPS[fam]
+
+
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              sampling: Union[SamplingParams, Sequence[SamplingParams]] = SamplingParams(),
              page_size: int = DEFAULT_PAGE_SIZE, mesh=None) -> GenerateResult:
@@ -176,7 +189,8 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size, mesh)
         first.block_until_ready()
         t1 = time.perf_counter()
-        out, n, steps, _ = decode_loop(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
+        out, n, steps, _ = decode_loop_jit(family())(params, cfg, first, cache, jnp.asarray(active), samp,
+                                                     max_out)
     out, n = to_host((out, n))  # on several processes the result may live partly on other hosts' devices
     t2 = time.perf_counter()
     toks = [out[i, :n[i]].tolist() for i in range(n_real)]

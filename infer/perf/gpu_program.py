@@ -33,6 +33,7 @@ import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, load_config
 from infer.config.sampling_params import batch_arrays
+from infer.config.xla_flags import loop_compiler_options
 from infer.kv.metadata import SequenceStep, build_metadata
 from infer.kv.pool import init_pools
 from infer.perf.gpu_target import abstract, gpu_topology, replicated
@@ -87,8 +88,9 @@ def _rows_cache(cfg, B, max_len):
     return jax.eval_shape(lambda: init_cache(cfg, B, max_len, page_size=PAGE_SIZE))
 
 
-def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[int, ...]]:
-    """(function, concrete-or-abstract arguments, donated argument numbers) of program `name`."""
+def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[int, ...], dict]:
+    """(function, concrete-or-abstract arguments, donated argument numbers, compiler options) of program `name`,
+    as the stack compiles it for a GPU."""
     from infer.model.rows import extend_rows
     cfg, params = decode_params(spec.cfg, spec.layout, engine=name.startswith("engine"))
     B, S = spec.batch, spec.context
@@ -98,14 +100,14 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
         which = "last" if name == "decode" else "all"
         fn = lambda p, t, n, c: extend_rows(p, cfg, t, n, c, which)
         return fn, (params, jax.ShapeDtypeStruct((B, T), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32),
-                    cache), (3,)
+                    cache), (3,), {}
     if name == "generate":
         from infer.generation.batch import decode_loop
         cache = _rows_cache(cfg, B, S + spec.generate_tokens)
         samp = batch_arrays([SamplingParams(temperature=0.0, max_new_tokens=spec.generate_tokens)], B)
         fn = lambda p, first, c, active, sp: decode_loop(p, cfg, first, c, active, sp, spec.generate_tokens)
         return fn, (params, jax.ShapeDtypeStruct((B,), jnp.int32), cache, jax.ShapeDtypeStruct((B,), jnp.bool_),
-                    samp), (2,)
+                    samp), (2,), loop_compiler_options("gpu")
     if name in ("engine_decode", "engine_mixed"):
         from infer.engine.device_step import engine_step
         M = -(-(S + 1) // PAGE_SIZE)
@@ -123,7 +125,7 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
                 "seed": np.zeros((R,), np.uint32)}
         fn = lambda p, t, m, k, src, dst, rows, pos, sp: engine_step(p, cfg, t, m, k, src, dst, rows, pos, sp)
         ints = lambda n, fill=0: np.full((n,), fill, np.int32)
-        return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,)
+        return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,), {}
     raise ValueError(f"program {name!r}: expected one of {', '.join(PROGRAMS)}")
 
 
@@ -133,12 +135,12 @@ def compile_report(name: str, spec: ProgramSpec, target: str = "h100", dump_dir:
     topo = gpu_topology(target)
     sharding = replicated(topo)
     with target_platform("gpu"):
-        fn, args, donate = build_program(name, spec)
+        fn, args, donate, options = build_program(name, spec)
         args = abstract(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), args), sharding)
         with tempfile.TemporaryDirectory() as tmp:
             out = dump_dir or tmp
             compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
-                compiler_options={"xla_dump_to": out, "xla_dump_hlo_as_text": True})
+                compiler_options={**options, "xla_dump_to": out, "xla_dump_hlo_as_text": True})
             report = read_dump(out)
     mem = compiled.memory_analysis()
     report.temp_bytes = getattr(mem, "temp_size_in_bytes", None)
