@@ -134,6 +134,10 @@ class ModelConfig:
     # stacked array before every dot, so on CPU the unrolled layout decodes faster (BENCHMARKS.md, "This stack
     # vs llama.cpp"); infer.model.layout converts between the two.
     scan_layers: bool = True
+    # Projections that read the same input as one matrix: q|k|v as "qkv" [D, N + 2K, H] and gate|up as "gate_up"
+    # [D, 2F], one GEMM each instead of three and two (infer.model.layout.fuse_projections; the decode layouts use
+    # it). Not for MLA; a CLA follower block keeps its lone "q".
+    fused_projections: bool = False
     name: str = ""
 
     def __post_init__(self):
@@ -166,6 +170,8 @@ class ModelConfig:
         self._validate_mla()
         _require(isinstance(self.kv_share_every, int) and self.kv_share_every >= 1, "kv_share_every",
                  f"must be an int >= 1, got {self.kv_share_every!r}")
+        _require(not (self.fused_projections and self.is_mla), "fused_projections",
+                 "MLA's projections (a low-rank latent) have no q|k|v to fuse")
         _require(self.n_layers % self.kv_share_every == 0, "kv_share_every",
                  f"n_layers={self.n_layers} is not divisible by kv_share_every={self.kv_share_every}")
         _require(self.kv_share_every == 1 or not self.is_mla, "kv_share_every",

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from infer.config.model_config import ConfigError, ModelConfig
-from infer.model.layout import stack_layers
+from infer.model.layout import stack_layers, unfuse_projections
 from infer.parallel.sharding import param_shardings, pool_shardings, shard
 
 MODEL_AXIS = "model"
@@ -70,14 +70,15 @@ def repeat_kv_heads(params: dict, cfg: ModelConfig, k2: int) -> Tuple[ModelConfi
 
 def prepare_tensor_parallel(params: dict, cfg: ModelConfig, mesh: Mesh) -> Tuple[ModelConfig, dict]:
     """(cfg, params) to run on `mesh`: KV heads replicated if needed, every parameter placed by its logical axes
-    (in the stacked layout, which the sharding rules name: an unrolled tree, infer/model/layout.py, is stacked)."""
+    (in the stacked layout, which the sharding rules name: an unrolled tree, infer/model/layout.py, is stacked, and
+    fused projections are split back into q, k, v and gate, up, which the rules split by heads and columns)."""
     if not set(mesh.axis_names) <= {"data", MODEL_AXIS}:
         raise ValueError(f"mesh: axes must be named 'data' and/or {MODEL_AXIS!r} (the sharding rules' names), "
                          f"got {mesh.axis_names}; make_mesh(tp, dp) builds one")
     tp = tp_degree(mesh)
     if cfg.kv_share_every != 1:
         raise ConfigError("kv_share_every: tensor parallelism is not supported for CLA models yet")
-    cfg, params = stack_layers(cfg, params)
+    cfg, params = unfuse_projections(*stack_layers(cfg, params))
     cfg, params = repeat_kv_heads(params, cfg, replicated_kv_heads(cfg, tp))
     return cfg, shard(params, param_shardings(cfg, mesh))
 

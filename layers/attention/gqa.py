@@ -34,15 +34,20 @@ class Attention(nn.Module):
         proj = lambda n, ax, name: Linear((D,), (n, H), (axes.EMBED,), (ax, axes.HEAD_DIM), dt,
                                           use_bias=cfg.qkv_bias, weight_format=cfg.weight_format, name=name)
         inv_freq, factor = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling), attention_factor(cfg.rope_scaling)
-        q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
+        if cfg.fused_projections and not self.shares_kv:  # one GEMM: [D, N + 2K, H] (q | k | v heads)
+            qkv_BTXH = proj(N + 2 * K, None, "qkv")(x_BTD)
+            q_BTNH, k_BTKH, v_BTKH = jnp.split(qkv_BTXH, (N, N + K), axis=-2)
+        else:
+            q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
         if cfg.qk_norm:
             q_BTNH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="q_norm")(q_BTNH)
         q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, factor)
         if self.shares_kv:
             k_BTKH, v_BTKH = shared_kv if shared_kv is not None else (None, None)
         else:
-            k_BTKH = proj(K, axes.KV_HEADS, "k")(x_BTD)
-            v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
+            if not cfg.fused_projections:
+                k_BTKH = proj(K, axes.KV_HEADS, "k")(x_BTD)
+                v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
             if cfg.qk_norm:
                 k_BTKH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="k_norm")(k_BTKH)
             k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, factor)
