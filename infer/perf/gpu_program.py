@@ -147,26 +147,35 @@ def compile_report(name: str, spec: ProgramSpec, target: str = "h100", dump_dir:
     return report
 
 
-def weight_bytes(cfg: ModelConfig) -> float:
-    """The smallest per-layer weight matrix's bytes: a copy at least this large copies a weight."""
+def weight_sizes(cfg: ModelConfig) -> Tuple[float, set]:
+    """(the smallest weight matrix's bytes, the element counts of every weight matrix) of one layer, projections
+    fused or not, and of the L-stacked arrays: a copy at least that large, or an XLA fusion writing an array of
+    one of those sizes, copies (or pads, converts, multiplies out) a weight."""
     from infer.model.params import init_params
-    p = jax.eval_shape(lambda: init_params(cfg.replace(scan_layers=False), jax.random.PRNGKey(0)))
-    sizes = [x.size * x.dtype.itemsize for path, x in jax.tree_util.tree_flatten_with_path(p["layers_0"])[0]
-             if x.ndim >= 2]
-    return float(min(sizes))
+    counts, smallest = set(), float("inf")
+    for fused in (False, True):
+        c = cfg.replace(scan_layers=False, fused_projections=fused and not cfg.is_mla)
+        p = jax.eval_shape(lambda: init_params(c, jax.random.PRNGKey(0)))
+        for path, x in jax.tree_util.tree_flatten_with_path(p["layers_0"])[0]:
+            if getattr(path[-1], "key", None) in ("kernel", "q"):
+                counts |= {x.size, x.size * cfg.kv_layers}
+                smallest = min(smallest, x.size * x.dtype.itemsize)
+    return smallest, counts
 
 
 def report_row(name: str, spec: ProgramSpec, rep: ProgramReport) -> dict:
     """One table row: per-step and per-layer numbers, weight-sized copies counted against weight_bytes."""
     cfg = spec.cfg
-    wbytes = weight_bytes(cfg)
+    wbytes, counts = weight_sizes(cfg)
     big = rep.copies_at_least(wbytes)
     row = {"program": name, "layout": spec.layout, "B": spec.batch, "S": spec.context,
            "weights": cfg.weight_format or cfg.dtype, **rep.summary()}
     row["launches_per_step"] = rep.launches
     row["launches_per_layer"] = row["launches_per_step"] / cfg.n_layers
+    big += rep.writes_of(counts)  # a weight padded, converted or multiplied out by an XLA fusion is a copy too
     row["weight_copies"] = sum(c.runs for c in big)
     row["weight_copy_GB"] = sum(c.bytes * c.runs for c in big) / 1e9
+    row["weight_copy_ops"] = sorted({f"{c.op} {c.shape}" for c in big})[:8]
     row["largest_f32_op"] = rep.largest_f32[0]
     return row
 

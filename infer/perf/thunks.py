@@ -18,7 +18,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
                "s64": 8, "u64": 8, "f64": 8, "s4": 0.5, "u4": 0.5, "f8e4m3fn": 1, "f8e5m2": 1, "c64": 8}
@@ -90,6 +90,17 @@ def parse_annotations(text: str) -> Dict[int, str]:
     return out
 
 
+def largest_element(shape: str) -> Tuple[float, int]:
+    """(bytes, element count) of the largest array in an HLO shape (a tuple's largest element)."""
+    out = (0.0, 0)
+    for dt, dims in _SHAPE.findall(shape):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        out = max(out, (n * DTYPE_BYTES[dt], n))
+    return out
+
+
 def shape_bytes(shape: str) -> float:
     """Bytes of an HLO shape string (a tuple's elements summed)."""
     total = 0.0
@@ -118,13 +129,15 @@ def parse_hlo(text: str):
 
 @dataclasses.dataclass
 class CopyOp:
-    """A copy the program makes per step: what (thunk kind, HLO op), its shape, bytes per run, runs per step."""
+    """A copy (or a write) the program makes per step: what (thunk kind, HLO op), its shape, bytes per run, runs
+    per step, and the element count of its largest array (to match it against the weights' sizes)."""
 
     kind: str
     op: str
     shape: str
     bytes: float
     runs: int
+    elements: int = 0
 
 
 @dataclasses.dataclass
@@ -135,7 +148,8 @@ class ProgramReport:
     graph replays); kernels: by family ("xla" fusions, "triton_gemm", "cublas", "pallas" custom kernels);
     submissions: host-side launches (a command buffer is one submission, a while loop outside one submits
     its condition and body each trip); copies: every copy-like operation (kCopy, dynamic-slice fusions,
-    transpose/copy kernels) with its bytes; largest_f32_bytes: the largest float32 output a kernel writes;
+    transpose/copy kernels) with its bytes; writes: every XLA fusion's output but in-place updates
+    (dynamic-update-slice, scatter), so that a weight-sized one (a padded or converted weight) is seen; largest_f32_bytes: the largest float32 output a kernel writes;
     loops: trip counts (None: unknown, counted once); temp_bytes: from the compiled memory analysis."""
 
     launches: int = 0
@@ -143,6 +157,7 @@ class ProgramReport:
     submissions: int = 0
     command_buffers: int = 0
     copies: List[CopyOp] = dataclasses.field(default_factory=list)
+    writes: List[CopyOp] = dataclasses.field(default_factory=list)
     largest_f32: tuple = ("", 0.0)
     loops: List[Optional[int]] = dataclasses.field(default_factory=list)
     temp_bytes: Optional[float] = None
@@ -154,6 +169,16 @@ class ProgramReport:
     def copies_at_least(self, nbytes: float) -> List[CopyOp]:
         """The copies of at least `nbytes` per run (e.g. a weight's size)."""
         return [c for c in self.copies if c.bytes >= nbytes]
+
+    def writes_of(self, element_counts) -> List[CopyOp]:
+        """The XLA fusions (not copies) whose largest output has one of `element_counts` elements (a weight converted,
+        or multiplied by a vector: a matrix-vector product XLA ran as multiply + reduce), or up to 25% more for a pad
+        fusion (a weight padded to a tile multiple)."""
+        def matches(w):
+            if w.elements in element_counts:
+                return True
+            return "pad" in w.op and any(n < w.elements <= 1.25 * n for n in element_counts)
+        return [w for w in self.writes if matches(w)]
 
     def summary(self) -> dict:
         return {"launches": self.launches, **{f"kernels_{k}": v for k, v in sorted(self.kernels.items())},
@@ -173,6 +198,11 @@ def kernel_family(kind: str, name: str) -> str:
 def _is_copy_kernel(name: str) -> bool:
     base = name.split(".")[0]
     return base in ("wrapped_transpose", "wrapped_copy") or "transpose_fusion" in base or "copy_fusion" in base
+
+
+def _in_place(name: str) -> bool:
+    """An update XLA makes in place in its operand's buffer (its output shape is the whole buffer)."""
+    return "dynamic_update_slice" in name or "scatter" in name
 
 
 def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, trips: dict) -> ProgramReport:
@@ -216,6 +246,9 @@ def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, tr
                 rep.kernels[fam] = rep.kernels.get(fam, 0) + runs
                 if _is_copy_kernel(t.name):
                     rep.copies.append(CopyOp(t.kind, t.name, shape, nbytes, runs))
+                elif fam == "xla" and not _in_place(t.name):
+                    rep.writes.append(CopyOp(t.kind, t.name, shape, *largest_element(shape)[:1], runs,
+                                             largest_element(shape)[1]))
                 f32 = shape_bytes(" ".join(f"f32[{d}]" for dt, d in _SHAPE.findall(shape) if dt == "f32"))
                 if f32 > rep.largest_f32[1]:
                     rep.largest_f32 = (f"{t.name} {shape}", f32)
