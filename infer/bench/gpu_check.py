@@ -9,18 +9,21 @@ this order (the most wanted first: a lease that runs short loses the last ones):
    check (the kernels would silently run nowhere).
 2. `pytest -m gpu -n 4` over the test files that carry the mark (tests/test_gpu_kernels.py): the
    Triton kernels compiled with interpret=False, compared with their pure-JAX references.
-3. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b` (stacked and
+3. program: `python -m infer.perf.gpu_program --targets device,h100`: what Llama 3 8B's decode, engine and
+   generation-loop programs launch per step on this GPU beside the same programs compiled deviceless for an H100
+   (the CPU CI's view), and XLA's GEMM autotuning results (program/autotune/, for `--autotune-load`).
+4. `python -m infer.bench --experiments configs/experiments/gpu_check --only decode_llama3_8b` (stacked and
    unrolled parameter layouts, each layout's optimized step HLO written beside the rows)
-4. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
+5. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
    step at batch 1 in both layouts under `jax.profiler`, its device time by op (slice/copy, matmul,
    attention, other) beside the wall-clock step; profile_dsf: the stacked layout again with
    `--xla_gpu_enable_dynamic_slice_fusion=true` (cuBLAS reading a scanned weight's slice in place).
-5. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
-6. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
+6. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
+7. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
-7. sampling: `python -m infer.bench.sampling_bench --dtype bfloat16 --loop-batches 1,8,64`: the sort-free
+8. sampling: `python -m infer.bench.sampling_bench --dtype bfloat16 --loop-batches 1,8,64`: the sort-free
    top-k / top-p filters against the two-sort reference, and SmolLM2's decode step per sampling setting.
-8. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table, measured on the first run):
+9. chat: `python -m infer.bench.gpu_chat_bench` (issue 12's GPU table, measured on the first run):
    SmolLM2-135M's shapes, this stack vs transformers on the same random weights, bfloat16 and
    float32, batch 1 and 8.
 
@@ -57,7 +60,7 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130,
+LIMITS = {"device": 30, "pytest": 200, "program": 90, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130,
           "quant": 120, "sampling": 60, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
@@ -104,6 +107,13 @@ def _commands(size: str, out: str) -> dict:
     cmds["profile_dsf"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile_dsf"),
                            "--layouts", "stacked", "--steps", "5", "--repeats", "5",
                            "--xla-flags=--xla_gpu_enable_dynamic_slice_fusion=true", *model]
+    # what the GPU really runs per step beside the deviceless H100 compile of the same programs (infer/perf/
+    # gpu_program.py), and XLA's GEMM autotuning results, which deviceless compiles can load (--autotune-load)
+    cmds["program"] = [py, "-m", "infer.perf.gpu_program", "--out", os.path.join(out, "program"), "--programs",
+                       "decode,engine_decode,generate"] + (
+        ["--model", "tiny", "--dtype", "float32", "--context", "64", "--targets", "h100"] if size == "cpu" else
+        ["--model", "llama3-8b", "--context", "1024", "--targets", "device,h100",
+         "--autotune-dump", os.path.join(out, "program", "autotune")])
     for stage, name in BENCHES.items():
         cmds[stage] = [py, "-m", "infer.bench", "--experiments", EXPERIMENTS, "--only", name, "--size", size,
                        "--out", os.path.join(out, stage)]
@@ -165,6 +175,10 @@ def render_summary(size: str, info: dict, stages: list, out: str, invocation: st
         elif s["stage"] == "sampling" and os.path.exists(os.path.join(out, s["stage"], "sampling_bench.md")):
             with open(os.path.join(out, s["stage"], "sampling_bench.md")) as f:
                 lines += ["## sampling: `infer.bench.sampling_bench`", "", f.read()]
+        elif s["stage"] == "program" and os.path.exists(os.path.join(out, s["stage"], "report.md")):
+            with open(os.path.join(out, s["stage"], "report.md")) as f:
+                lines += ["## program: `infer.perf.gpu_program` (launches, copies, submissions per step)", "",
+                          f.read()]
         elif s["stage"].startswith("profile") and os.path.exists(os.path.join(out, s["stage"], "step_profile.md")):
             with open(os.path.join(out, s["stage"], "step_profile.md")) as f:
                 lines += [f"## {s['stage']}: `infer.bench.step_profile`", "", f.read()]

@@ -129,18 +129,28 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
     raise ValueError(f"program {name!r}: expected one of {', '.join(PROGRAMS)}")
 
 
-def compile_report(name: str, spec: ProgramSpec, target: str = "h100", dump_dir: Optional[str] = None
-                   ) -> ProgramReport:
-    """Compile program `name` for `target` without a GPU and read its report from the compiler's dump."""
-    topo = gpu_topology(target)
-    sharding = replicated(topo)
-    with target_platform("gpu"):
-        fn, args, donate, options = build_program(name, spec)
+def target_sharding(target: str):
+    """(sharding, platform) to compile for: "device" = this process's first device (a real GPU: the report of
+    what runs there), else a deviceless target of infer/perf/gpu_target.py ("h100")."""
+    if target == "device":
+        dev = jax.devices()[0]
+        return jax.sharding.SingleDeviceSharding(dev), dev.platform
+    return replicated(gpu_topology(target)), "gpu"
+
+
+def compile_report(name: str, spec: ProgramSpec, target: str = "h100", dump_dir: Optional[str] = None,
+                   options: Optional[dict] = None) -> ProgramReport:
+    """Compile program `name` for `target` (see target_sharding) and read its report from the compiler's dump;
+    `options`: more XLA compiler options (e.g. xla_gpu_dump_autotune_results_to / _load_autotune_results_from)."""
+    sharding, platform = target_sharding(target)
+    with target_platform(platform):
+        fn, args, donate, program_options = build_program(name, spec)
         args = abstract(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), args), sharding)
         with tempfile.TemporaryDirectory() as tmp:
             out = dump_dir or tmp
             compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
-                compiler_options={**options, "xla_dump_to": out, "xla_dump_hlo_as_text": True})
+                compiler_options={**program_options, **(options or {}), "xla_dump_to": out,
+                                  "xla_dump_hlo_as_text": True})
             report = read_dump(out)
     mem = compiled.memory_analysis()
     report.temp_bytes = getattr(mem, "temp_size_in_bytes", None)
@@ -148,31 +158,31 @@ def compile_report(name: str, spec: ProgramSpec, target: str = "h100", dump_dir:
 
 
 def weight_sizes(cfg: ModelConfig) -> Tuple[float, set]:
-    """(the smallest weight matrix's bytes, the element counts of every weight matrix) of one layer, projections
-    fused or not, and of the L-stacked arrays: a copy at least that large, or an XLA fusion writing an array of
-    one of those sizes, copies (or pads, converts, multiplies out) a weight."""
+    """(the smallest weight matrix's bytes, the shapes of every weight matrix) of one layer, projections fused or
+    not, and of the L-stacked arrays: a copy at least that large, or an XLA fusion writing an array of one of those
+    sizes (thunks.ProgramReport.writes_of), copies (or pads, converts, multiplies out) a weight."""
     from infer.model.params import init_params
-    counts, smallest = set(), float("inf")
+    shapes, smallest = set(), float("inf")
     for fused in (False, True):
         c = cfg.replace(scan_layers=False, fused_projections=fused and not cfg.is_mla)
         p = jax.eval_shape(lambda: init_params(c, jax.random.PRNGKey(0)))
         for path, x in jax.tree_util.tree_flatten_with_path(p["layers_0"])[0]:
             if getattr(path[-1], "key", None) in ("kernel", "q"):
-                counts |= {x.size, x.size * cfg.kv_layers}
+                shapes |= {tuple(x.shape), (cfg.kv_layers,) + tuple(x.shape)}
                 smallest = min(smallest, x.size * x.dtype.itemsize)
-    return smallest, counts
+    return smallest, shapes
 
 
 def report_row(name: str, spec: ProgramSpec, rep: ProgramReport) -> dict:
     """One table row: per-step and per-layer numbers, weight-sized copies counted against weight_bytes."""
     cfg = spec.cfg
-    wbytes, counts = weight_sizes(cfg)
+    wbytes, shapes = weight_sizes(cfg)
     big = rep.copies_at_least(wbytes)
-    row = {"program": name, "layout": spec.layout, "B": spec.batch, "S": spec.context,
+    row = {"program": name, "target": "", "layout": spec.layout, "B": spec.batch, "S": spec.context,
            "weights": cfg.weight_format or cfg.dtype, **rep.summary()}
     row["launches_per_step"] = rep.launches
     row["launches_per_layer"] = row["launches_per_step"] / cfg.n_layers
-    big += rep.writes_of(counts)  # a weight padded, converted or multiplied out by an XLA fusion is a copy too
+    big += rep.writes_of(shapes)  # a weight padded, converted or multiplied out by an XLA fusion is a copy too
     row["weight_copies"] = sum(c.runs for c in big)
     row["weight_copy_GB"] = sum(c.bytes * c.runs for c in big) / 1e9
     row["weight_copy_ops"] = sorted({f"{c.op} {c.shape}" for c in big})[:8]
@@ -180,7 +190,7 @@ def report_row(name: str, spec: ProgramSpec, rep: ProgramReport) -> dict:
     return row
 
 
-COLUMNS = ("program", "layout", "B", "weights", "launches_per_step", "launches_per_layer", "kernels_xla",
+COLUMNS = ("program", "target", "layout", "B", "weights", "launches_per_step", "launches_per_layer", "kernels_xla",
            "kernels_triton_gemm", "kernels_cublas", "kernels_pallas", "weight_copies", "weight_copy_GB",
            "submissions", "command_buffers", "largest_f32_MB", "temp_MB")
 
@@ -203,7 +213,13 @@ def main(argv=None):
     ap.add_argument("--programs", default="decode,engine_decode,engine_mixed",
                     help=f"comma-separated, from {', '.join(PROGRAMS)}")
     ap.add_argument("--spec-k", type=int, default=4)
-    ap.add_argument("--target", default="h100")
+    ap.add_argument("--targets", default="h100",
+                    help="comma-separated: h100 (deviceless, this machine needs no GPU) and/or device (this "
+                         "process's GPU: what really runs, for comparison)")
+    ap.add_argument("--autotune-dump", default="",
+                    help="write XLA's GEMM autotuning results here (on a real GPU), one file per program")
+    ap.add_argument("--autotune-load", default="",
+                    help="a folder of such files: deviceless compiles use them instead of untuned defaults")
     ap.add_argument("--dump", default="", help="keep each program's compiler dump under this folder")
     ap.add_argument("--out", default="", help="write report.json and report.md here")
     a = ap.parse_args(argv)
@@ -214,12 +230,23 @@ def main(argv=None):
     cfg = load_config(a.model).replace(dtype=a.dtype, weight_format=a.weights or None)
     spec = ProgramSpec(cfg, a.layout, a.batch, a.context, a.spec_k)
     rows = []
-    for n in names:
-        print(f"compiling {n} for {a.target} ...", flush=True)
-        rep = compile_report(n, spec, a.target, os.path.join(a.dump, n) if a.dump else None)
-        rows.append(report_row(n, spec, rep))
+    for target in a.targets.split(","):
+        for n in names:
+            print(f"compiling {n} for {target} ...", flush=True)
+            options = {}
+            tag = f"{a.model}-{a.weights or a.dtype}-B{a.batch}-{n}"
+            if a.autotune_dump and target == "device":
+                os.makedirs(a.autotune_dump, exist_ok=True)
+                options["xla_gpu_dump_autotune_results_to"] = os.path.join(a.autotune_dump, tag + ".textproto")
+            loaded = os.path.join(a.autotune_load, tag + ".textproto") if a.autotune_load else ""
+            if loaded and os.path.exists(loaded) and target != "device":
+                options["xla_gpu_load_autotune_results_from"] = loaded
+            dump = os.path.join(a.dump, target, n) if a.dump else None
+            row = report_row(n, spec, compile_report(n, spec, target, dump, options))
+            row["target"] = target + (" (tuned)" if "xla_gpu_load_autotune_results_from" in options else "")
+            rows.append(row)
     table = markdown(rows)
-    print(f"\n{a.model} on {a.target} (deviceless compile, JAX {jax.__version__})\n\n{table}")
+    print(f"\n{a.model} (JAX {jax.__version__}; h100 = deviceless compile on this machine)\n\n{table}")
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         json.dump(rows, open(os.path.join(a.out, "report.json"), "w"), indent=1)

@@ -90,14 +90,15 @@ def parse_annotations(text: str) -> Dict[int, str]:
     return out
 
 
-def largest_element(shape: str) -> Tuple[float, int]:
-    """(bytes, element count) of the largest array in an HLO shape (a tuple's largest element)."""
-    out = (0.0, 0)
+def largest_element(shape: str) -> Tuple[float, Tuple[int, ...]]:
+    """(bytes, dims) of the largest array in an HLO shape (a tuple's largest element)."""
+    out = (0.0, ())
     for dt, dims in _SHAPE.findall(shape):
+        ds = tuple(int(d) for d in dims.split(",") if d)
         n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        out = max(out, (n * DTYPE_BYTES[dt], n))
+        for d in ds:
+            n *= d
+        out = max(out, (n * DTYPE_BYTES[dt], ds))
     return out
 
 
@@ -130,14 +131,14 @@ def parse_hlo(text: str):
 @dataclasses.dataclass
 class CopyOp:
     """A copy (or a write) the program makes per step: what (thunk kind, HLO op), its shape, bytes per run, runs
-    per step, and the element count of its largest array (to match it against the weights' sizes)."""
+    per step, and the dims of its largest array (to match it against the weights' shapes)."""
 
     kind: str
     op: str
     shape: str
     bytes: float
     runs: int
-    elements: int = 0
+    dims: Tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -170,14 +171,23 @@ class ProgramReport:
         """The copies of at least `nbytes` per run (e.g. a weight's size)."""
         return [c for c in self.copies if c.bytes >= nbytes]
 
-    def writes_of(self, element_counts) -> List[CopyOp]:
-        """The XLA fusions (not copies) whose largest output has one of `element_counts` elements (a weight converted,
-        or multiplied by a vector: a matrix-vector product XLA ran as multiply + reduce), or up to 25% more for a pad
-        fusion (a weight padded to a tile multiple)."""
+    def writes_of(self, weight_shapes) -> List[CopyOp]:
+        """The XLA fusions (not copies) whose largest output is a weight's size: as many elements as one of
+        `weight_shapes` and the same largest dim (a weight converted, or multiplied by a vector: a matrix-vector
+        product XLA ran as multiply + reduce), or, for a pad fusion, up to 25% more of both (padded to a tile)."""
+        def size(dims):
+            n = 1
+            for d in dims:
+                n *= d
+            return n, max(dims, default=0)
+
         def matches(w):
-            if w.elements in element_counts:
-                return True
-            return "pad" in w.op and any(n < w.elements <= 1.25 * n for n in element_counts)
+            n, m = size(w.dims)
+            for ws in weight_shapes:
+                wn, wm = size(ws)
+                if (n, m) == (wn, wm) or ("pad" in w.op and wn < n <= 1.25 * wn and wm <= m <= 1.25 * wm):
+                    return True
+            return False
         return [w for w in self.writes if matches(w)]
 
     def summary(self) -> dict:
