@@ -12,7 +12,7 @@ class SwiGLU(nn.Module):
     d_model: int
     d_ff: int
     dtype: object
-    weight_format: Optional[str] = None  # layers/quant/formats.py; None: float kernels in dtype
+    weight_format: Optional[str] = None  # pallas_kernels/matmul/formats.py; None: float kernels in dtype
 
     @nn.compact
     def __call__(self, x_BTD):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from layers.quant.formats import get_format
+from pallas_kernels.matmul.formats import get_format
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
 from pallas_kernels.attention.ragged_gpu import RAGGED_TARGET_PROGRAMS, ragged_paged_attention_gpu
 from pallas_kernels.attention.splits import choose_num_splits

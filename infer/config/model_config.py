@@ -17,7 +17,7 @@ from typing import Any, Optional
 import yaml
 from infer.config.paths import REPO_ROOT
 from layers.attention import registry as attention_registry
-from layers.quant.formats import FORMATS as QUANT_FORMATS
+from pallas_kernels.matmul.formats import FORMATS as QUANT_FORMATS
 
 MODEL_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "models")
 
@@ -108,7 +108,7 @@ class ModelConfig:
     # Which attention implementation the cached step uses: any name in layers.attention.registry;
     # "auto" = the Pallas kernels on GPU/TPU, the pure-JAX reference on CPU.
     attention_impl: str = "auto"
-    # How the projection weights are stored: None = dtype; else a format of layers/quant/formats.py
+    # How the projection weights are stored: None = dtype; else a format of pallas_kernels/matmul/formats.py
     # ("int8", "int4-g32|64|128", "q8_0", "q4_0", "q4_1"). Embeddings, norms and the LM head stay in dtype.
     weight_format: Optional[str] = None
     # The KV page pools' dtype: None = dtype; "int8" stores int8 values with a float32 scale per token and head.

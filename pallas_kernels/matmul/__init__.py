@@ -1,8 +1,10 @@
 """Quantized matmul kernels (GPU via Triton lowering, TPU via Mosaic), beside their pure-JAX reference twin.
 
-y[M, O] = x[M, I] @ W[I, O] with W stored in a layers/quant/formats.py format (int8 per-channel, q8_0,
+y[M, O] = x[M, I] @ W[I, O] with W stored in a formats.py format (int8 per-channel, q8_0,
 int4-g32/g64/g128, q4_0, q4_1), read packed and decoded in registers, float32 accumulation.
 
+    formats.py           the stored formats: packing, round-to-nearest quantize, dequantize, GGUF blocks, bytes
+    quant_xla.py         XLA's packed path (the CPU default): 4-bit weights decoded half-group by half-group
     quant_reference.py   pure-JAX twin: formats.dequantize, then a float32 dot
     quant_block_math.py  per-block math shared by the kernels (nibble split, group scale/min/zero, partial dot)
     quant_layout.py      argument checks, blocking plan, x column order, scale views

@@ -2,7 +2,7 @@
 
 - GPU backend: the Triton kernel (quant_gpu), compiled.
 - TPU backend: the Mosaic kernel (quant_tpu), compiled.
-- Anything else (CPU): XLA's packed path (layers/quant/matmul.py: 4-bit weights decoded half-group by
+- Anything else (CPU): XLA's packed path (pallas_kernels/matmul/quant_xla.py: 4-bit weights decoded half-group by
   half-group into two dots, never unpacked into a whole [I, O] copy); the kernels' interpret modes are
   for tests.
 
@@ -18,8 +18,8 @@ from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference
 from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
 from pallas_kernels.platform import family
-from layers.quant.formats import pad_inputs
-from layers.quant.matmul import quant_matmul as xla_quant_matmul
+from pallas_kernels.matmul.formats import pad_inputs
+from pallas_kernels.matmul.quant_xla import quant_matmul as xla_quant_matmul
 
 IMPLS = ("auto", "xla", "reference", "gpu", "tpu")
 
@@ -40,10 +40,10 @@ def pick_impl(impl: str = "auto", platform: Optional[str] = None):
 
 
 def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[str] = None, **kernel_kw):
-    """x [..., I] @ the quantized weight qw (a layers/quant/formats.py pytree of format fmt) -> float32 [..., O].
+    """x [..., I] @ the quantized weight qw (a pallas_kernels/matmul/formats.py pytree of format fmt) -> float32 [..., O].
 
     kernel_kw (block_k, block_n, num_splits, compute_dtype, ...) go to the kernel; the reference takes none.
-    An I short of the stored rows by less than a group (a ragged last group, layers/quant/formats.py) is
+    An I short of the stored rows by less than a group (a ragged last group, pallas_kernels/matmul/formats.py) is
     padded with zeros before a kernel (the XLA path pads itself; the reference slices the weight), so the
     kernels always see whole groups.
     """
