@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 from infer.config.paths import REPO_ROOT
-from layers.attention import registry as attention_registry
+from pallas_kernels.attention import impl_names as attention_impl_names
 from pallas_kernels.matmul.formats import FORMATS as QUANT_FORMATS
 
 MODEL_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "models")
@@ -148,8 +148,8 @@ class ModelConfig:
         _require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
         _require(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
         _require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        _require(self.attention_impl in attention_registry.names(), "attention_impl",
-                 f"must be a registered implementation {attention_registry.names()}, got {self.attention_impl!r}")
+        _require(self.attention_impl in attention_impl_names.names(), "attention_impl",
+                 f"must be a registered implementation {attention_impl_names.names()}, got {self.attention_impl!r}")
         _require(self.kv_cache_dtype is None or self.kv_cache_dtype in DTYPES + ("int8",), "kv_cache_dtype",
                  f"must be None or one of {DTYPES + ('int8',)}, got {self.kv_cache_dtype!r}")
         _require(self.weight_format is None or self.weight_format in QUANT_FORMATS, "weight_format",

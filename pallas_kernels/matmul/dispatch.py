@@ -8,18 +8,17 @@
 
 impl: "auto" (the above), "xla", "reference" (the twin: dequantize, then one dot), "gpu" or "tpu" (a
 kernel by name; on a platform it was not built for it runs in Pallas interpret mode). x may have
-leading dims [..., I]; the kernels see [M, I].
+leading dims [..., I]; the kernels see [M, I]. The GPU and TPU kernel modules are imported when one is
+picked, so the model (layers/linear.py) imports this file without loading Pallas.
 """
 from typing import Optional
 
 import jax.numpy as jnp
 
-from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
-from pallas_kernels.matmul.quant_reference import quant_matmul_reference
-from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
-from pallas_kernels.platform import family
 from pallas_kernels.matmul.formats import pad_inputs
+from pallas_kernels.matmul.quant_reference import quant_matmul_reference
 from pallas_kernels.matmul.quant_xla import quant_matmul as xla_quant_matmul
+from pallas_kernels.platform import family
 
 IMPLS = ("auto", "xla", "reference", "gpu", "tpu")
 
@@ -63,6 +62,9 @@ def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[
         raise ValueError(f"quant_matmul: x must be [..., I], got shape {x.shape}")
     x = pad_inputs(x, qw, fmt)
     lead = x.shape[:-1]
-    fn = quant_matmul_gpu if which == "gpu" else quant_matmul_tpu
+    if which == "gpu":  # the kernels (and Pallas' Triton / Mosaic lowering) load only when one runs
+        from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu as fn
+    else:
+        from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu as fn
     y = fn(x.reshape(-1, x.shape[-1]), qw, fmt, interpret=kernel_kw.pop("interpret", interpret), **kernel_kw)
     return y.reshape(*lead, y.shape[-1])
