@@ -7,7 +7,7 @@ Public names load on first use (PEP 562), so importing the package loads none of
 import importlib
 
 _HOMES = {  # public name -> the module that defines it
-    "DTYPES": "infer.config.model_config",
+    "DTYPES": "infer.config.dtypes",
     "MODEL_CONFIG_DIR": "infer.config.model_config",
     "ConfigError": "infer.config.model_config",
     "ModelConfig": "infer.config.model_config",
@@ -18,6 +18,8 @@ _HOMES = {  # public name -> the module that defines it
     "SamplingParams": "infer.config.sampling_params",
     "as_per_request": "infer.config.sampling_params",
     "batch_arrays": "infer.config.sampling_params",
+    "KV_CACHE_DTYPES": "infer.config.dtypes",
+    "dtype_name": "infer.config.dtypes",
 }
 __all__ = list(_HOMES)
 

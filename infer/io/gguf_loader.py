@@ -34,7 +34,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from infer.config.model_config import DTYPES, ConfigError, ModelConfig, RopeScaling
+from infer.config.dtypes import DTYPES, dtype_name
+from infer.config.model_config import ConfigError, ModelConfig, RopeScaling
 from infer.io.hf_loader import CheckpointError, fill_params, param_plan
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -140,7 +141,7 @@ def gguf_to_model_config(reader, dtype: Optional[str] = None, name: str = "") ->
     if vocab is None:
         tokens = metadata_value(reader, "tokenizer.ggml.tokens", None)
         vocab = len(tokens) if tokens is not None else _tensor(reader, "token_embd.weight").shape[1]
-    dtype = DEFAULT_DTYPE if dtype is None else dtype
+    dtype = DEFAULT_DTYPE if dtype is None else dtype_name(dtype)
     if dtype not in DTYPES:
         raise GGUFError(f"dtype: must be one of {DTYPES}, got {dtype!r}")
     try:
