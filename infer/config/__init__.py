@@ -1,4 +1,5 @@
-"""Configuration as pure data: model shapes (ModelConfig) and per-request sampling settings (SamplingParams).
+"""Configuration as pure data: model shapes (ModelConfig), per-request sampling settings (SamplingParams) and
+the dtype names every dtype setting accepts (dtypes.py).
 
 YAML files in configs/ only name values; every validity rule lives in these dataclasses.
 
