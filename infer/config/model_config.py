@@ -103,7 +103,8 @@ class ModelConfig:
     qk_norm: bool = False  # Qwen3: RMSNorm over H on q and k before RoPE
     sliding_window: Optional[int] = None  # every layer attends to the last W keys
     attn_logit_softcap: Optional[float] = None  # softcap * tanh(logits / softcap)
-    # Which attention implementation the cached step uses: any name in layers.attention.registry;
+    # Which attention implementation the cached step uses: any name registered in layers.attention.registry
+    # (the names: pallas_kernels/attention/impl_names.py);
     # "auto" = the Pallas kernels on GPU/TPU, the pure-JAX reference on CPU.
     attention_impl: str = "auto"
     # How the projection weights are stored: None = dtype; else a format of pallas_kernels/matmul/formats.py
