@@ -9,51 +9,68 @@ config/ (pure data), model/ (params, the ragged step, row view, forward), kv/ (p
 AttentionMetadata), sampling/, generation/ (static batch, speculative, text), io/ (checkpoints,
 tokenizers), engine/ (serving: block manager, scheduler, Engine, LLM), perf/ (roofline, hardware),
 parallel/ (sharding), cli/, bench/, train/.
+
+The public names below load on first use (PEP 562): `import infer` applies the XLA flags and nothing
+else, so a script that only reads a config never pays for the model, the kernels or orbax.
 """
+import importlib
+
 from infer.config.xla_flags import apply_default_xla_flags
 
 apply_default_xla_flags()  # before anything starts a backend: XLA reads XLA_FLAGS then (infer/config/xla_flags.py)
 
-from infer.config import ConfigError, ModelConfig, RopeScaling, SamplingParams, load_config  # noqa: E402
-from infer.kv import AttentionMetadata, MetadataError, SequenceStep, build_metadata, init_pools
-from infer.model import (count_params, decode_step, extend, forward, init_cache, init_params, param_logical_axes,
-                         prefill, step)
-from infer.generation.batch import GenerateResult, generate
-from infer.model.quantize import dequantize_params, quantize
-from infer.model.layout import for_decode, stack_layers, unstack_layers
+_HOMES = {  # public name -> the module that defines it; a name mapped to a module is that module
+    # Serving: continuous batching over the page pools (block manager, scheduler, engine, offline LLM).
+    "Engine": "infer.engine.engine", "LLM": "infer.engine.llm", "RequestError": "infer.engine.engine",
+    "RequestUpdate": "infer.engine.request", "RequestOutput": "infer.engine.request",
+    "CompletionOutput": "infer.engine.request",
+    # Speculative sampling: `infer.speculative` is the exact acceptance rule's module.
+    "speculative": "infer.generation.speculative_accept", "speculative_generate": "infer.generation.speculative",
+    "SpeculativeResult": "infer.generation.speculative", "ngram_speculative_generate": "infer.generation.ngram",
+    "eagle_speculative_generate": "infer.generation.eagle",
+    # Checkpoints, tokenizers, text in and out.
+    "load_hf_checkpoint": "infer.io.hf_loader", "CheckpointError": "infer.io.hf_loader",
+    "save_checkpoint": "infer.io.checkpoint", "load_checkpoint": "infer.io.checkpoint",
+    "load_model_dir": "infer.io.checkpoint", "load_tokenizer": "infer.io.tokenizer",
+    "generate_text": "infer.generation.text", "TextStream": "infer.generation.text",
+    "chat": "infer.generation.chat", "ChatSession": "infer.generation.chat",
+    # Performance model and hardware profiles.
+    "roofline": "infer.perf.roofline", "HardwareProfile": "infer.perf.hardware", "load_hardware": "infer.perf.hardware",
+    # Config, the model as functions, the KV metadata, sampling, batch generation, quantization, layout.
+    "ConfigError": "infer.config.model_config", "ModelConfig": "infer.config.model_config",
+    "RopeScaling": "infer.config.model_config", "load_config": "infer.config.model_config",
+    "init_params": "infer.model.params", "param_logical_axes": "infer.model.params", "count_params": "infer.model.params",
+    "init_cache": "infer.model.rows", "forward": "infer.model.forward", "prefill": "infer.model.rows",
+    "decode_step": "infer.model.rows", "extend": "infer.model.rows", "step": "infer.model.step",
+    "AttentionMetadata": "infer.kv.metadata", "MetadataError": "infer.kv.metadata",
+    "SequenceStep": "infer.kv.metadata", "build_metadata": "infer.kv.metadata", "init_pools": "infer.kv.pool",
+    "SamplingParams": "infer.config.sampling_params", "generate": "infer.generation.batch",
+    "GenerateResult": "infer.generation.batch", "quantize": "infer.model.quantize",
+    "dequantize_params": "infer.model.quantize",
+    "for_decode": "infer.model.layout", "stack_layers": "infer.model.layout", "unstack_layers": "infer.model.layout",
+}
+_MODULE_NAMES = ("speculative", "roofline")  # names that are the module itself, not a name inside it
+__all__ = list(_HOMES)
 
-# Serving: continuous batching over the page pools (block manager, scheduler, engine, offline LLM).
-from infer.engine import CompletionOutput, Engine, RequestError, RequestOutput, RequestUpdate
-from infer.engine.llm import LLM
 
-# Performance model and hardware profiles.
-from infer.perf import roofline
-from infer.perf.hardware import HardwareProfile, load_hardware
+def __getattr__(name):
+    """Import a public name's module when the name is first read (PEP 562), and keep the value, so
+    `import infer` loads no kernel, checkpoint library or server module until one is used. A subpackage
+    (`infer.engine`, `infer.io`, ...) is imported when read as an attribute, as it was when this file
+    imported them all."""
+    if name in _HOMES:
+        module = importlib.import_module(_HOMES[name])
+        value = module if name in _MODULE_NAMES else getattr(module, name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
-# Checkpoints, tokenizers, text in and out.
-from infer.io.hf_loader import CheckpointError, load_hf_checkpoint
-from infer.io.checkpoint import load_checkpoint, load_model_dir, save_checkpoint
-from infer.io.tokenizer import load_tokenizer
-from infer.generation.text import TextStream, generate_text
-from infer.generation.chat import ChatSession, chat
 
-# Speculative sampling: `infer.speculative` is the exact acceptance rule's module.
-from infer.generation import speculative_accept as speculative
-from infer.generation.speculative import SpeculativeResult, speculative_generate
-from infer.generation.ngram import ngram_speculative_generate
-from infer.generation.eagle import eagle_speculative_generate
-
-__all__ = [
-    "Engine", "LLM", "RequestError", "RequestUpdate", "RequestOutput", "CompletionOutput",
-    "speculative", "speculative_generate", "SpeculativeResult", "ngram_speculative_generate",
-    "eagle_speculative_generate",
-    "load_hf_checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_dir",
-    "load_tokenizer", "generate_text", "TextStream", "chat", "ChatSession",
-    "roofline", "HardwareProfile", "load_hardware",
-    "ConfigError", "ModelConfig", "RopeScaling", "load_config",
-    "init_params", "param_logical_axes", "count_params",
-    "init_cache", "forward", "prefill", "decode_step", "extend", "step",
-    "AttentionMetadata", "MetadataError", "SequenceStep", "build_metadata", "init_pools",
-    "SamplingParams", "generate", "GenerateResult", "quantize", "dequantize_params",
-    "for_decode", "stack_layers", "unstack_layers",
-]
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

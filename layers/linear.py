@@ -2,12 +2,12 @@
 
 `Linear(in_shape, out_shape, in_axes, out_axes, dtype)(x)` contracts the trailing
 len(in_shape) dims of x with a kernel [in..., out...] stored in `dtype`. With a
-`weight_format` (layers/quant/formats.py) the weight is stored quantized instead, as the
+`weight_format` (pallas_kernels/matmul/formats.py) the weight is stored quantized instead, as the
 format's pytree over the flattened [I, O] weight ("q", "scale", and "min" for affine
 formats; I = prod(in_shape), O = prod(out_shape)); the call dequantizes it to the compute
 dtype inside its matmul with float32 accumulation, so the storage format is separate from
 the compute dtype: the Pallas kernels on GPU/TPU (pallas_kernels/matmul/), elsewhere XLA's
-packed path (layers/quant/matmul.py: 4-bit weights decoded half-group by half-group straight
+packed path (pallas_kernels/matmul/quant_xla.py: 4-bit weights decoded half-group by half-group straight
 into two dots, never unpacked into a [I, O] copy).
 Quantized parameters come from `infer.quantize` (or a GGUF file); `init` gives zeros.
 """
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from layers.quant.formats import get_format
+from pallas_kernels.matmul.formats import get_format
 from pallas_kernels.matmul.dispatch import quant_matmul
 
 
@@ -24,7 +24,7 @@ def stored_shapes(weight_format: str, I: int, O: int) -> dict:
     """name -> (shape, dtype) of a quantized [I, O] weight's arrays."""
     fmt = get_format(weight_format)
     g = fmt.group_size(I)
-    I = fmt.stored_inputs(I)  # padded to whole groups (layers/quant/formats.py)
+    I = fmt.stored_inputs(I)  # padded to whole groups (pallas_kernels/matmul/formats.py)
     out = {"q": ((I // 2, O), jnp.uint8) if fmt.bits == 4 else ((I, O), jnp.int8),
            "scale": ((I // g, O), jnp.dtype(fmt.scale_dtype))}
     if fmt.has_min:
@@ -42,7 +42,7 @@ class Linear(nn.Module):
     dtype: jnp.dtype
     use_bias: bool = False
     out_dtype: Optional[jnp.dtype] = None  # default: dtype (the LM head asks for float32 logits)
-    weight_format: Optional[str] = None  # None: a float kernel in dtype; else a layers/quant/formats.py format
+    weight_format: Optional[str] = None  # None: a float kernel in dtype; else a pallas_kernels/matmul/formats.py format
 
     @nn.compact
     def __call__(self, x):

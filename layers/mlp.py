@@ -13,7 +13,7 @@ class SwiGLU(nn.Module):
     d_model: int
     d_ff: int
     dtype: object
-    weight_format: Optional[str] = None  # layers/quant/formats.py; None: float kernels in dtype
+    weight_format: Optional[str] = None  # pallas_kernels/matmul/formats.py; None: float kernels in dtype
     fused: bool = False  # gate|up as one [D, 2F] kernel "gate_up" (ModelConfig.fused_projections)
 
     @nn.compact

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layers.quant.formats import FORMATS, dequantize, quantize
+from pallas_kernels.matmul.formats import FORMATS, dequantize, quantize
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
 from pallas_kernels.attention.decode_reference import decode_attention_reference
 from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu

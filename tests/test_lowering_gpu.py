@@ -24,7 +24,7 @@ import pytest
 from jax import export
 from gpu_aot import compile_for, h100_sharding
 
-from layers.quant.formats import get_format
+from pallas_kernels.matmul.formats import get_format
 from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
 from pallas_kernels.attention.ragged_gpu import RAGGED_TARGET_PROGRAMS, ragged_paged_attention_gpu
 from pallas_kernels.attention.splits import choose_num_splits

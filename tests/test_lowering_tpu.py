@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from layers.quant.formats import get_format
+from pallas_kernels.matmul.formats import get_format
 from lowering_helpers import readers
 from pallas_kernels.attention.decode_tpu import decode_attention_tpu, paged_decode_attention_tpu
 from pallas_kernels.attention.ragged_tpu import ragged_paged_attention_tpu

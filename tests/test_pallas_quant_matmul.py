@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layers.quant.formats import FORMATS, dequantize, get_format, quantize
+from pallas_kernels.matmul.formats import FORMATS, dequantize, get_format, quantize
 from pallas_kernels.matmul import quant_block_math, quant_gpu
 from pallas_kernels.matmul.dispatch import pick_impl, quant_matmul
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu

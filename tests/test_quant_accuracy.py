@@ -33,7 +33,7 @@ def test_smollm2_int8_within_1_percent_and_int4_g32_within_10_percent():
     assert abs(t["int4-g32"] / t["float32"] - 1) < 0.10
     # SmolLM2's float weights are decoded Q4_1 (4-bit, groups of 32, scale + min): int4-g32 is the same grid
     # and round-to-nearest finds it again, losslessly; a coarser grid really costs something (g128 runs on
-    # D = 576 = 4.5 groups through a padded last group, layers/quant/formats.py).
+    # D = 576 = 4.5 groups through a padded last group, pallas_kernels/matmul/formats.py).
     assert 1.0 < t["int4-g128"] / t["float32"] < 2.0
 
 

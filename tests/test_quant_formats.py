@@ -1,11 +1,11 @@
-"""Weight formats (layers/quant/formats.py): packing, round-to-nearest error bounds, and GGUF blocks decoded
+"""Weight formats (pallas_kernels/matmul/formats.py): packing, round-to-nearest error bounds, and GGUF blocks decoded
 bit for bit as the `gguf` package decodes them."""
 import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, quants
 
-from layers.quant.formats import (FORMATS, dequantize, from_gguf, get_format, pack_nibbles, quantize, unpack_nibbles,
+from pallas_kernels.matmul.formats import (FORMATS, dequantize, from_gguf, get_format, pack_nibbles, quantize, unpack_nibbles,
                                   weight_bytes)
 
 rng = np.random.default_rng(0)

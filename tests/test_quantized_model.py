@@ -6,7 +6,7 @@ from conftest import make_cfg
 
 import infer
 from infer.config import SamplingParams
-from layers.quant.formats import FORMATS
+from pallas_kernels.matmul.formats import FORMATS
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ def test_orbax_round_trip_of_a_quantized_model_is_bit_exact(model, tmp_path):
 def test_the_packed_matmul_never_builds_the_whole_weight(fmt):
     """The XLA path reads the stored bytes: no [I, O] float array (an unpacked copy of the weight) in its HLO."""
     import jax.numpy as jnp
-    from layers.quant.formats import dequantize, quantize
-    from layers.quant.matmul import quant_matmul
+    from pallas_kernels.matmul.formats import dequantize, quantize
+    from pallas_kernels.matmul.quant_xla import quant_matmul
     I, O = 256, 384
     w = np.random.default_rng(1).standard_normal((I, O)).astype(np.float32)
     qw = {k: jnp.asarray(v) for k, v in quantize(w, fmt).items()}

@@ -60,13 +60,13 @@ import numpy as np
 from infer.bench.device_probe import device_info, measure_bandwidth, measure_matmul_flops
 from infer.bench.experiment import parse_spec, positive_ints, require
 from infer.bench.timing import block, time_fn
+from infer.config.dtypes import DTYPES, KV_CACHE_DTYPES
 from infer.kv.metadata import rows_metadata
 from infer.perf.hardware import HardwareProfile, load_hardware, profile_for_device_kind
 from infer.perf.roofline import OpCost
 
 IMPLS = ("auto", "ragged", "decode", "reference", "xla", "cudnn")
 KERNEL_IMPLS = ("auto", "ragged", "decode")  # rows held to the GPU goals
-KV_DTYPES = ("bfloat16", "float16", "float32", "int8")
 LARGE_RS = 64 * 8192  # R*S from which the 80% bandwidth goal applies
 
 MARKDOWN_COLUMNS = ("impl", "kernel", "kv_dtype", "R", "S", "Q", "K", "G", "ms", "pred_ms", "GB_s",
@@ -107,8 +107,8 @@ class AttentionBenchSpec:
         require(self.page_size > 0 and self.page_size & (self.page_size - 1) == 0, f"{n}.page_size",
                 f"must be a power of two, got {self.page_size}")
         for d in self.kv_dtypes:
-            require(d in KV_DTYPES, f"{n}.kv_dtypes", f"{d!r} not in {KV_DTYPES}")
-        require(self.q_dtype in KV_DTYPES[:3], f"{n}.q_dtype", f"must be one of {KV_DTYPES[:3]}")
+            require(d in KV_CACHE_DTYPES, f"{n}.kv_dtypes", f"{d!r} not in {KV_CACHE_DTYPES}")
+        require(self.q_dtype in DTYPES, f"{n}.q_dtype", f"must be one of {DTYPES}")
         for i in self.impls:
             require(i in IMPLS, f"{n}.impls", f"{i!r} not in {IMPLS}")
         require(self.repeats >= 1 and self.warmup >= 0, f"{n}.repeats", "need repeats >= 1 and warmup >= 0")

@@ -10,7 +10,7 @@ Spec fields (configs/experiments/quant_bench.yaml)::
                                    # configs/models name (random weights: perplexity is not reported)
     variants: [float32, bfloat16, int8, int4-g64, native, float32+kv-int8]
                                    # float32 | bfloat16: the float model in that dtype; a format of
-                                   # layers/quant/formats.py: quantized after loading (round to nearest);
+                                   # pallas_kernels/matmul/formats.py: quantized after loading (round to nearest);
                                    # native: a GGUF file's own format; "awq:<format>": AWQ scales searched
                                    # on the calibration text, then round to nearest; "+kv-int8": int8 KV cache
     calibration: infer/engine/*.py # AWQ calibration text (a glob under the repo root; not the held-out text)
@@ -43,7 +43,7 @@ from infer.model.params import init_params
 from infer.model.quantize import quantize
 from infer.perf import roofline
 from infer.perf.perplexity import perplexity
-from layers.quant.formats import FORMATS
+from pallas_kernels.matmul.formats import FORMATS
 
 COLUMNS = ("variant", "weights", "kv", "param_MB", "bytes_per_param", "ppl", "ppl_vs_float32", "batch",
            "ms_per_step", "tok_s", "tok_s_vs_float32", "GB_s", "mbu")

@@ -15,6 +15,7 @@ from infer.cli.chat import add_chat_args, cmd_chat
 from infer.cli.metrics import print_metrics
 from infer.cli.serve import add_serve_args, cmd_serve
 from infer.cli.text import cmd_generate_text
+from infer.config.dtypes import DTYPES, KV_CACHE_DTYPES
 from infer.model.layout import LAYOUT_HELP, LAYOUTS
 
 
@@ -34,13 +35,13 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoint dir (Hugging Face config.json + *.safetensors, or infer.save_checkpoint), "
                         "a .gguf file, or a model name such as smollm2-135m-instruct")
     p.add_argument("--prompt", default=None, help="text prompt (with --checkpoint): streams the completion")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="with --checkpoint: cast the weights (default: the checkpoint's dtype)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS, help="with --checkpoint: " + LAYOUT_HELP)
     p.add_argument("--weight-format", default=None,
                    help="store the projections quantized: native (a GGUF file's own Q8_0/Q4_0/Q4_1), int8, "
                         "int4-g32, int4-g64, int4-g128 (round to nearest after loading)")
-    p.add_argument("--kv-cache-dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"],
+    p.add_argument("--kv-cache-dtype", default=None, choices=KV_CACHE_DTYPES,
                    help="KV page pool dtype (default: the model's dtype; int8 adds a scale per token and head)")
     # Speculative sampling (infer/generation/speculative.py), random weights only.
     d = p.add_mutually_exclusive_group()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from infer.config.dtypes import DTYPES, KV_CACHE_DTYPES
+
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "--checkpoint", dest="model", default="smollm2-135m-instruct",
@@ -15,11 +17,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None, help="the name clients send as `model`")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=DTYPES)
     p.add_argument("--weight-format", default=None,
                    help="store the projections quantized: native (a GGUF file's own Q8_0/Q4_0/Q4_1), int8, "
                         "int4-g32, int4-g64, int4-g128 (round to nearest after loading)")
-    p.add_argument("--kv-cache-dtype", default=None, choices=["float32", "bfloat16", "float16", "int8"],
+    p.add_argument("--kv-cache-dtype", default=None, choices=KV_CACHE_DTYPES,
                    help="KV page pool dtype (default: the model's dtype; int8 adds a scale per token and head)")
     p.add_argument("--num-pages", type=int, default=None, help="KV pages in the pool (default: max-num-seqs "
                                                                "sequences of up to 1024 tokens)")

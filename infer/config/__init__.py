@@ -1,11 +1,38 @@
-"""Configuration as pure data: model shapes (ModelConfig) and per-request sampling settings (SamplingParams).
+"""Configuration as pure data: model shapes (ModelConfig), per-request sampling settings (SamplingParams) and
+the dtype names every dtype setting accepts (dtypes.py).
 
 YAML files in configs/ only name values; every validity rule lives in these dataclasses.
-"""
-from infer.config.model_config import (DTYPES, MODEL_CONFIG_DIR, ConfigError, ModelConfig, RopeScaling,
-                                       load_config)
-from infer.config.paths import CONFIG_DIR, REPO_ROOT
-from infer.config.sampling_params import SamplingParams, as_per_request, batch_arrays
 
-__all__ = ["DTYPES", "MODEL_CONFIG_DIR", "ConfigError", "ModelConfig", "RopeScaling", "load_config",
-           "CONFIG_DIR", "REPO_ROOT", "SamplingParams", "as_per_request", "batch_arrays"]
+Public names load on first use (PEP 562), so importing the package loads none of its modules.
+"""
+import importlib
+
+_HOMES = {  # public name -> the module that defines it
+    "DTYPES": "infer.config.dtypes",
+    "MODEL_CONFIG_DIR": "infer.config.model_config",
+    "ConfigError": "infer.config.model_config",
+    "ModelConfig": "infer.config.model_config",
+    "RopeScaling": "infer.config.model_config",
+    "load_config": "infer.config.model_config",
+    "CONFIG_DIR": "infer.config.paths",
+    "REPO_ROOT": "infer.config.paths",
+    "SamplingParams": "infer.config.sampling_params",
+    "as_per_request": "infer.config.sampling_params",
+    "batch_arrays": "infer.config.sampling_params",
+    "KV_CACHE_DTYPES": "infer.config.dtypes",
+    "dtype_name": "infer.config.dtypes",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name):
+    """Import a public name's module when the name is first read (PEP 562), and keep the value."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

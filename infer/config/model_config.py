@@ -15,16 +15,14 @@ import os
 from typing import Any, Optional
 
 import yaml
+from infer.config.dtypes import DTYPES, KV_CACHE_DTYPES, dtype_name
 from infer.config.paths import REPO_ROOT
-from layers.attention import registry as attention_registry
-from layers.quant.formats import FORMATS as QUANT_FORMATS
+from pallas_kernels.attention import impl_names as attention_impl_names
+from pallas_kernels.matmul.formats import FORMATS as QUANT_FORMATS
 
 MODEL_CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "models")
 
-DTYPES = ("float32", "bfloat16", "float16")
 ROPE_SCALING_TYPES = ("llama3", "linear", "yarn")
-# Names registered in layers.attention.registry; "pallas" is provided by pallas_kernels.
-ATTENTION_IMPLS = ("reference", "xla", "pallas")
 
 
 class ConfigError(ValueError):
@@ -105,10 +103,11 @@ class ModelConfig:
     qk_norm: bool = False  # Qwen3: RMSNorm over H on q and k before RoPE
     sliding_window: Optional[int] = None  # every layer attends to the last W keys
     attn_logit_softcap: Optional[float] = None  # softcap * tanh(logits / softcap)
-    # Which attention implementation the cached step uses: any name in layers.attention.registry;
+    # Which attention implementation the cached step uses: any name registered in layers.attention.registry
+    # (the names: pallas_kernels/attention/impl_names.py);
     # "auto" = the Pallas kernels on GPU/TPU, the pure-JAX reference on CPU.
     attention_impl: str = "auto"
-    # How the projection weights are stored: None = dtype; else a format of layers/quant/formats.py
+    # How the projection weights are stored: None = dtype; else a format of pallas_kernels/matmul/formats.py
     # ("int8", "int4-g32|64|128", "q8_0", "q4_0", "q4_1"). Embeddings, norms and the LM head stay in dtype.
     weight_format: Optional[str] = None
     # The KV page pools' dtype: None = dtype; "int8" stores int8 values with a float32 scale per token and head.
@@ -141,6 +140,8 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self):
+        for f in ("dtype", "kv_cache_dtype"):  # jnp.bfloat16 and "bfloat16" alike; the field keeps the name
+            object.__setattr__(self, f, dtype_name(getattr(self, f)))
         for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                   "max_seq_len"):
             v = getattr(self, f)
@@ -152,10 +153,10 @@ class ModelConfig:
         _require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
         _require(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
         _require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        _require(self.attention_impl in attention_registry.names(), "attention_impl",
-                 f"must be a registered implementation {attention_registry.names()}, got {self.attention_impl!r}")
-        _require(self.kv_cache_dtype is None or self.kv_cache_dtype in DTYPES + ("int8",), "kv_cache_dtype",
-                 f"must be None or one of {DTYPES + ('int8',)}, got {self.kv_cache_dtype!r}")
+        _require(self.attention_impl in attention_impl_names.names(), "attention_impl",
+                 f"must be a registered implementation {attention_impl_names.names()}, got {self.attention_impl!r}")
+        _require(self.kv_cache_dtype is None or self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+                 f"must be None or one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         _require(self.weight_format is None or self.weight_format in QUANT_FORMATS, "weight_format",
                  f"must be None or one of {sorted(QUANT_FORMATS)}, got {self.weight_format!r}")
         if self.rope_scaling is not None:

@@ -4,9 +4,31 @@ block_manager (pages, prefix cache, copy-on-write) -> scheduler (which tokens ru
 device_step (one jitted call: copies, the ragged step, sampling) -> engine (Engine: requests in,
 updates out) -> data_parallel (DataParallelEngine: replicas, least-loaded placement) -> llm (LLM:
 offline batches from a model name or directory); request (the records), metrics (percentile summaries).
-"""
-from infer.engine.data_parallel import DataParallelEngine, make_engine
-from infer.engine.engine import Engine, RequestError
-from infer.engine.request import CompletionOutput, RequestOutput, RequestUpdate
 
-__all__ = ["Engine", "DataParallelEngine", "make_engine", "RequestError", "RequestUpdate", "RequestOutput", "CompletionOutput"]
+Public names load on first use (PEP 562), so importing the package loads none of its modules.
+"""
+import importlib
+
+_HOMES = {  # public name -> the module that defines it
+    "Engine": "infer.engine.engine",
+    "DataParallelEngine": "infer.engine.data_parallel",
+    "make_engine": "infer.engine.data_parallel",
+    "RequestError": "infer.engine.engine",
+    "RequestUpdate": "infer.engine.request",
+    "RequestOutput": "infer.engine.request",
+    "CompletionOutput": "infer.engine.request",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name):
+    """Import a public name's module when the name is first read (PEP 562), and keep the value."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -72,7 +72,7 @@ class Engine:
     def __init__(self, params, cfg: ModelConfig, *, num_pages: Optional[int] = None,
                  page_size: int = DEFAULT_PAGE_SIZE, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
                  tokenizer=None, max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
-                 kv_dtype: Optional[str] = None, poison_freed_pages: bool = False,
+                 poison_freed_pages: bool = False,
                  max_num_partial_prefills: int = 4, mesh=None, layout: str = "auto"):
         """mesh: a jax.sharding.Mesh whose "model" axis runs the engine tensor-parallel (parameters and page
         pools split by heads; infer/parallel/tensor_parallel.py). The host side is unchanged.
@@ -98,7 +98,7 @@ class Engine:
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.max_model_len, self.pages_per_seq = max_model_len, pages_per_seq
         self.poison_freed_pages = poison_freed_pages
-        self.kv = init_pools(cfg, num_pages, page_size, kv_dtype)
+        self.kv = init_pools(cfg, num_pages, page_size)  # in cfg.kv_cache_dtype, the one KV dtype knob
         if mesh is not None:
             self.kv = shard_pools(self.kv, mesh)
         # Several processes: process 0 schedules and broadcasts each step's inputs (infer/engine/multihost.py).

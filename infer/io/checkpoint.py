@@ -134,7 +134,7 @@ def load_model_dir(path: str, dtype=None, weight_format=None) -> Tuple[ModelConf
     dtype None keeps the checkpoint's dtype, except that a bfloat16/float16 checkpoint loads as float32 on a
     CPU backend (with a warning; infer/io/dtype_policy.py); an explicit dtype is always honoured.
     weight_format: None keeps what the checkpoint stores (GGUF: dequantized); "native" keeps a GGUF file's
-    Q8_0/Q4_0/Q4_1 projections in their own format; a format name of layers/quant/formats.py ("int8",
+    Q8_0/Q4_0/Q4_1 projections in their own format; a format name of pallas_kernels/matmul/formats.py ("int8",
     "int4-g128", ...) quantizes the projections after loading (round to nearest, infer.quantize)."""
     if weight_format is not None and weight_format != "native":
         from infer.model.quantize import quantize

@@ -13,6 +13,7 @@ asks for a dtype: an explicit request is always honoured.
 import warnings
 from typing import Optional
 
+from infer.config.dtypes import dtype_name
 from pallas_kernels.platform import family
 
 SIXTEEN_BIT = ("bfloat16", "float16")
@@ -26,7 +27,7 @@ def load_dtype(stored: str, requested: Optional[str] = None, platform: Optional[
     The CPU fallback warns once per load, saying why and how to force the stored dtype.
     """
     if requested is not None:
-        return requested
+        return dtype_name(requested)
     if family(platform) == "cpu" and stored in SIXTEEN_BIT:
         warnings.warn(f"checkpoint stored in {stored}: loading it as float32 because the backend is CPU, where "
                       f"XLA's {stored} matmuls are slow (SmolLM2-135M decodes {CPU_BF16_SLOWDOWN} slower in "

@@ -23,7 +23,7 @@ rotates the half-split pairs (x_i, x_{i+H/2}). `unpermute_rotary` is the
 inverse of convert_hf_to_gguf.py's `permute`, as in transformers' GGUF loader.
 
 `load_gguf(path, native=True)` keeps Q8_0 / Q4_0 / Q4_1 projections in their stored format
-instead (cfg.weight_format; layers/quant/formats.py re-lays the blocks out without decoding).
+instead (cfg.weight_format; pallas_kernels/matmul/formats.py re-lays the blocks out without decoding).
 
 Supported: the llama architecture (Llama 1-3 without per-frequency rope
 factors, SmolLM, Mistral-as-llama) with tensors of type F32, F16, BF16, Q8_0,
@@ -34,7 +34,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from infer.config.model_config import DTYPES, ConfigError, ModelConfig, RopeScaling
+from infer.config.dtypes import DTYPES, dtype_name
+from infer.config.model_config import ConfigError, ModelConfig, RopeScaling
 from infer.io.hf_loader import CheckpointError, fill_params, param_plan
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -140,7 +141,7 @@ def gguf_to_model_config(reader, dtype: Optional[str] = None, name: str = "") ->
     if vocab is None:
         tokens = metadata_value(reader, "tokenizer.ggml.tokens", None)
         vocab = len(tokens) if tokens is not None else _tensor(reader, "token_embd.weight").shape[1]
-    dtype = DEFAULT_DTYPE if dtype is None else dtype
+    dtype = DEFAULT_DTYPE if dtype is None else dtype_name(dtype)
     if dtype not in DTYPES:
         raise GGUFError(f"dtype: must be one of {DTYPES}, got {dtype!r}")
     try:
@@ -174,7 +175,7 @@ def load_gguf(path: str, dtype: Optional[str] = None, device=None, native: bool 
 
     native=True keeps the projection weights in the file's own format (Q8_0, Q4_0 or Q4_1, one type
     for all of them): cfg.weight_format names it and the blocks are re-laid out, never decoded
-    (layers/quant/formats.py), so the model takes the file's bytes; the rest is dequantized as usual.
+    (pallas_kernels/matmul/formats.py), so the model takes the file's bytes; the rest is dequantized as usual.
     Like the HF loader, every tensor's name, type and shape is checked before any data is read, and
     one stacked parameter at a time is filled on the host and moved to `device` (default: JAX's).
     """
@@ -225,7 +226,7 @@ def _projection_leaves(plan) -> set:
 
 def _native_projections(path, cfg: ModelConfig, plan, tensors, heads):
     """(cfg with weight_format, {leaf path: stacked array}) of the projections in the file's stored format."""
-    from layers.quant.formats import GGUF_FORMATS, from_gguf
+    from pallas_kernels.matmul.formats import GGUF_FORMATS, from_gguf
     leaves = sorted(_projection_leaves(plan))
     types = {tensors[gguf_name(hf)].tensor_type.name for leaf in leaves for hf, *_ in plan[leaf]}
     if len(types) != 1 or next(iter(types)) not in GGUF_FORMATS:

@@ -13,7 +13,8 @@ import json
 import os
 from typing import Optional
 
-from infer.config.model_config import DTYPES, ConfigError, ModelConfig, RopeScaling
+from infer.config.dtypes import DTYPES, dtype_name
+from infer.config.model_config import ConfigError, ModelConfig, RopeScaling
 
 
 class HFConfigError(ConfigError):
@@ -232,6 +233,7 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
     n_layers = int(d["num_hidden_layers"])
     theta, scaling = _rope(d)
 
+    dtype = dtype_name(dtype)
     if dtype is None:
         src = d.get("dtype", d.get("torch_dtype"))
         dtype = _HF_DTYPES.get(str(src), "bfloat16") if src is not None else "bfloat16"

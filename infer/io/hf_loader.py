@@ -191,7 +191,7 @@ def fill_params(cfg: ModelConfig, plan: dict, read, device=None, prefilled: Opti
 def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> Tuple[ModelConfig, dict]:
     """(ModelConfig, params) from a local HF directory: config.json + *.safetensors (sharded or not).
 
-    dtype: the parameter and compute dtype ("float32", "bfloat16", "float16");
+    dtype: the parameter and compute dtype ("float32", "bfloat16", "float16", or the JAX / numpy dtype);
     None keeps the checkpoint's (config.json `dtype`/`torch_dtype`, else bfloat16).
     device: where the arrays go (default: JAX's default device).
     """

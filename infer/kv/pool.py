@@ -15,11 +15,10 @@ from typing import Optional
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from infer.config import DTYPES, ModelConfig
+from infer.config import KV_CACHE_DTYPES, ModelConfig, dtype_name
 from layers import axes
 
 DEFAULT_PAGE_SIZE = 16  # Z: tokens per page
-POOL_DTYPES = DTYPES + ("int8",)
 
 
 def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_SIZE,
@@ -33,8 +32,9 @@ def init_pools(cfg: ModelConfig, num_pages: int, page_size: int = DEFAULT_PAGE_S
         raise ValueError(f"num_pages: must be an int > 0, got {num_pages!r}")
     if not (isinstance(page_size, int) and page_size > 0):
         raise ValueError(f"page_size: must be an int > 0, got {page_size!r}")
-    if dtype is not None and dtype not in POOL_DTYPES:
-        raise ValueError(f"dtype: page pools hold one of {POOL_DTYPES} (int8 with per-token scales), got {dtype!r}")
+    dtype = dtype_name(dtype)
+    if dtype is not None and dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"dtype: page pools hold one of {KV_CACHE_DTYPES} (int8 with per-token scales), got {dtype!r}")
     dt = jnp.dtype(dtype or cfg.kv_cache_dtype or cfg.dtype)
     if cfg.is_mla:
         if dt == jnp.int8:

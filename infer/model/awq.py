@@ -28,7 +28,7 @@ import numpy as np
 from infer.config import ModelConfig
 from infer.model.quantize import quantize
 from layers.block import DecoderBlock
-from layers.quant.formats import dequantize, get_format, quantize as quantize_weight
+from pallas_kernels.matmul.formats import dequantize, get_format, quantize as quantize_weight
 
 ALPHAS = tuple(np.round(np.arange(0.0, 1.0001, 0.1), 2))
 

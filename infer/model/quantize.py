@@ -1,6 +1,6 @@
 """Quantize a loaded model's projection weights into a stored format, and back.
 
-    qparams, qcfg = infer.quantize(params, cfg, "int4-g128")   # any format of layers/quant/formats.py
+    qparams, qcfg = infer.quantize(params, cfg, "int4-g128")   # any format of pallas_kernels/matmul/formats.py
     params2 = infer.dequantize_params(qparams, qcfg)           # float kernels holding exactly the stored values
 
 Which leaves are quantized is read from the quantized model's own parameter layout (an abstract
@@ -17,7 +17,7 @@ import numpy as np
 
 from infer.config import ModelConfig
 from infer.model.params import init_params
-from layers.quant.formats import dequantize, get_format, quantize as quantize_weight
+from pallas_kernels.matmul.formats import dequantize, get_format, quantize as quantize_weight
 
 
 def _layout(cfg: ModelConfig):

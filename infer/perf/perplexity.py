@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from infer.config import ModelConfig
+from infer.model.heldout_loss import eval_loss, sequential_windows
 from infer.model.rows import extend_rows, init_cache
-from infer.train.data import sequential_windows
-from infer.train.train import eval_loss
 
 
 def perplexity(params, cfg: ModelConfig, ids, seq_len: int = 256, max_windows: Optional[int] = None,

@@ -57,7 +57,7 @@ import numpy as np
 from infer.config.model_config import ModelConfig
 from infer.perf.hardware import HardwareProfile
 from infer.kv.pool import DEFAULT_PAGE_SIZE
-from layers.quant.formats import FORMATS as QUANT_FORMATS
+from pallas_kernels.matmul.formats import FORMATS as QUANT_FORMATS
 
 # ----------------------------------------------------------------------------------------------
 # Storage formats
@@ -109,7 +109,7 @@ class WeightFormat:
     @classmethod
     def get(cls, fmt: Union[str, "WeightFormat", None], default: str = "bfloat16") -> "WeightFormat":
         """A preset by name: float32, bfloat16, float16, int8 (per-channel), int4 (group 128, a scale only), and
-        every stored format of layers/quant/formats.py (int4-g32/64/128 with scale and min, q8_0, q4_0, q4_1)."""
+        every stored format of pallas_kernels/matmul/formats.py (int4-g32/64/128 with scale and min, q8_0, q4_0, q4_1)."""
         if isinstance(fmt, WeightFormat):
             return fmt
         name = fmt or default
@@ -120,7 +120,7 @@ class WeightFormat:
             "int8": cls("int8", 8, "bfloat16", None, 4),
             "int4": cls("int4", 4, "bfloat16", 128, 4),
         }
-        for q in QUANT_FORMATS.values():  # the stored formats (layers/quant/formats.py), bytes as stored
+        for q in QUANT_FORMATS.values():  # the stored formats (pallas_kernels/matmul/formats.py), bytes as stored
             per_group = np.dtype(q.scale_dtype).itemsize * (2 if q.has_min else 1)
             presets.setdefault(q.name, cls(q.name, q.bits, "bfloat16", q.group, per_group))
         if name not in presets:

@@ -57,11 +57,3 @@ def random_windows(ids: np.ndarray, batch_size: int, seq_len: int, seed: int, st
     rng = np.random.default_rng([seed, step])
     starts = rng.integers(0, len(ids) - seq_len - 1, size=batch_size)
     return np.stack([ids[s:s + seq_len + 1] for s in starts]).astype(np.int32)
-
-
-def sequential_windows(ids: np.ndarray, seq_len: int, max_windows: int | None = None) -> np.ndarray:
-    """Non-overlapping [W, T+1] windows from the start (evaluation); the tail shorter than a window is dropped."""
-    n = (len(ids) - 1) // seq_len
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return np.stack([ids[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]).astype(np.int32)

@@ -22,9 +22,9 @@ import os
 import numpy as np
 
 from infer.io.byte_alphabet import byte_to_unicode
+from infer.model.heldout_loss import eval_loss, sequential_windows
 from infer.train import corpus, data
 from infer.train.shipped import MODELS_DIR, TOKENIZER_PATH, load_model, load_tokenizer, report_json
-from infer.train.train import eval_loss
 
 VAL_SLICE_PATH = os.path.join(MODELS_DIR, "val_slice.txt")
 SEQ_LEN = 256
@@ -43,7 +43,7 @@ def token_byte_lengths(tok) -> np.ndarray:
 
 
 def model_bits_per_byte(params, cfg, tok, ids: np.ndarray, max_windows=None, batch_size: int = 16) -> dict:
-    windows = data.sequential_windows(ids, SEQ_LEN, max_windows)
+    windows = sequential_windows(ids, SEQ_LEN, max_windows)
     loss = eval_loss(params, cfg, windows, batch_size)  # nats per predicted token
     n_tok = windows.shape[0] * SEQ_LEN
     n_bytes = int(token_byte_lengths(tok)[windows[:, 1:]].sum())

@@ -21,12 +21,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from infer.model.forward import forward
+from infer.model.heldout_loss import eval_loss, sequential_windows
 from infer.model.params import count_params, init_params
 from infer.train import data
 from infer.train.config import RunConfig, load_run_config
@@ -73,32 +73,11 @@ def lm_loss(params, cfg, windows_BT1):
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, windows_BT1[:, 1:]).mean()
 
 
-def eval_loss(params, cfg, windows_WT1: np.ndarray, batch_size: int) -> float:
-    """Mean next-token cross-entropy (nats/token) over all windows, in batches."""
-    total, n = 0.0, 0
-    for i in range(0, len(windows_WT1), batch_size):
-        w = windows_WT1[i:i + batch_size]
-        total += float(_sum_loss(params, cfg, jnp.asarray(w)))
-        n += w.shape[0] * (w.shape[1] - 1)
-    return total / n
-
-
-@jax.jit
-def _sum_loss_impl(logits_BTV, targets_BT):
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).sum()
-
-
-def _sum_loss(params, cfg, w_BT1):
-    return _sum_loss_impl(forward(params, cfg, w_BT1[:, :-1]), w_BT1[:, 1:])
-
-
-
-
 def train_loop(rc: RunConfig, loss_fn: Callable, extra=None, init=None) -> dict:
     """Run (or resume) training; loss_fn(params, windows_BT1, extra) -> scalar. Returns final params."""
     cfg, tc = rc.model, rc.train
     train_ids, val_ids = data.token_splits(tc.tokenizer, tc.val_fraction)
-    val_windows = data.sequential_windows(val_ids, tc.seq_len, tc.eval_windows)
+    val_windows = sequential_windows(val_ids, tc.seq_len, tc.eval_windows)
     tx = make_optimizer(tc)
     params = init if init is not None else init_params(cfg, jax.random.PRNGKey(tc.seed))
     opt_state = tx.init(params)

@@ -5,28 +5,24 @@ layers/attention/impls.py and imported on first use, so validating a config
 (which asks for `names()`) never loads the kernels. "auto", the default,
 resolves when the step is traced: the Pallas kernels on GPU and TPU, the
 reference on CPU. A new implementation is added with `register(name, fn)`;
-ModelConfig accepts any registered name.
+ModelConfig accepts any registered name (the names are kept in
+pallas_kernels/attention/impl_names.py, which the config reads without importing this package).
 """
 import importlib
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
+from pallas_kernels.attention import impl_names
+from pallas_kernels.attention.impl_names import AUTO, names
 from pallas_kernels.platform import family
 
-AUTO = "auto"
 _BUILTIN = {"reference": "reference", "pallas": "pallas"}  # name -> function in layers.attention.impls
 _IMPLS: Dict[str, Callable] = {}
 
 
 def register(name: str, fn: Callable) -> None:
     """Add an implementation with the signature documented in layers/attention/impls.py."""
-    if name == AUTO:
-        raise ValueError(f"attention_impl: {AUTO!r} is reserved (it picks an implementation per backend)")
+    impl_names.add(name)
     _IMPLS[name] = fn
-
-
-def names() -> Tuple[str, ...]:
-    """Every name ModelConfig.attention_impl accepts."""
-    return (AUTO,) + tuple(sorted(set(_BUILTIN) | set(_IMPLS)))
 
 
 def resolve(name: str, platform: str = None) -> str:
@@ -34,7 +30,7 @@ def resolve(name: str, platform: str = None) -> str:
     pallas_kernels/platform.py)."""
     if name == AUTO:
         return "reference" if family(platform) == "cpu" else "pallas"
-    if name not in _IMPLS and name not in _BUILTIN:
+    if name not in names():
         raise ValueError(f"attention_impl: unknown implementation {name!r}; registered: {names()}")
     return name
 

@@ -14,26 +14,44 @@
     mla_gpu.py           Triton absorbed-MLA paged decode kernel (head blocks x split-K)
     mla_tpu.py           Mosaic absorbed-MLA paged decode kernel (all heads per tile, pages per grid step)
     dispatch.py          which kernel runs on which backend
-"""
-from pallas_kernels.attention.decode_gpu import decode_attention_gpu, paged_decode_attention_gpu
-from pallas_kernels.attention.decode_reference import decode_attention_reference, paged_decode_attention_reference
-from pallas_kernels.attention.decode_tpu import decode_attention_tpu, paged_decode_attention_tpu
-from pallas_kernels.attention.dispatch import (decode_attention, mla_ragged_paged_attention, paged_decode_attention,
-                                               pick_backend, ragged_paged_attention)
-from pallas_kernels.attention.mla_gpu import mla_paged_decode_attention_gpu
-from pallas_kernels.attention.mla_reference import mla_ragged_paged_attention_reference
-from pallas_kernels.attention.mla_tpu import mla_paged_decode_attention_tpu
-from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
-from pallas_kernels.attention.ragged_tpu import ragged_paged_attention_tpu
-from pallas_kernels.attention.ragged_reference import ragged_paged_attention_reference
-from pallas_kernels.attention.splits import choose_num_splits, merge_splits
+    impl_names.py        the names ModelConfig.attention_impl accepts (a plain table, read without loading a kernel)
 
-__all__ = [
-    "decode_attention", "paged_decode_attention", "ragged_paged_attention", "pick_backend",
-    "ragged_paged_attention_gpu", "ragged_paged_attention_tpu",
-    "decode_attention_gpu", "paged_decode_attention_gpu", "decode_attention_tpu", "paged_decode_attention_tpu",
-    "decode_attention_reference", "paged_decode_attention_reference", "ragged_paged_attention_reference",
-    "choose_num_splits", "merge_splits",
-    "mla_ragged_paged_attention", "mla_paged_decode_attention_gpu", "mla_paged_decode_attention_tpu",
-    "mla_ragged_paged_attention_reference",
-]
+Public names load on first use (PEP 562), so importing the package loads none of its modules.
+"""
+import importlib
+
+_HOMES = {  # public name -> the module that defines it
+    "decode_attention": "pallas_kernels.attention.dispatch",
+    "paged_decode_attention": "pallas_kernels.attention.dispatch",
+    "ragged_paged_attention": "pallas_kernels.attention.dispatch",
+    "pick_backend": "pallas_kernels.attention.dispatch",
+    "ragged_paged_attention_gpu": "pallas_kernels.attention.ragged_gpu",
+    "ragged_paged_attention_tpu": "pallas_kernels.attention.ragged_tpu",
+    "decode_attention_gpu": "pallas_kernels.attention.decode_gpu",
+    "paged_decode_attention_gpu": "pallas_kernels.attention.decode_gpu",
+    "decode_attention_tpu": "pallas_kernels.attention.decode_tpu",
+    "paged_decode_attention_tpu": "pallas_kernels.attention.decode_tpu",
+    "decode_attention_reference": "pallas_kernels.attention.decode_reference",
+    "paged_decode_attention_reference": "pallas_kernels.attention.decode_reference",
+    "ragged_paged_attention_reference": "pallas_kernels.attention.ragged_reference",
+    "choose_num_splits": "pallas_kernels.attention.splits",
+    "merge_splits": "pallas_kernels.attention.splits",
+    "mla_ragged_paged_attention": "pallas_kernels.attention.dispatch",
+    "mla_paged_decode_attention_gpu": "pallas_kernels.attention.mla_gpu",
+    "mla_paged_decode_attention_tpu": "pallas_kernels.attention.mla_tpu",
+    "mla_ragged_paged_attention_reference": "pallas_kernels.attention.mla_reference",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name):
+    """Import a public name's module when the name is first read (PEP 562), and keep the value."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -2,24 +2,23 @@
 
 - GPU backend: the Triton kernel (quant_gpu), compiled.
 - TPU backend: the Mosaic kernel (quant_tpu), compiled.
-- Anything else (CPU): XLA's packed path (layers/quant/matmul.py: 4-bit weights decoded half-group by
+- Anything else (CPU): XLA's packed path (pallas_kernels/matmul/quant_xla.py: 4-bit weights decoded half-group by
   half-group into two dots, never unpacked into a whole [I, O] copy); the kernels' interpret modes are
   for tests.
 
 impl: "auto" (the above), "xla", "reference" (the twin: dequantize, then one dot), "gpu" or "tpu" (a
 kernel by name; on a platform it was not built for it runs in Pallas interpret mode). x may have
-leading dims [..., I]; the kernels see [M, I].
+leading dims [..., I]; the kernels see [M, I]. The GPU and TPU kernel modules are imported when one is
+picked, so the model (layers/linear.py) imports this file without loading Pallas.
 """
 from typing import Optional
 
 import jax.numpy as jnp
 
-from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
+from pallas_kernels.matmul.formats import pad_inputs
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference
-from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu
+from pallas_kernels.matmul.quant_xla import quant_matmul as xla_quant_matmul
 from pallas_kernels.platform import family
-from layers.quant.formats import pad_inputs
-from layers.quant.matmul import quant_matmul as xla_quant_matmul
 
 IMPLS = ("auto", "xla", "reference", "gpu", "tpu")
 
@@ -40,10 +39,10 @@ def pick_impl(impl: str = "auto", platform: Optional[str] = None):
 
 
 def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[str] = None, **kernel_kw):
-    """x [..., I] @ the quantized weight qw (a layers/quant/formats.py pytree of format fmt) -> float32 [..., O].
+    """x [..., I] @ the quantized weight qw (a pallas_kernels/matmul/formats.py pytree of format fmt) -> float32 [..., O].
 
     kernel_kw (block_k, block_n, num_splits, compute_dtype, ...) go to the kernel; the reference takes none.
-    An I short of the stored rows by less than a group (a ragged last group, layers/quant/formats.py) is
+    An I short of the stored rows by less than a group (a ragged last group, pallas_kernels/matmul/formats.py) is
     padded with zeros before a kernel (the XLA path pads itself; the reference slices the weight), so the
     kernels always see whole groups.
     """
@@ -63,6 +62,9 @@ def quant_matmul(x_MI, qw: dict, fmt, impl: str = "auto", *, platform: Optional[
         raise ValueError(f"quant_matmul: x must be [..., I], got shape {x.shape}")
     x = pad_inputs(x, qw, fmt)
     lead = x.shape[:-1]
-    fn = quant_matmul_gpu if which == "gpu" else quant_matmul_tpu
+    if which == "gpu":  # the kernels (and Pallas' Triton / Mosaic lowering) load only when one runs
+        from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu as fn
+    else:
+        from pallas_kernels.matmul.quant_tpu import quant_matmul_tpu as fn
     y = fn(x.reshape(-1, x.shape[-1]), qw, fmt, interpret=kernel_kw.pop("interpret", interpret), **kernel_kw)
     return y.reshape(*lead, y.shape[-1])

@@ -1,6 +1,6 @@
 """GPU quantized matmul for decode shapes: Pallas with the Triton lowering (CPU: interpret mode).
 
-y[M, O] = x[M, I] @ W[I, O], W stored in a layers/quant/formats.py format, for a few rows M (decode:
+y[M, O] = x[M, I] @ W[I, O], W stored in a pallas_kernels/matmul/formats.py format, for a few rows M (decode:
 M <= 16-ish) times a large weight. The packed bytes are read once and decoded in registers; nothing is
 ever materialised as a float [I, O] weight.
 
@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.matmul import quant_block_math, quant_layout
-from layers.quant.formats import get_format
+from pallas_kernels.matmul.formats import get_format
 
 MIN_TILE = 16  # tl.dot needs every dimension >= 16
 DEFAULT_ROWS = 128  # stored q rows per I block: bk = 128 (8-bit) or 256 (4-bit) inputs, 16 KiB per [128, 128] tile

@@ -15,7 +15,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from layers.quant.formats import WeightFormat
+from pallas_kernels.matmul.formats import WeightFormat
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Pure-JAX quantized matmul: the twin every Pallas quantized-matmul kernel is tested against.
 
-y[M, O] = x[M, I] @ W[I, O] where W is stored in a layers/quant/formats.py format (a dict of "q",
+y[M, O] = x[M, I] @ W[I, O] where W is stored in a pallas_kernels/matmul/formats.py format (a dict of "q",
 "scale" and, for affine formats, "min"). The twin is the definition: decode W with
 `formats.dequantize` (GGUF's operation order, float32) and contract in float32 (precision HIGHEST,
 float32 accumulation). x may carry leading batch dims ([..., I]); the result is always float32.
@@ -8,7 +8,7 @@ float32 accumulation). x may carry leading batch dims ([..., I]); the result is 
 import jax
 import jax.numpy as jnp
 
-from layers.quant.formats import dequantize, get_format
+from pallas_kernels.matmul.formats import dequantize, get_format
 
 
 def quant_matmul_reference(x_MI, qw: dict, fmt) -> jax.Array:

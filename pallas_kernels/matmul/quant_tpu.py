@@ -29,7 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.matmul import quant_block_math, quant_layout
-from layers.quant.formats import get_format
+from pallas_kernels.matmul.formats import get_format
 
 LANES, SUBLANES = 128, 8
 DEFAULT_ROWS = 512  # stored q rows per I block (multiple of 128): [512, 512] bytes = 256 KiB per q buffer

@@ -14,7 +14,7 @@ with the byte loads; measured on the CPU inside the layer scan (SmolLM2 shapes, 
 """
 import jax.numpy as jnp
 
-from layers.quant.formats import WeightFormat, get_format, pad_inputs
+from pallas_kernels.matmul.formats import WeightFormat, get_format, pad_inputs
 
 
 def _decode(q, scale, mn, fmt: WeightFormat, dtype):
