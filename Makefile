@@ -39,11 +39,19 @@ $(VENV)/gpu-aot/.installed: $(BIN)/.installed
 	$(BIN)/pip install -q --no-deps --target $(VENV)/gpu-aot jax-cuda12-plugin==$$v jax-cuda12-pjrt==$$v
 	touch $@
 
-.PHONY: gpu-aot
-gpu-aot: $(VENV)/gpu-aot/.installed
+# The TPU compiler for deviceless TPU compiles (tests/test_lowering_tpu.py): libtpu at the version jax's tpu extra
+# names, beside site-packages for the same reason (in it, every `import jax` would look for a TPU). About 680 MB.
+$(VENV)/tpu-aot/.installed: $(BIN)/.installed
+	v=$$($(BIN)/python -c "import importlib.metadata as m, re; print(next(re.match(r'libtpu\s*([=<>!~][^;]*)', r).group(1).replace(' ', '') for r in m.requires('jax') if r.startswith('libtpu')))"); \
+	$(BIN)/pip install -q --no-deps --target $(VENV)/tpu-aot "libtpu$$v"
+	touch $@
 
-# The test suite (CPU; Pallas kernels in interpret mode; GPU programs compiled deviceless).
-test: $(BIN)/.installed $(VENV)/gpu-aot/.installed
+.PHONY: gpu-aot tpu-aot
+gpu-aot: $(VENV)/gpu-aot/.installed
+tpu-aot: $(VENV)/tpu-aot/.installed
+
+# The test suite (CPU; Pallas kernels in interpret mode; GPU and TPU programs compiled deviceless).
+test: $(BIN)/.installed $(VENV)/gpu-aot/.installed $(VENV)/tpu-aot/.installed
 	$(BIN)/python -m pytest -q -n 2 tests
 
 # Every benchmark experiment in configs/experiments/ on the current device.

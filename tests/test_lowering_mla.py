@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import export
-from gpu_aot import compile_for, h100_sharding
+from gpu_aot import compile_for, h100_sharding, tpu_sharding
 
 from lowering_helpers import readers
 from pallas_kernels.attention.dispatch import mla_ragged_paged_attention
@@ -40,8 +40,8 @@ def _export(fn, args, platform):
     targets = TRITON_TARGETS if platform == "cuda" else ("tpu_custom_call",)
     exp = export.export(jax.jit(fn), platforms=[platform],
                         disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in targets])(*args)
-    if platform == "cuda":  # and compiled for an H100 without one (tests/gpu_aot.py): Triton's limits apply
-        compile_for(h100_sharding(), fn, *args)
+    # and compiled for an H100 / a v5p without one (tests/gpu_aot.py): Triton's and Mosaic's limits apply
+    compile_for(h100_sharding() if platform == "cuda" else tpu_sharding(), fn, *args)
     return exp, exp.mlir_module()
 
 

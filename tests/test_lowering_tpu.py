@@ -1,10 +1,13 @@
-"""Every Mosaic TPU Pallas kernel lowers for TPU on this CPU-only machine at Llama-3-8B shapes (bfloat16, N = 32
+"""Every Mosaic TPU Pallas kernel lowers for TPU, and compiles for a v5p, on this CPU-only machine at Llama-3-8B shapes (bfloat16, N = 32
 query heads, K = 8 KV heads, H = 128), with bfloat16 and int8 caches.
 
 `jax.export` with platforms=["tpu"] runs the whole TPU lowering, the Pallas -> Mosaic kernel lowering
 included (block-shape rules, every in-kernel op's Mosaic lowering rule), and serialises the kernel into a
 `tpu_custom_call`; the custom-call safety check is disabled because exporting a Mosaic kernel is what we
-want here. (The Mosaic compiler proper runs only on a TPU.) Checked about each lowered program:
+want here. Each program is then compiled by the TPU compiler itself for a v5p chip without one (libtpu's
+deviceless topology, tests/gpu_aot.py): Mosaic's own checks (VMEM, tiling, vector types: GGUF's float16 scales
+failed them until quant_tpu widened them) run here. Checked about each lowered
+program:
 
 - exactly one tpu_custom_call, named after the kernel: the attention is the kernel, not an XLA fallback;
 - the caches / page pools (and int8 value pools) reach the kernel whole and untouched: in the jaxpr no op
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import export
+from gpu_aot import compile_for, tpu_sharding
 
 from pallas_kernels.matmul.formats import get_format
 from lowering_helpers import readers
@@ -37,6 +41,7 @@ def _sds(shape, dtype):
 def _lower_tpu(fn, args):
     exported = export.export(jax.jit(fn), platforms=["tpu"],
                              disabled_checks=[export.DisabledSafetyCheck.custom_call("tpu_custom_call")])(*args)
+    compile_for(tpu_sharding(), fn, *args)  # Mosaic compiled for a v5p chip: its limits apply
     return exported.mlir_module()
 
 

@@ -4,7 +4,7 @@
     python -m infer.perf.gpu_program --model smollm2-135m --programs decode,generate --layout stacked
 
 Each program is traced for the GPU (target_platform("gpu"): the Pallas kernels, the GPU layout), compiled by
-XLA's CUDA pipeline against configs/hardware/h100.target.txtpb (infer/perf/gpu_target.py), and read back from
+XLA's CUDA pipeline against configs/hardware/h100.target.txtpb (infer/perf/aot_target.py), and read back from
 the compiler's dump (infer/perf/thunks.py): kernel launches per step and per layer, kernels by family (XLA
 fusions, Triton GEMMs, cuBLAS, Pallas), copies and the bytes they move (weight-sized ones flagged), host
 submissions (a command buffer is one), the largest float32 buffer a kernel writes, and temp memory.
@@ -36,7 +36,7 @@ from infer.config.sampling_params import batch_arrays
 from infer.config.xla_flags import loop_compiler_options
 from infer.kv.metadata import SequenceStep, build_metadata
 from infer.kv.pool import init_pools
-from infer.perf.gpu_target import abstract, gpu_topology, replicated
+from infer.perf.aot_target import abstract, gpu_topology, replicated
 from infer.perf.thunks import ProgramReport, read_dump
 from pallas_kernels.platform import target_platform
 
@@ -131,7 +131,7 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
 
 def target_sharding(target: str):
     """(sharding, platform) to compile for: "device" = this process's first device (a real GPU: the report of
-    what runs there), else a deviceless target of infer/perf/gpu_target.py ("h100")."""
+    what runs there), else a deviceless target of infer/perf/aot_target.py ("h100")."""
     if target == "device":
         dev = jax.devices()[0]
         return jax.sharding.SingleDeviceSharding(dev), dev.platform

@@ -149,7 +149,11 @@ def quant_matmul_tpu(x_MI, qw: dict, fmt, *, block_k=None, block_n=None, num_spl
     block_m = min(MAX_BLOCK_M, Mp8)
     Mp = -(-M // block_m) * block_m
     cdt = jnp.dtype(compute_dtype)
-    out = _run(*quant_layout.kernel_operands(x_MI, qw, plan, Mp, cdt),
-               plan=plan, block_m=block_m, num_splits=num_splits, compute_dtype=cdt.name,
-               interpret=interpret_params(interpret))
+    x_parts, q, scale, mn = quant_layout.kernel_operands(x_MI, qw, plan, Mp, cdt)
+    # Mosaic has no float16 vector loads ("Invalid vector type for load", found by compiling for a TPU v5p
+    # deviceless: tests/test_lowering_tpu.py): GGUF's float16 scales and mins go in as float32 (exact), a
+    # conversion of I/g x O values per call; storing them as float32 at load time would spare it.
+    widen = lambda a: a if a is None or a.dtype != jnp.float16 else a.astype(jnp.float32)
+    out = _run(x_parts, q, widen(scale), widen(mn), plan=plan, block_m=block_m, num_splits=num_splits,
+               compute_dtype=cdt.name, interpret=interpret_params(interpret))
     return out[:M]

@@ -1,14 +1,16 @@
-"""Compile for a GPU on a machine without one: XLA's CUDA compiler run deviceless against a target description.
+"""Compile for an accelerator on a machine without one: XLA's GPU or TPU compiler run deviceless.
 
     topo = gpu_topology("h100")                     # one H100, described by configs/hardware/h100.target.txtpb
-    args = abstract(tree, replicated(topo))         # ShapeDtypeStructs placed on that (virtual) device
-    jax.jit(f).lower(*args).compile()               # XLA's whole GPU pipeline: fusion, Triton, PTX, thunks
+    topo = tpu_topology("v5e")                      # a v5e 2x2 slice, described by libtpu itself
+    args = abstract(tree, replicated(topo))         # ShapeDtypeStructs placed on one (virtual) device
+    jax.jit(f).lower(*args).compile()               # the whole pipeline: fusion, Triton/Mosaic, machine code
 
-It needs the CUDA PJRT plugin at jax's own version (`jax-cuda12-plugin`, no nvidia-* wheels: nothing runs).
-Installed into the environment it is found as usual; otherwise it is looked up in $INFER_GPU_AOT_PATH or
-<python prefix>/gpu-aot (where `make gpu-aot` installs it, outside site-packages, so that JAX in the same
-environment never tries, and loudly fails, to start a CUDA backend on a CPU-only machine). Programs traced
-for the GPU pick the GPU kernels through pallas_kernels/platform.py's `target_platform("gpu")`.
+GPU: the CUDA PJRT plugin at jax's own version (`jax-cuda12-plugin`, no nvidia-* wheels: nothing runs). TPU:
+`libtpu` at the version jax's `tpu` extra names. Installed into the environment they are found as usual;
+otherwise they are looked up in $INFER_GPU_AOT_PATH / $INFER_TPU_AOT_PATH or <python prefix>/gpu-aot and
+<python prefix>/tpu-aot (where `make gpu-aot` / `make tpu-aot` install them, outside site-packages, so that JAX
+in the same environment never tries, and loudly fails, to start that backend on a CPU-only machine). Programs
+traced for a target pick its kernels through pallas_kernels/platform.py's `target_platform(...)`.
 """
 from __future__ import annotations
 
@@ -26,8 +28,13 @@ PLUGIN_MODULE = "jax_plugins.xla_cuda12"
 PLUGIN_PATH_ENV = "INFER_GPU_AOT_PATH"
 
 
-class GpuCompilerMissing(RuntimeError):
-    """The CUDA plugin needed for a deviceless GPU compile is not installed."""
+TPU_TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}  # the smallest slices libtpu describes hostless
+TPU_PATH_ENV = "INFER_TPU_AOT_PATH"
+
+
+class CompilerMissing(RuntimeError):
+    """The plugin needed for a deviceless compile is not installed."""
+
 
 
 def plugin_dir() -> str:
@@ -49,7 +56,7 @@ def load_plugin():
         pass
     where = plugin_dir()
     if not os.path.isdir(os.path.join(where, "jax_plugins", "xla_cuda12")):
-        raise GpuCompilerMissing(
+        raise CompilerMissing(
             f"no CUDA compiler plugin: {PLUGIN_MODULE} is not installed and {where} does not hold it. Install it "
             f"with `make gpu-aot`, or `pip install --no-deps --target {where} jax-cuda12-plugin=={plugin_version()} "
             f"jax-cuda12-pjrt=={plugin_version()}` (or set {PLUGIN_PATH_ENV})")
@@ -72,9 +79,28 @@ def gpu_topology(target: str = "h100"):
         return topologies.get_topology_desc(platform="cuda", target_config=config, topology="1x1x1")
 
 
+def tpu_topology(target: str = "v5e"):
+    """A TPU slice of `target` (a key of TPU_TOPOLOGIES) described by libtpu, no TPU attached."""
+    if target not in TPU_TOPOLOGIES:
+        raise ValueError(f"target {target!r}: expected one of {', '.join(sorted(TPU_TOPOLOGIES))}")
+    try:
+        importlib.import_module("libtpu")
+    except ImportError:
+        where = os.environ.get(TPU_PATH_ENV) or os.path.join(sys.prefix, "tpu-aot")
+        if not os.path.isdir(os.path.join(where, "libtpu")):
+            raise CompilerMissing(f"no TPU compiler: libtpu is not installed and {where} does not hold it; install "
+                                  f"it with `make tpu-aot` (or set {TPU_PATH_ENV})") from None
+        sys.path.append(where)
+        importlib.invalidate_caches()
+    # several processes (test workers) may hold libtpu at once: no TPU is opened, so its lock file is not needed
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+    return topologies.get_topology_desc(topology_name=TPU_TOPOLOGIES[target], platform="tpu")
+
+
 def replicated(topology) -> NamedSharding:
-    """Whole arrays on the topology's (one) device."""
-    return NamedSharding(Mesh(topology.devices, ("d",)), PartitionSpec())
+    """Whole arrays on the topology's first device (a one-chip program)."""
+    return NamedSharding(Mesh(topology.devices[:1], ("d",)), PartitionSpec())
 
 
 def abstract(tree, sharding):
