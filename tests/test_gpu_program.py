@@ -10,17 +10,17 @@ from infer.perf.thunks import parse_annotations, parse_hlo, parse_thunks, summar
 # A loop of 3 trips whose body copies a weight slice (a dynamic-slice fusion) and runs a GEMM and a kernel, a command
 # buffer of two kernels after it, and a transpose before it; shapes from the HLO, trip count from the while.
 THUNKS = """\
-001: kCustomKernel [source | next=002 (1)] wrapped_transpose grid: [64, 1, 1] threads: [128, 1, 1]  shared_memory: 0 bytes
+001: kCustomKernel [source | next=002 (1)] wrapped_transpose grid: [64, 1, 1]
 002: kWhile        [prev=001 (1) | next=000 (1)]
 condition:
-    003: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1] threads: [1, 1, 1]  shared_memory: 0 bytes
+    003: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
   body:
     004: kDynamicSliceFusion [source | next=006 (1)] params=1, results=1
         005: kCopy [source | sink] kCopy
-    006: kCustomKernel [prev=004 (1) | next=007 (1)] gemm_fusion_dot grid: [8, 1, 1] threads: [64, 1, 1]  shared_memory: 512 bytes
-    007: kCustomKernel [prev=006 (1) | sink] decode_attn_paged_G4 grid: [1, 8, 4] threads: [128, 1, 1]  shared_memory: 0 bytes
+    006: kCustomKernel [prev=004 (1) | next=007 (1)] gemm_fusion_dot grid: [8, 1, 1]
+    007: kCustomKernel [prev=006 (1) | sink] decode_attn_paged_G4 grid: [1, 8, 4]
 000: kCommandBuffer [prev=002 (1) | sink]
-    008: kCustomKernel [source | next=009 (1)] loop_multiply_fusion grid: [4, 1, 1] threads: [128, 1, 1]  shared_memory: 0 bytes
+    008: kCustomKernel [source | next=009 (1)] loop_multiply_fusion grid: [4, 1, 1]
     009: kGemm [prev=008 (1) | sink] custom-call.1
 """
 META = "".join(f'thunk_metadata {{\n  thunk_info {{\n    profile_annotation: "{a}"\n    thunk_id: {i}\n  }}\n}}\n'

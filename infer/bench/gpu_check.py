@@ -60,8 +60,8 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "program": 90, "decode": 220, "profile": 120, "profile_dsf": 90, "attention": 130,
-          "quant": 120, "sampling": 60, "chat": 180}
+LIMITS = {"device": 30, "pytest": 200, "program": 90, "decode": 220, "profile": 120, "profile_dsf": 90,
+          "attention": 130, "quant": 120, "sampling": 60, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped

@@ -28,7 +28,8 @@ PLUGIN_MODULE = "jax_plugins.xla_cuda12"
 PLUGIN_PATH_ENV = "INFER_GPU_AOT_PATH"
 
 
-TPU_TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}  # the smallest slices libtpu describes hostless
+# the smallest slices libtpu describes without a host; a program compiles for one chip of it
+TPU_TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 TPU_PATH_ENV = "INFER_TPU_AOT_PATH"
 
 

@@ -150,8 +150,9 @@ class ProgramReport:
     submissions: host-side launches (a command buffer is one submission, a while loop outside one submits
     its condition and body each trip); copies: every copy-like operation (kCopy, dynamic-slice fusions,
     transpose/copy kernels) with its bytes; writes: every XLA fusion's output but in-place updates
-    (dynamic-update-slice, scatter), so that a weight-sized one (a padded or converted weight) is seen; largest_f32_bytes: the largest float32 output a kernel writes;
-    loops: trip counts (None: unknown, counted once); temp_bytes: from the compiled memory analysis."""
+    (dynamic-update-slice, scatter), so that a weight-sized one (a padded or converted weight) is seen;
+    largest_f32: the kernel writing the most float32 bytes (its float32 outputs summed); loops: trip counts
+    (None: unknown, counted once); temp_bytes: from the compiled memory analysis."""
 
     launches: int = 0
     kernels: Dict[str, int] = dataclasses.field(default_factory=dict)
