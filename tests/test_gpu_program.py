@@ -72,11 +72,12 @@ def test_llama3_8b_decode_for_a_gpu_copies_no_weight(llama, batch):
 
 
 @pytest.mark.parametrize("program", ["engine_decode", "engine_mixed"])
-def test_the_engines_steps_for_a_gpu_copy_no_weight(llama, program):
+def test_the_engines_steps_for_a_gpu_copy_no_weight_and_run_as_one_graph(llama, program):
     spec = gpu_program.ProgramSpec(llama, "auto", 8, 1024)
     row = gpu_program.report_row(program, spec, gpu_program.compile_report(program, spec))
     assert row["weight_copies"] == 0 and row["weight_copy_GB"] == 0, row
     assert row["kernels_pallas"] >= llama.n_layers
+    assert row["submissions"] == 1  # page copies, step and sampling (its conditionals too): one CUDA graph
 
 
 def test_smollm2s_generation_loop_is_one_command_buffer_on_a_gpu(llama):

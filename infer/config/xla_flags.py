@@ -51,13 +51,8 @@ def apply_default_xla_flags(environ=None, features: Optional[set] = None) -> str
 
 # Command buffers (CUDA graphs) around whole loops on a GPU. XLA's default command buffers leave while loops and
 # conditionals out, so the on-device generation loop submits each trip's kernels from the host (SmolLM2-135M at
-# batch 1: 346 host submissions per token, `python -m infer.perf.gpu_program --model smollm2-135m --programs
-# generate`); with WHILE and CONDITIONAL in the list the whole loop is one submission. Passed per program as a
-# compiler option (jax.jit(compiler_options=...)), so it applies to that loop alone.
-LOOP_COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
-
-
-def loop_compiler_options(family: str) -> Dict[str, str]:
-    """Compiler options for a program that runs a device loop, on a target family ("gpu": the loop in one command
-    buffer; elsewhere none)."""
-    return {"xla_gpu_enable_command_buffer": LOOP_COMMAND_BUFFERS} if family == "gpu" else {}
+# batch 1: 346 host submissions per token) and the engine's step (its sampling filters sit under a lax.cond) 338;
+# with WHILE and CONDITIONAL in the list each is one submission (`python -m infer.perf.gpu_program --model
+# smollm2-135m --programs generate,engine_decode`). Passed per program (jax.jit(compiler_options=...)); the CPU and
+# TPU compilers ignore this GPU option.
+LOOP_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}

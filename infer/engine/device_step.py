@@ -15,11 +15,10 @@
 Shapes are fixed by the engine (T, R, M, O, S, C), so a new mix of requests reuses the
 compiled program; only the static max_q_len bucket selects among a few programs.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 
+from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.model.step import run_step
 from infer.sampling import request_keys, sample
 
@@ -39,9 +38,9 @@ def poison_pages(kv: dict, poison_P) -> dict:
     return {name: one(x) for name, x in kv.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("kv",))
-def engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sample_rows_S, positions_S, samp,
-                poison_P=None):
+def run_engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sample_rows_S, positions_S, samp,
+                    poison_P=None):
+    """engine_step unjitted, for use inside other jitted programs (infer/perf/gpu_program.py)."""
     kv = copy_pages(kv, copy_src_C, copy_dst_C)
     if poison_P is not None:
         kv = poison_pages(kv, poison_P)
@@ -50,3 +49,9 @@ def engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sample_
     tokens_S = sample(logits_SV, samp, request_keys(samp["seed"], positions_S))
     logprobs_S = jnp.take_along_axis(jax.nn.log_softmax(logits_SV, axis=-1), tokens_S[:, None], axis=-1)[:, 0]
     return tokens_S, logprobs_S, kv
+
+
+# the pools donated; on a GPU the whole step, sampling conditionals included, is one command buffer
+# (infer/config/xla_flags.py)
+engine_step = jax.jit(run_engine_step, static_argnames=("cfg",), donate_argnames=("kv",),
+                      compiler_options=LOOP_COMPILER_OPTIONS)

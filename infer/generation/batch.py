@@ -7,7 +7,7 @@ A call runs two device programs, each compiled once per shape bucket:
   2. `decode_loop`: a `lax.while_loop` of decode steps, the pools donated, that
      stops each row on one of its stop tokens or its max_new_tokens and ends when
      every row is done. No Python runs per token. On a GPU the whole loop is one
-     command buffer (CUDA graph): one host submission per call (`decode_loop_jit`).
+     command buffer (CUDA graph): one host submission per call.
 
 Each prompt may have its own SamplingParams (one shared, or one per prompt). A
 request's random draws depend only on its seed and the position of the token
@@ -34,12 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, as_per_request, batch_arrays
-from infer.config.xla_flags import loop_compiler_options
+from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.kv.metadata import bucket
 from infer.kv.pool import DEFAULT_PAGE_SIZE
 from infer.model.rows import capacity, extend_rows, init_cache
 from infer.parallel.distributed import to_host
-from pallas_kernels.platform import family
 from infer.parallel.tensor_parallel import constrain_pools, mesh_context, prepare_tensor_parallel
 from infer.sampling import is_stop, request_keys, sample
 
@@ -155,16 +154,9 @@ def decode_loop(params, cfg, first_B, cache, active_B, samp, max_out):
     return out_BO, n_B, step - 1, cache
 
 
-_LOOPS = {}
-
-
-def decode_loop_jit(fam: str):
-    """decode_loop jitted for a target family (the cache donated); on a GPU the whole loop is one command buffer
-    (infer/config/xla_flags.py's loop_compiler_options)."""
-    if fam not in _LOOPS:
-        _LOOPS[fam] = jax.jit(decode_loop, static_argnames=("cfg", "max_out"), donate_argnames=("cache",),
-                              compiler_options=loop_compiler_options(fam) or None)
-    return _LOOPS[fam]
+# the cache donated; on a GPU the whole loop is one command buffer (infer/config/xla_flags.py)
+_decode_loop_jit = jax.jit(decode_loop, static_argnames=("cfg", "max_out"), donate_argnames=("cache",),
+                           compiler_options=LOOP_COMPILER_OPTIONS)
 
 
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
@@ -189,8 +181,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         first, cache = _start(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), samp, S, page_size, mesh)
         first.block_until_ready()
         t1 = time.perf_counter()
-        out, n, steps, _ = decode_loop_jit(family())(params, cfg, first, cache, jnp.asarray(active), samp,
-                                                     max_out)
+        out, n, steps, _ = _decode_loop_jit(params, cfg, first, cache, jnp.asarray(active), samp, max_out)
     out, n = to_host((out, n))  # on several processes the result may live partly on other hosts' devices
     t2 = time.perf_counter()
     toks = [out[i, :n[i]].tolist() for i in range(n_real)]

@@ -33,7 +33,7 @@ import numpy as np
 
 from infer.config import ModelConfig, SamplingParams, load_config
 from infer.config.sampling_params import batch_arrays
-from infer.config.xla_flags import loop_compiler_options
+from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.kv.metadata import SequenceStep, build_metadata
 from infer.kv.pool import init_pools
 from infer.perf.aot_target import abstract, gpu_topology, replicated
@@ -107,9 +107,9 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
         samp = batch_arrays([SamplingParams(temperature=0.0, max_new_tokens=spec.generate_tokens)], B)
         fn = lambda p, first, c, active, sp: decode_loop(p, cfg, first, c, active, sp, spec.generate_tokens)
         return fn, (params, jax.ShapeDtypeStruct((B,), jnp.int32), cache, jax.ShapeDtypeStruct((B,), jnp.bool_),
-                    samp), (2,), loop_compiler_options("gpu")
+                    samp), (2,), LOOP_COMPILER_OPTIONS
     if name in ("engine_decode", "engine_mixed"):
-        from infer.engine.device_step import engine_step
+        from infer.engine.device_step import run_engine_step
         M = -(-(S + 1) // PAGE_SIZE)
         P = B * M + 1
         prefill = min(S, 256) if name == "engine_mixed" else 0
@@ -123,9 +123,10 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
         samp = {"temperature": np.zeros((R,), np.float32), "top_k": np.zeros((R,), np.int32),
                 "top_p": np.ones((R,), np.float32), "min_p": np.zeros((R,), np.float32),
                 "seed": np.zeros((R,), np.uint32)}
-        fn = lambda p, t, m, k, src, dst, rows, pos, sp: engine_step(p, cfg, t, m, k, src, dst, rows, pos, sp)
+        fn = lambda p, t, m, k, src, dst, rows, pos, sp: run_engine_step(p, cfg, t, m, k, src, dst, rows, pos, sp)
         ints = lambda n, fill=0: np.full((n,), fill, np.int32)
-        return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,), {}
+        return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,), \
+            LOOP_COMPILER_OPTIONS
     raise ValueError(f"program {name!r}: expected one of {', '.join(PROGRAMS)}")
 
 
