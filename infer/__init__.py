@@ -13,9 +13,8 @@ parallel/ (sharding), cli/, bench/, train/.
 The public names below load on first use (PEP 562): `import infer` applies the XLA flags and nothing
 else, so a script that only reads a config never pays for the model, the kernels or orbax.
 """
-import importlib
-
 from infer.config.xla_flags import apply_default_xla_flags
+from pallas_kernels.lazy_names import lazy_names
 
 apply_default_xla_flags()  # before anything starts a backend: XLA reads XLA_FLAGS then (infer/config/xla_flags.py)
 
@@ -50,27 +49,4 @@ _HOMES = {  # public name -> the module that defines it; a name mapped to a modu
     "for_decode": "infer.model.layout", "stack_layers": "infer.model.layout", "unstack_layers": "infer.model.layout",
 }
 _MODULE_NAMES = ("speculative", "roofline")  # names that are the module itself, not a name inside it
-__all__ = list(_HOMES)
-
-
-def __getattr__(name):
-    """Import a public name's module when the name is first read (PEP 562), and keep the value, so
-    `import infer` loads no kernel, checkpoint library or server module until one is used. A subpackage
-    (`infer.engine`, `infer.io`, ...) is imported when read as an attribute, as it was when this file
-    imported them all."""
-    if name in _HOMES:
-        module = importlib.import_module(_HOMES[name])
-        value = module if name in _MODULE_NAMES else getattr(module, name)
-    else:
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, _HOMES, modules=_MODULE_NAMES, subpackages=True)

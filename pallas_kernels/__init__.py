@@ -14,19 +14,7 @@ The attention entry points are re-exported here (`pallas_kernels.ragged_paged_at
 first use (PEP 562), so importing this package, or platform.py and the plain tables under it, loads no
 kernel and no Pallas lowering.
 """
-import importlib
+from pallas_kernels.attention import __all__ as _ATTENTION_NAMES
+from pallas_kernels.lazy_names import lazy_names
 
-from pallas_kernels.attention import __all__  # noqa: F401  (the attention package's names, none loaded yet)
-
-
-def __getattr__(name):
-    """Read an attention entry point from pallas_kernels.attention when first asked for (PEP 562)."""
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module("pallas_kernels.attention"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, {n: "pallas_kernels.attention" for n in _ATTENTION_NAMES})

@@ -5,7 +5,7 @@ YAML files in configs/ only name values; every validity rule lives in these data
 
 Public names load on first use (PEP 562), so importing the package loads none of its modules.
 """
-import importlib
+from pallas_kernels.lazy_names import lazy_names
 
 _HOMES = {  # public name -> the module that defines it
     "DTYPES": "infer.config.dtypes",
@@ -22,17 +22,4 @@ _HOMES = {  # public name -> the module that defines it
     "KV_CACHE_DTYPES": "infer.config.dtypes",
     "dtype_name": "infer.config.dtypes",
 }
-__all__ = list(_HOMES)
-
-
-def __getattr__(name):
-    """Import a public name's module when the name is first read (PEP 562), and keep the value."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, _HOMES)

@@ -18,7 +18,7 @@
 
 Public names load on first use (PEP 562), so importing the package loads none of its modules.
 """
-import importlib
+from pallas_kernels.lazy_names import lazy_names
 
 _HOMES = {  # public name -> the module that defines it
     "decode_attention": "pallas_kernels.attention.dispatch",
@@ -41,17 +41,4 @@ _HOMES = {  # public name -> the module that defines it
     "mla_paged_decode_attention_tpu": "pallas_kernels.attention.mla_tpu",
     "mla_ragged_paged_attention_reference": "pallas_kernels.attention.mla_reference",
 }
-__all__ = list(_HOMES)
-
-
-def __getattr__(name):
-    """Import a public name's module when the name is first read (PEP 562), and keep the value."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, _HOMES)

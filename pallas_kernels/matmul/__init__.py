@@ -14,7 +14,7 @@ int4-g32/g64/g128, q4_0, q4_1), read packed and decoded in registers, float32 ac
 
 Public names load on first use (PEP 562), so importing the package loads none of its modules.
 """
-import importlib
+from pallas_kernels.lazy_names import lazy_names
 
 _HOMES = {  # public name -> the module that defines it
     "quant_matmul": "pallas_kernels.matmul.dispatch",
@@ -23,17 +23,4 @@ _HOMES = {  # public name -> the module that defines it
     "quant_matmul_tpu": "pallas_kernels.matmul.quant_tpu",
     "quant_matmul_reference": "pallas_kernels.matmul.quant_reference",
 }
-__all__ = list(_HOMES)
-
-
-def __getattr__(name):
-    """Import a public name's module when the name is first read (PEP 562), and keep the value."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, _HOMES)
