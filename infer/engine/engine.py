@@ -58,7 +58,7 @@ class RequestError(ValueError):
     """A request the engine cannot serve; the message names the request and the problem."""
 
 
-def _sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int) -> dict:
+def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int) -> dict:
     """Per-sample numpy rows for the device sampler, padded to S with greedy rows."""
     greedy = SamplingParams(temperature=0.0)
     rows = per_sample + [greedy] * (S - len(per_sample))
@@ -305,7 +305,7 @@ class Engine:
         rows[:len(sample_rows)] = sample_rows
         pos = np.zeros((S,), np.int32)
         pos[:len(positions)] = positions
-        samp = _sampling_arrays(per_sample, seeds, S)
+        samp = sampling_arrays(per_sample, seeds, S)
         tok_S, logp_S = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
         return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
 
@@ -446,7 +446,7 @@ class Engine:
             poison = np.zeros((P,), bool) if self.poison_freed_pages else None
             S = shape["num_logits"]
             self.device_call(tokens_T, meta, np.zeros((R,), np.int32), np.full((R,), P, np.int32),
-                             np.zeros((S,), np.int32), np.zeros((S,), np.int32), _sampling_arrays([], [], S), poison)
+                             np.zeros((S,), np.int32), np.zeros((S,), np.int32), sampling_arrays([], [], S), poison)
         jax.block_until_ready(self.kv)
 
     def stats(self) -> dict:

@@ -110,6 +110,7 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
                     samp), (2,), LOOP_COMPILER_OPTIONS
     if name in ("engine_decode", "engine_mixed"):
         from infer.engine.device_step import run_engine_step
+        from infer.engine.engine import sampling_arrays
         M = -(-(S + 1) // PAGE_SIZE)
         P = B * M + 1
         prefill = min(S, 256) if name == "engine_mixed" else 0
@@ -120,9 +121,7 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
         tokens_T, meta = build_metadata(seqs, page_size=PAGE_SIZE, num_pages=P, **shapes)
         R = meta.query_start_R.shape[0]
         kv = jax.eval_shape(lambda: init_pools(cfg, P, PAGE_SIZE))
-        samp = {"temperature": np.zeros((R,), np.float32), "top_k": np.zeros((R,), np.int32),
-                "top_p": np.ones((R,), np.float32), "min_p": np.zeros((R,), np.float32),
-                "seed": np.zeros((R,), np.uint32)}
+        samp = sampling_arrays([], [], R)  # greedy padding rows, as the engine pads a step
         fn = lambda p, t, m, k, src, dst, rows, pos, sp: run_engine_step(p, cfg, t, m, k, src, dst, rows, pos, sp)
         ints = lambda n, fill=0: np.full((n,), fill, np.int32)
         return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,), \
