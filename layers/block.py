@@ -26,8 +26,7 @@ class DecoderBlock(nn.Module):
             a, kv, kv_BT = MLAttention(cfg, name="attn")(h, positions_BT, kv, layer, meta)
         else:
             a, kv, kv_BT = Attention(cfg, self.shares_kv, name="attn")(h, positions_BT, kv, layer, meta, shared_kv)
-        x_BTD = x_BTD + a
-        h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x_BTD)
+        x_BTD, h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x_BTD, residual=a)  # x + a, its norm
         x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, cfg.weight_format, cfg.fused_projections,
                                name="mlp")(h)
         return (x_BTD, kv), (kv_BT if self.emit_kv else None)

@@ -1,8 +1,14 @@
-"""RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
+"""RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in float32.
+
+With `residual` it also adds the residual first and returns both, (h = x + residual, RMSNorm(h)): on a GPU one
+kernel instead of XLA's three (pallas_kernels/norm/), elsewhere the same math in XLA.
+"""
 import flax.linen as nn
 import jax.numpy as jnp
 
 from layers import axes
+from pallas_kernels.norm.add_rms_norm_reference import rms_norm_reference
+from pallas_kernels.norm.dispatch import add_rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -11,10 +17,10 @@ class RMSNorm(nn.Module):
     axis_name: str = axes.EMBED
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, residual=None):
         w = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                        (x.shape[-1],), self.dtype)
-        xf = x.astype(jnp.float32)
-        xf = xf * jnp.reciprocal(jnp.sqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps))
+        if residual is not None:
+            return add_rms_norm(x, residual, w, self.eps)
         # Matches the Hugging Face Llama order: normalise in f32, cast, then scale.
-        return w * xf.astype(self.dtype)
+        return rms_norm_reference(x, w, self.eps)
