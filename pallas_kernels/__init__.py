@@ -4,7 +4,9 @@
                  attention_impl names a config accepts
     matmul/      quantized matmul (GPU Triton, TPU Mosaic, XLA's packed path) and formats.py, the stored
                  weight formats
+    norm/        residual add + RMSNorm (GPU Triton) beside its twin
     platform.py  the target platform every dispatcher reads
+    lazy_names.py  the lazy public names of every package __init__ (PEP 562)
     testing.py   numpy-built random cases for the kernel tests and benchmarks
 
 Kernels never import `layers` or `infer`: the model's attention seam
