@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run on CPU in float32 unless they say otherwise."""
 import gc
 import os
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -37,6 +38,19 @@ def pytest_runtest_logfinish(nodeid, location):
             n = sum(1 for _ in f)
         with open(path, "a") as f:
             f.write(f"{n} {os.environ.get('PYTEST_XDIST_WORKER', 'main')} {nodeid}\n")
+
+
+def wait_until(cond, timeout=120.0, interval=0.01):
+    """Poll `cond()` until it returns something truthy or `timeout` seconds pass; returns its last value.
+
+    For tests that wait on another thread or process: the deadline only bounds a hang (generous, so a slow or
+    loaded machine passes); a fast machine returns at the first poll that sees the condition."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(interval)
 
 
 def make_cfg(n_heads=6, n_kv_heads=2, **kw):
