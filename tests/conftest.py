@@ -122,3 +122,17 @@ def tiny():
     """(cfg, params) of the configs/models/tiny.yaml model (GQA N=6, K=2)."""
     cfg = infer.load_config("tiny")
     return cfg, infer.init_params(cfg, jax.random.PRNGKey(0))
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+# The modules that load SmolLM2 carry this mark: with `--dist loadgroup` (the Makefile's test line) they run on
+# one xdist worker, which loads the model once (`smollm2` below) and compiles its programs for one worker.
+smollm2_group = pytest.mark.xdist_group("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(cfg, params, tokenizer) of SmolLM2-135M-Instruct from its GGUF (float32), loaded once per worker."""
+    cfg, params = infer.load_model_dir(SMOLLM2)
+    return cfg, params, infer.load_tokenizer(SMOLLM2, vocab_size=cfg.vocab_size)
+

@@ -16,17 +16,17 @@ from prometheus_client.parser import text_string_to_metric_families
 import infer
 from infer.config import SamplingParams
 from infer.server.serve import build_app
-from conftest import wait_until
+from conftest import smollm2_group, wait_until
 
 NAME = "smollm2-135m-instruct"
+pytestmark = smollm2_group
 MAX_LEN = 512
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(smollm2):
     import uvicorn
-    cfg, params = infer.load_model_dir(NAME)
-    tok = infer.load_tokenizer(NAME, vocab_size=cfg.vocab_size)
+    cfg, params, tok = smollm2
     app, engine = build_app(params, cfg, tok, NAME, num_pages=160, page_size=16, max_num_seqs=16,
                             max_num_batched_tokens=64, max_model_len=MAX_LEN)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
