@@ -31,9 +31,10 @@ PORT ?= 8000
 serve: $(BIN)/.installed
 	$(BIN)/python -m infer serve --model $(MODEL) --port $(PORT)
 
-# The test suite (CPU; Pallas kernels in interpret mode).
+# The test suite (CPU; Pallas kernels in interpret mode). --dist loadgroup keeps the SmolLM2 tests on one worker
+# (one model load, see tests/conftest.py); --durations prints the slowest tests so a slow one shows in CI's log.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=30 tests
 
 # Every benchmark experiment in configs/experiments/ on the current device.
 bench: $(BIN)/.installed
