@@ -18,6 +18,7 @@ COMMON = textwrap.dedent("""
     from infer.config import ConfigError, SamplingParams
     from infer.engine import Engine
     from infer.parallel.tensor_parallel import prepare_tensor_parallel, shard_pools
+    from infer.model.rows import extend_rows
     assert jax.device_count() == 8, jax.devices()
 
     def mesh_of(dp, tp):
@@ -85,7 +86,6 @@ PARTS = {
     tcfg, tparams = prepare_tensor_parallel(params, cfg, mesh)
     cache = infer.init_cache(tcfg, 2, 64, page_size=8)
     cache["kv"] = shard_pools(cache["kv"], mesh)
-    from infer.model.rows import extend_rows
     hlo = jax.jit(lambda p, t, c: extend_rows(p, tcfg, t, jnp.ones((2,), jnp.int32), c), donate_argnums=2).lower(
         tparams, jnp.zeros((2, 1), jnp.int32), cache).compile().as_text()
     n_ar = len(re.findall(r"= [^ ]+ all-reduce\\(", hlo)) + len(re.findall(r"all-reduce-start\\(", hlo))
