@@ -50,9 +50,11 @@ $(VENV)/tpu-aot/.installed: $(BIN)/.installed
 gpu-aot: $(VENV)/gpu-aot/.installed
 tpu-aot: $(VENV)/tpu-aot/.installed
 
-# The test suite (CPU; Pallas kernels in interpret mode; GPU and TPU programs compiled deviceless).
+# The test suite (CPU; Pallas kernels in interpret mode; GPU and TPU programs compiled deviceless). --dist loadgroup
+# keeps the SmolLM2 tests on one worker (one model load, see tests/conftest.py); --durations prints the slowest
+# tests so a slow one shows in CI's log.
 test: $(BIN)/.installed $(VENV)/gpu-aot/.installed $(VENV)/tpu-aot/.installed
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=30 tests
 
 # Every benchmark experiment in configs/experiments/ on the current device.
 bench: $(BIN)/.installed

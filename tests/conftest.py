@@ -1,13 +1,59 @@
 """Shared fixtures. Tests run on CPU in float32 unless they say otherwise."""
+import atexit
 import gc
 import os
+import shutil
+import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+
+def _persistent_compilation_cache():
+    """One XLA compilation cache on disk for the whole test run, shared by the xdist workers and every
+    subprocess a test starts (they inherit the environment).
+
+    `release_compiled_programs` below drops every compiled program after each module, so without it each module
+    compiles the tiny model's and SmolLM2's step programs again; with it a later module (or worker, or fresh
+    process) loads the executable the first one wrote (XLA:CPU executables serialize in JAX 0.10: a hit skips
+    the backend compile; the /jax/core/compile/backend_compile_duration event still fires, so the tests that
+    count compilations count the same). A fresh directory per session, made by the process that starts first
+    (the xdist controller, or plain pytest) before the workers start, and removed when it exits; set
+    JAX_COMPILATION_CACHE_DIR yourself to keep one across runs, or INFER_TEST_NO_COMPILE_CACHE=1 to run
+    without it. The size limit is there for its side effect: with one, jax's cache takes a file lock around
+    each read and write, so a worker never reads an entry the other is half-way through writing."""
+    if os.environ.get("INFER_TEST_NO_COMPILE_CACHE"):
+        return
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        path = tempfile.mkdtemp(prefix="infer-test-xla-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
+
+
+_persistent_compilation_cache()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 
 import infer  # noqa: E402
+
+# Hypothesis: "ci" (chosen when CI is set) is derandomized, so a run cannot pass or fail by which examples it
+# drew; "dev" (the default elsewhere) draws new examples each run; HYPOTHESIS_PROFILE=long runs 10x the
+# examples. The property tests scale their own example counts with `hypothesis_examples`.
+hypothesis_settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None,
+                                     print_blob=True)
+hypothesis_settings.register_profile("dev", max_examples=100, deadline=None)
+hypothesis_settings.register_profile("long", max_examples=1000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def hypothesis_examples(n: int) -> int:
+    """`n` examples under the ci and dev profiles, scaled with the loaded profile's max_examples (10x for long)."""
+    return max(1, n * hypothesis_settings.default.max_examples // 100)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,6 +76,18 @@ def release_compiled_programs():
         gc.collect()
 
 
+@pytest.fixture
+def no_persistent_compilation_cache():
+    """For a test that means a real XLA compile (not a load from the session's persistent cache)."""
+    from jax.experimental.compilation_cache import compilation_cache
+    was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # jax decides once per process whether the cache is used: ask again
+    yield
+    jax.config.update("jax_enable_compilation_cache", was)
+    compilation_cache.reset_cache()
+
+
 def pytest_runtest_logfinish(nodeid, location):
     path = os.environ.get("INFER_MAPS_LOG")
     if path and os.path.exists("/proc/self/maps"):
@@ -37,6 +95,19 @@ def pytest_runtest_logfinish(nodeid, location):
             n = sum(1 for _ in f)
         with open(path, "a") as f:
             f.write(f"{n} {os.environ.get('PYTEST_XDIST_WORKER', 'main')} {nodeid}\n")
+
+
+def wait_until(cond, timeout=120.0, interval=0.01):
+    """Poll `cond()` until it returns something truthy or `timeout` seconds pass; returns its last value.
+
+    For tests that wait on another thread or process: the deadline only bounds a hang (generous, so a slow or
+    loaded machine passes); a fast machine returns at the first poll that sees the condition."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(interval)
 
 
 def make_cfg(n_heads=6, n_kv_heads=2, **kw):
@@ -51,3 +122,17 @@ def tiny():
     """(cfg, params) of the configs/models/tiny.yaml model (GQA N=6, K=2)."""
     cfg = infer.load_config("tiny")
     return cfg, infer.init_params(cfg, jax.random.PRNGKey(0))
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+# The modules that load SmolLM2 carry this mark: with `--dist loadgroup` (the Makefile's test line) they run on
+# one xdist worker, which loads the model once (`smollm2` below) and compiles its programs for one worker.
+smollm2_group = pytest.mark.xdist_group("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(cfg, params, tokenizer) of SmolLM2-135M-Instruct from its GGUF (float32), loaded once per worker."""
+    cfg, params = infer.load_model_dir(SMOLLM2)
+    return cfg, params, infer.load_tokenizer(SMOLLM2, vocab_size=cfg.vocab_size)
+

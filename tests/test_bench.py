@@ -5,7 +5,7 @@ No test here asserts a speed; they check that the harness measures what it says 
 import importlib
 import json
 import os
-import time
+import types
 
 import pytest
 import yaml
@@ -18,23 +18,29 @@ from infer.bench.experiment import EXPERIMENTS_DIR, SpecError, discover, load_ex
 from infer.bench.timing import Timing, time_fn
 
 
-def test_time_fn_discards_warmup_and_does_not_time_setup():
+def test_time_fn_discards_warmup_and_does_not_time_setup(monkeypatch):
+    # A fake clock (no sleeps, no wall-clock bands): setup advances it by 200 "seconds", each call of fn by
+    # its call number, so the samples say exactly which calls were timed and that setup was not.
+    from infer.bench import timing
+    clock = {"now": 0.0}
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     calls = {"fn": 0, "setup": 0}
 
     def setup():
         calls["setup"] += 1
-        time.sleep(0.2)
+        clock["now"] += 200.0
         return (calls["setup"],)
 
     def fn(i):
         calls["fn"] += 1
-        time.sleep(0.01)
+        clock["now"] += calls["fn"]
         return i
 
     t = time_fn(fn, warmup=2, repeats=3, setup=setup)
     assert calls == {"fn": 5, "setup": 5}
     assert t.n == 3
-    assert 0.01 <= t.median_s < 0.2  # the 200 ms setup is not in the samples
+    assert t.samples == (3.0, 4.0, 5.0)  # calls 3-5: the 2 warm-up calls and the 200 s setups are not in them
+    assert t.median_s == 4.0 and t.min_s == 3.0
     assert Timing((3.0, 1.0, 2.0)).median_s == 2.0
     with pytest.raises(ValueError):
         time_fn(fn, repeats=0)

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from conftest import hypothesis_examples
 from infer.engine.block_manager import ROOT_HASH, BlockManager, page_hash
 
 ALPHABET = 2  # token ids 0..1: with pages of 1-5 tokens, page contents and prefixes repeat often
@@ -356,7 +357,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
 
 TestBlockManagerStateful = BlockManagerMachine.TestCase
-TestBlockManagerStateful.settings = settings(max_examples=300, stateful_step_count=60, deadline=None, database=None,
+TestBlockManagerStateful.settings = settings(max_examples=hypothesis_examples(300), stateful_step_count=60, deadline=None, database=None,
                                              suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -516,7 +517,7 @@ def run_contents(d):
     return stats
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=hypothesis_examples(150), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_contents_every_sequence_reads_its_own_tokens(data):
     for what, n in run_contents(HypothesisDraws(data)).items():

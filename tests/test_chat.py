@@ -11,15 +11,18 @@ import infer
 from infer.cli.main import main
 from infer.config import SamplingParams
 from infer.generation.chat import ChatSession
+from conftest import smollm2_group
 
 NAME = "smollm2-135m-instruct"
 SP = SamplingParams(temperature=0.0, max_new_tokens=24)
 
 
+pytestmark = smollm2_group
+
+
 @pytest.fixture(scope="module")
-def model():
-    cfg, params = infer.load_model_dir(NAME)
-    return cfg, params, infer.load_tokenizer(NAME, vocab_size=cfg.vocab_size)
+def model(smollm2):
+    return smollm2
 
 
 def test_session_keeps_the_conversation_and_streams_what_chat_returns(model):

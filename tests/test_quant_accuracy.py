@@ -9,6 +9,7 @@ import numpy as np
 import infer
 from infer.config.paths import REPO_ROOT
 from infer.perf.perplexity import perplexity
+from conftest import smollm2_group
 
 TEXT = open(os.path.join(REPO_ROOT, "models", "val_slice.txt"), encoding="utf-8").read()
 WINDOWS = 4  # 4 x 256 predicted tokens per format: enough to see a percent, small enough for CI
@@ -22,9 +23,9 @@ def ppl_table(cfg, params, ids, formats):
     return out
 
 
-def test_smollm2_int8_within_1_percent_and_int4_g32_within_10_percent():
-    cfg, params = infer.load_model_dir("smollm2-135m-instruct")
-    tok = infer.load_tokenizer("smollm2-135m-instruct", vocab_size=cfg.vocab_size)
+@smollm2_group
+def test_smollm2_int8_within_1_percent_and_int4_g32_within_10_percent(smollm2):
+    cfg, params, tok = smollm2
     ids = np.asarray(tok.encode(TEXT), np.int32)
     t = ppl_table(cfg, params, ids, ["int8", "int4-g32", "int4-g128"])
     print(t)

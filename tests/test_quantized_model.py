@@ -7,6 +7,7 @@ from conftest import make_cfg
 import infer
 from infer.config import SamplingParams
 from pallas_kernels.matmul.formats import FORMATS
+from conftest import smollm2_group
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +69,11 @@ def test_quantize_refuses_what_does_not_fit(model):
         cfg.replace(weight_format="fp4")
 
 
-def test_smollm2_runs_its_own_q4_1_blocks_holding_the_same_weights_in_a_sixth_of_the_bytes():
+@smollm2_group
+def test_smollm2_runs_its_own_q4_1_blocks_holding_the_same_weights_in_a_sixth_of_the_bytes(smollm2):
     """The GGUF's Q4_1 projections kept as stored: the same weights as the dequantized load, to the bit."""
     cfg_n, native = infer.load_model_dir("smollm2-135m-instruct", weight_format="native")
-    cfg_f, plain = infer.load_model_dir("smollm2-135m-instruct")
+    cfg_f, plain, _ = smollm2
     assert cfg_n.weight_format == "q4_1" and cfg_f.weight_format is None
     q = native["layers"]["mlp"]["down"]
     assert q["q"].dtype == np.uint8 and q["q"].shape == (cfg_n.n_layers, cfg_n.d_ff // 2, cfg_n.d_model)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import hypothesis_examples
 from infer import sampling
 from infer.sampling import filters
 from infer.config import SamplingParams
@@ -155,7 +156,7 @@ PB, PV = 4, 64  # one padded shape, so the property test compiles each filter on
 _threshold_keep, _sorted_keep = jax.jit(filters.threshold_keep), jax.jit(filters.sorted_keep)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=hypothesis_examples(80), deadline=None)
 @given(st.data())
 def test_threshold_filters_keep_what_the_documented_rule_keeps(data):
     """`threshold_keep` (what `filter_logits` runs) against the float64 rule by enumeration, on rows with ties

@@ -2,11 +2,11 @@
 shutdown lets in-flight streams finish, nothing hangs."""
 import json
 import threading
-import time
 
 import httpx
 import pytest
 
+from conftest import wait_until
 from infer.server.serve import build_app
 
 
@@ -18,9 +18,7 @@ def start(tiny, **kw):
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **kw))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
-    while not srv.started:
-        assert th.is_alive()
-        time.sleep(0.02)
+    assert wait_until(lambda: srv.started or not th.is_alive()) and srv.started, "the server did not start"
     return srv, th, engine, f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
 
 
@@ -47,7 +45,9 @@ def test_a_failing_step_errors_its_requests_and_the_server_keeps_serving(tiny):
         engine.engine.step = real_step
         ok = httpx.post(url + "/v1/completions", json=body, timeout=30)
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 20
-        assert engine.num_active == 0 and not engine.engine.requests and engine.engine.stats()["pages_in_use"] == 0
+        # the engine thread finishes its bookkeeping after the response is sent: poll (with a deadline)
+        assert wait_until(lambda: engine.num_active == 0 and not engine.engine.requests
+                          and engine.engine.stats()["pages_in_use"] == 0, timeout=30)
         m = httpx.get(url + "/metrics").text
         assert 'infer_requests_total{finish_reason="error"} 1.0' in m
     finally:

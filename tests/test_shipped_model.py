@@ -58,7 +58,7 @@ def test_bits_per_byte_at_most_half_the_byte_unigram_baseline(shipped):
     assert got["bits_per_byte"] <= 0.5 * baseline, (got, baseline)
 
 
-def test_greedy_generation_is_deterministic_across_runs(shipped):
+def test_greedy_generation_is_deterministic_across_runs(shipped, no_persistent_compilation_cache):
     tok, cfg, params, _, _ = shipped
     prompts = [tok.encode("def parse_args(argv):\n").ids, tok.encode("import sys\n").ids]
     sp = SamplingParams(temperature=0.0, max_new_tokens=24)

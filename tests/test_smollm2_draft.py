@@ -13,7 +13,7 @@ from infer.io.checkpoint import CONFIG_FILE
 from infer.model.forward import forward
 from infer.model.params import init_params
 from infer.train import prune as P
-from tests.conftest import make_cfg
+from conftest import make_cfg, smollm2_group
 
 # Acceptance at k = 4, T = 0 over the 16 held-out chat prompts, as models/SMOLLM2_CARD.md states it
 # (models/smollm2-draft/speculative_metrics.json). Below the 0.5 goal: see the card.
@@ -119,16 +119,17 @@ def test_recipe_config_validates_and_names_fields(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    import infer
+def shipped(smollm2):
     from infer.train.smollm2_draft import DRAFT_DIR, load_smollm2_draft
-    tcfg, tparams = infer.load_model_dir("smollm2-135m-instruct", dtype="float32")
+    tcfg, tparams, tok = smollm2  # float32, the load's default
+    assert tcfg.dtype == "float32"
     dcfg, dparams = load_smollm2_draft(DRAFT_DIR, tparams)
     with open(os.path.join(DRAFT_DIR, "speculative_metrics.json")) as f:
         metrics = json.load(f)
-    return tcfg, tparams, dcfg, dparams, infer.load_tokenizer("smollm2-135m-instruct"), metrics
+    return tcfg, tparams, dcfg, dparams, tok, metrics
 
 
+@smollm2_group
 def test_shipped_draft_is_small_and_shares_the_embedding(shipped):
     from infer.train.smollm2_draft import DRAFT_DIR
     tcfg, tparams, dcfg, dparams, _, _ = shipped
@@ -141,6 +142,7 @@ def test_shipped_draft_is_small_and_shares_the_embedding(shipped):
     assert stored < 40e6  # the embedding table alone would be 57 MB in bfloat16
 
 
+@smollm2_group
 def test_shipped_draft_acceptance_and_exact_greedy_output(shipped):
     from infer.config import SamplingParams
     from infer.generation.batch import generate
@@ -159,6 +161,7 @@ def test_shipped_draft_acceptance_and_exact_greedy_output(shipped):
     assert got > 0.02  # distillation did something: the pruned-only draft accepts ~0% (card)
 
 
+@smollm2_group
 def test_self_questions_are_finished_new_and_reproducible(shipped):
     """The target writes user questions: each one ended at its end-of-turn token, none repeats or is excluded,
     and the same seed gives the same questions."""

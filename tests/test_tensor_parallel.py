@@ -8,7 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent("""
+import pytest
+
+COMMON = textwrap.dedent("""
     import re
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
@@ -16,6 +18,7 @@ SCRIPT = textwrap.dedent("""
     from infer.config import ConfigError, SamplingParams
     from infer.engine import Engine
     from infer.parallel.tensor_parallel import prepare_tensor_parallel, shard_pools
+    from infer.model.rows import extend_rows
     assert jax.device_count() == 8, jax.devices()
 
     def mesh_of(dp, tp):
@@ -48,12 +51,17 @@ SCRIPT = textwrap.dedent("""
     cfg, params = model(K=4)
     from infer.generation.speculative import speculative_generate, truncated_draft
     dparams, dcfg = truncated_draft(params, cfg, 1)
-    want_logits, _ = logits_run(params, cfg, None, toks)
     want_tokens = infer.generate(params, cfg, prompts, sp).tokens
     assert len({tuple(t) for t in want_tokens}) > 1
     total = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
     norms = sum(x.nbytes for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]
                 if kp[-1].key == "scale")  # RMSNorm weights: replicated
+""")
+
+# Two halves of the checks, each in its own 8-device process, so two xdist workers run them side by side.
+PARTS = {
+    "tp-logits-hlo-refusals": (textwrap.dedent("""
+    want_logits, _ = logits_run(params, cfg, None, toks)
     for dp, tp in ((1, 4), (2, 2)):  # (1, 2) adds nothing these two do not cover (the engine, Pallas and K = 3
         # checks below run on TP = 2)
         mesh = mesh_of(dp, tp)
@@ -78,7 +86,6 @@ SCRIPT = textwrap.dedent("""
     tcfg, tparams = prepare_tensor_parallel(params, cfg, mesh)
     cache = infer.init_cache(tcfg, 2, 64, page_size=8)
     cache["kv"] = shard_pools(cache["kv"], mesh)
-    from infer.model.rows import extend_rows
     hlo = jax.jit(lambda p, t, c: extend_rows(p, tcfg, t, jnp.ones((2,), jnp.int32), c), donate_argnums=2).lower(
         tparams, jnp.zeros((2, 1), jnp.int32), cache).compile().as_text()
     n_ar = len(re.findall(r"= [^ ]+ all-reduce\\(", hlo)) + len(re.findall(r"all-reduce-start\\(", hlo))
@@ -88,6 +95,18 @@ SCRIPT = textwrap.dedent("""
     assert not any(full_pool in ln for ln in gathers), [ln[:200] for ln in gathers]
     print(f"HLO_OK all_reduces={n_ar} all_gathers={len(gathers)}")
 
+    for bad, needle in ((dict(d_ff=100), "d_ff: 100 is not divisible by the tensor-parallel degree 8"),
+                        (dict(vocab_size=130), "vocab_size: 130 is not divisible"),
+                        (dict(n_heads=6, n_kv_heads=3), "n_heads: 6 is not divisible")):
+        try:
+            prepare_tensor_parallel(params, cfg.replace(**bad), mesh_of(1, 8))
+        except ConfigError as e:
+            assert needle in str(e), str(e)
+        else:
+            raise AssertionError(f"{bad} was not refused")
+    print("REFUSALS_OK")
+"""), ("TP_OK dp=1 tp=4", "TP_OK dp=2 tp=2", "HLO_OK", "REFUSALS_OK")),
+    "engine-pallas-dp-replication": (textwrap.dedent("""
     # The engine on a TP mesh serves the same tokens.
     engine = Engine(params, cfg, num_pages=64, page_size=4, max_num_seqs=3, max_num_batched_tokens=8,
                     mesh=mesh_of(1, 2))
@@ -146,24 +165,17 @@ SCRIPT = textwrap.dedent("""
     assert tcfg3.n_kv_heads == 6
     print("REPLICATION_OK")
 
-    for bad, needle in ((dict(d_ff=100), "d_ff: 100 is not divisible by the tensor-parallel degree 8"),
-                        (dict(vocab_size=130), "vocab_size: 130 is not divisible"),
-                        (dict(n_heads=6, n_kv_heads=3), "n_heads: 6 is not divisible")):
-        try:
-            prepare_tensor_parallel(params, cfg.replace(**bad), mesh_of(1, 8))
-        except ConfigError as e:
-            assert needle in str(e), str(e)
-        else:
-            raise AssertionError(f"{bad} was not refused")
-    print("REFUSALS_OK")
-""")
+"""), ("ENGINE_OK", "PALLAS_TP_OK", "DP_OK", "REPLICATION_OK")),
+}
 
 
-def test_tensor_parallel_equals_one_device():
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_tensor_parallel_equals_one_device(part):
+    script, tags = PARTS[part]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-c", COMMON + script], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=540)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    for tag in ("TP_OK dp=1 tp=4", "TP_OK dp=2 tp=2", "HLO_OK", "ENGINE_OK", "PALLAS_TP_OK", "DP_OK", "REPLICATION_OK",
-                "REFUSALS_OK"):
+    for tag in tags:
         assert tag in r.stdout, r.stdout
