@@ -45,7 +45,8 @@ def _site_inputs(params, cfg: ModelConfig, tokens_BT) -> list:
         it = st["intermediates"]
         gate, up = it["mlp"]["gate"]["__call__"][0], it["mlp"]["up"]["__call__"][0]
         flat = lambda a: np.asarray(a, np.float32).reshape(-1, a.shape[-1])
-        out.append({"attn": flat(it["attn_norm"]["__call__"][0]), "mlp": flat(it["mlp_norm"]["__call__"][0]),
+        mlp_in = it["mlp_norm"]["__call__"][0][1]  # the MLP norm returns (x + attention, its norm)
+        out.append({"attn": flat(it["attn_norm"]["__call__"][0]), "mlp": flat(mlp_in),
                     "down": flat(jax.nn.silu(gate) * up)})
     return out
 
