@@ -61,6 +61,9 @@ def load_plugin():
             f"no CUDA compiler plugin: {PLUGIN_MODULE} is not installed and {where} does not hold it. Install it "
             f"with `make gpu-aot`, or `pip install --no-deps --target {where} jax-cuda12-plugin=={plugin_version()} "
             f"jax-cuda12-pjrt=={plugin_version()}` (or set {PLUGIN_PATH_ENV})")
+    # a deviceless compile needs no CUDA runtime: without this the plugin refuses to register (here, and again
+    # in JAX's own plugin discovery) on a machine without one, unless JAX_PLATFORMS leaves CUDA out
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     sys.path.append(where)
     importlib.invalidate_caches()
     return importlib.import_module(PLUGIN_MODULE)
