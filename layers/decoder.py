@@ -63,16 +63,19 @@ class Decoder(nn.Module):
             x_BTD = Linear((2 * cfg.d_model,), (cfg.d_model,), (axes.EMBED,), (axes.EMBED,), dt, use_bias=True,
                            name="fuse")(both)
         unit = DecoderBlock if cfg.kv_share_every == 1 else CLAGroup
+        r_BTD = jnp.zeros_like(x_BTD)  # the residual the first block's norm adds (layers/block.py)
         if cfg.scan_layers:
             blocks = nn.scan(unit, variable_axes={"params": 0}, split_rngs={"params": True},
                              in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.kv_layers,
                              metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-            (x_BTD, kv), _ = blocks(cfg, name="layers")((x_BTD, kv), jnp.arange(cfg.kv_layers, dtype=jnp.int32),
-                                                         positions_BT, meta)
+            (x_BTD, r_BTD, kv), _ = blocks(cfg, name="layers")((x_BTD, r_BTD, kv),
+                                                                jnp.arange(cfg.kv_layers, dtype=jnp.int32),
+                                                                positions_BT, meta)
         else:  # one subtree per block: each dot reads its own weight buffer (no per-layer slice copy on CPU)
             for i in range(cfg.kv_layers):
-                (x_BTD, kv), _ = unit(cfg, name=f"layers_{i}")((x_BTD, kv), jnp.int32(i), positions_BT, meta)
-        x_BTD = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_BTD)
+                (x_BTD, r_BTD, kv), _ = unit(cfg, name=f"layers_{i}")((x_BTD, r_BTD, kv), jnp.int32(i),
+                                                                     positions_BT, meta)
+        _, x_BTD = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_BTD, residual=r_BTD)
         hidden = x_BTD
         if meta is not None:
             x_BTD = x_BTD[0][meta.logits_indices_O]  # [O, D]

@@ -40,13 +40,14 @@ def _site_inputs(params, cfg: ModelConfig, tokens_BT) -> list:
     out = []
     for l in range(cfg.n_layers):
         p = jax.tree_util.tree_map(lambda a: a[l], params["layers"])
-        ((x, _), _), st = DecoderBlock(cfg).apply({"params": p}, (x, None), l, positions, None,
-                                             capture_intermediates=True, mutable=["intermediates"])
+        ((x, r, _), _), st = DecoderBlock(cfg).apply({"params": p}, (x, jnp.zeros_like(x), None), l, positions,
+                                                     None, capture_intermediates=True, mutable=["intermediates"])
+        x = x + r  # the block hands its MLP output on un-added (layers/block.py)
         it = st["intermediates"]
         gate, up = it["mlp"]["gate"]["__call__"][0], it["mlp"]["up"]["__call__"][0]
         flat = lambda a: np.asarray(a, np.float32).reshape(-1, a.shape[-1])
         mlp_in = it["mlp_norm"]["__call__"][0][1]  # the MLP norm returns (x + attention, its norm)
-        out.append({"attn": flat(it["attn_norm"]["__call__"][0]), "mlp": flat(mlp_in),
+        out.append({"attn": flat(it["attn_norm"]["__call__"][0][1]), "mlp": flat(mlp_in),
                     "down": flat(jax.nn.silu(gate) * up)})
     return out
 
