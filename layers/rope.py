@@ -76,6 +76,13 @@ def yarn_softmax_mscale(scaling=None) -> float:
     return yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
 
 
+def rope_cos_sin(positions_T, inv_freq, factor: float = 1.0):
+    """(cos, sin) [T, H/2] in float32 of each position's angles, times `factor`: the rotation apply_rope makes,
+    as the KV write kernel takes it (pallas_kernels/kv_write/: rotate-half form)."""
+    angles_TR = positions_T.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.cos(angles_TR) * factor, jnp.sin(angles_TR) * factor
+
+
 def apply_rope(x_BTnH, positions_BT, inv_freq, factor: float = 1.0):
     """Rotate x [B, T, n, H] by its positions [B, T]; computed in float32 (cos/sin times `factor`)."""
     inv = jnp.asarray(inv_freq, jnp.float32)  # [H/2]

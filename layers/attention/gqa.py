@@ -15,7 +15,7 @@ from layers.attention import dense, registry
 from layers.attention.kv_write import write_kv
 from layers.linear import Linear
 from layers.norm import RMSNorm
-from layers.rope import apply_rope, attention_factor, inv_frequencies
+from layers.rope import apply_rope, attention_factor, inv_frequencies, rope_cos_sin
 
 
 class Attention(nn.Module):
@@ -37,6 +37,8 @@ class Attention(nn.Module):
         if cfg.fused_projections and not self.shares_kv:  # one GEMM: [D, N + 2K, H] (q | k | v heads)
             qkv_BTXH = proj(N + 2 * K, None, "qkv")(x_BTD)
             q_BTNH, k_BTKH, v_BTKH = jnp.split(qkv_BTXH, (N, N + K), axis=-2)
+            # the KV write reads keys and values straight out of the q|k|v product, by head
+            xk_BTXH, k_head, xv_BTXH, v_head = qkv_BTXH, N, qkv_BTXH, N + K
         else:
             q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
         if cfg.qk_norm:
@@ -50,6 +52,8 @@ class Attention(nn.Module):
                 v_BTKH = proj(K, axes.KV_HEADS, "v")(x_BTD)
             if cfg.qk_norm:
                 k_BTKH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="k_norm")(k_BTKH)
+            if cfg.qk_norm or not cfg.fused_projections:
+                xk_BTXH, k_head, xv_BTXH, v_head = k_BTKH, 0, v_BTKH, 0  # the keys before their rotation
             k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, factor)
 
         if kv is None:
@@ -58,8 +62,9 @@ class Attention(nn.Module):
                 q_BTNH, jnp.swapaxes(k_BTKH, 1, 2), jnp.swapaxes(v_BTKH, 1, 2), positions_BT,
                 jnp.full((B,), T, jnp.int32), sliding_window=cfg.sliding_window, softcap=cfg.attn_logit_softcap)
         else:  # one flat batch [1, T] over the page pools
-            if not self.shares_kv:
-                kv = write_kv(kv, layer, k_BTKH[0], v_BTKH[0], meta.slot_T)
+            if not self.shares_kv:  # rotates the keys as it writes them (one kernel on a GPU)
+                kv = write_kv(kv, layer, xk_BTXH[0], k_head, xv_BTXH[0], v_head, meta.slot_T,
+                              rope_cos_sin(positions_BT[0], inv_freq, factor))
             impl = registry.get(cfg.attention_impl)
             out_BTNH = impl(q_BTNH[0], kv, layer, meta, sliding_window=cfg.sliding_window,
                             softcap=cfg.attn_logit_softcap)[None]

@@ -1,19 +1,29 @@
 """Writing this step's keys and values into the layer-stacked page pools, by slot."""
 import jax.numpy as jnp
 
+from pallas_kernels.kv_write.dispatch import write_pages
+from pallas_kernels.kv_write.write_reference import pages_and_offsets, rotate_half
 
-def write_kv(kv, layer, k_TKH, v_TKH, slot_T):
-    """Scatter k/v [T, K, H] into kv["k"/"v"][layer, slot // Z, :, slot % Z, :].
+
+def write_kv(kv, layer, xk_TXH, k_head: int, xv_TXH, v_head: int, slot_T, rope=None):
+    """Scatter this step's keys xk[:, k_head:k_head+K] (RoPE-rotated as they are written, with rope = (cos, sin)
+    [T, H/2] from layers/rope.rope_cos_sin) and values xv[:, v_head:v_head+K] into
+    kv["k"/"v"][layer, slot // Z, :, slot % Z, :].
 
     slot_T[t] = page * Z + offset for a real token; a negative slot (padding)
     is sent out of bounds and dropped, so the write never touches another
     sequence's page. Only the written entries change: under jit with the pools
-    donated this is an in-place update. int8 pools store symmetric per-token,
-    per-head scales.
+    donated this is an in-place update (pallas_kernels/kv_write/: one kernel
+    on a GPU). int8 pools store symmetric per-token, per-head scales.
     """
-    P, Z = kv["k"].shape[1], kv["k"].shape[3]
-    page_T = jnp.where(slot_T >= 0, slot_T // Z, P)
-    off_T = jnp.where(slot_T >= 0, slot_T % Z, 0)
+    if "k_scale" not in kv:
+        k, v = write_pages(kv["k"], kv["v"], layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope)
+        return {**kv, "k": k, "v": v}
+    K = kv["k"].shape[2]
+    k_TKH, v_TKH = xk_TXH[:, k_head:k_head + K], xv_TXH[:, v_head:v_head + K]
+    if rope is not None:
+        k_TKH = rotate_half(k_TKH, *rope)
+    page_T, off_T = pages_and_offsets(slot_T, kv["k"].shape[1], kv["k"].shape[3])
     out = dict(kv)
     for name, x in (("k", k_TKH), ("v", v_TKH)):
         if name + "_scale" in kv:
@@ -30,8 +40,6 @@ def write_kv(kv, layer, k_TKH, v_TKH, slot_T):
 def write_latent(kv, layer, c_TC, kr_TE, slot_T):
     """Scatter MLA's latent c [T, C] and RoPE key kr [T, E] into kv["c"/"kr"][layer, slot // Z, slot % Z, :]
     (padding slots dropped, as in write_kv)."""
-    P, Z = kv["c"].shape[1], kv["c"].shape[2]
-    page_T = jnp.where(slot_T >= 0, slot_T // Z, P)
-    off_T = jnp.where(slot_T >= 0, slot_T % Z, 0)
+    page_T, off_T = pages_and_offsets(slot_T, kv["c"].shape[1], kv["c"].shape[2])
     return {"c": kv["c"].at[layer, page_T, off_T, :].set(c_TC.astype(kv["c"].dtype), mode="drop"),
             "kr": kv["kr"].at[layer, page_T, off_T, :].set(kr_TE.astype(kv["kr"].dtype), mode="drop")}

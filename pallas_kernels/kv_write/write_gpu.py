@@ -1,0 +1,73 @@
+"""The KV write in one Triton kernel (contract: write_reference.py).
+
+XLA runs the twin as four to six kernels per layer at decode (the keys' rotation, a slice of the values out of
+the q|k|v product, and a select / dynamic-update-slice pair per pool). Here program (t, k) reads token t's key
+and value rows for kv head k straight from their sources (the q|k|v GEMM's output, by head offset), rotates the
+key in registers and stores both into the pools, which alias the outputs (in place; nothing else is read or
+written). A padding token's (slot < 0) stores are masked off.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+
+def _kernel(layer_ref, slot_ref, xk_ref, xv_ref, cos_ref, sin_ref, k_pool_in, v_pool_in, k_pool, v_pool, *,
+            page_size, k_head, v_head, rotate):
+    del k_pool_in, v_pool_in  # the same buffers as k_pool / v_pool (aliased)
+    t, kh = pl.program_id(0), pl.program_id(1)
+    slot = slot_ref[t]
+    valid = slot >= 0
+    page = jnp.where(valid, slot // page_size, 0)
+    off = jnp.where(valid, slot % page_size, 0)
+    layer = layer_ref[0]
+    H = xk_ref.shape[-1]
+    R = H // 2
+    if rotate:  # rotate-half RoPE on the two halves of the row, in float32 (write_reference.rotate_half)
+        x1 = xk_ref[t, k_head + kh, pl.ds(0, R)].astype(jnp.float32)
+        x2 = xk_ref[t, k_head + kh, pl.ds(R, R)].astype(jnp.float32)
+        c, s = cos_ref[t, :], sin_ref[t, :]
+        k1 = (x1 * c - x2 * s).astype(xk_ref.dtype).astype(k_pool.dtype)
+        k2 = (x2 * c + x1 * s).astype(xk_ref.dtype).astype(k_pool.dtype)
+        mask_R = jnp.full((R,), valid)
+        plgpu.store(k_pool.at[layer, page, kh, off, pl.ds(0, R)], k1, mask=mask_R)
+        plgpu.store(k_pool.at[layer, page, kh, off, pl.ds(R, R)], k2, mask=mask_R)
+    else:
+        plgpu.store(k_pool.at[layer, page, kh, off, :], xk_ref[t, k_head + kh, :].astype(k_pool.dtype),
+                    mask=jnp.full((H,), valid))
+    plgpu.store(v_pool.at[layer, page, kh, off, :], xv_ref[t, v_head + kh, :].astype(v_pool.dtype),
+                mask=jnp.full((H,), valid))
+
+
+def supported(H: int) -> bool:
+    """Whether half a head's row (H / 2 values) is a Triton block (a power of two, at least 16)."""
+    return H >= 32 and H & (H - 1) == 0
+
+
+@functools.partial(jax.jit, static_argnames=("k_head", "v_head", "interpret"))
+def write_pages_gpu(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head: int, xv_TXH, v_head: int, slot_T, rope=None,
+                    interpret: bool = False):
+    """(k pool, v pool) with keys xk[:, k_head:k_head+K] (rotated by rope = (cos, sin) [T, H/2] if given) and
+    values xv[:, v_head:v_head+K] stored at slot_T of `layer`; the pools are updated in place."""
+    L, P, K, Z, H = k_LPKZH.shape
+    T = xk_TXH.shape[0]
+    if not supported(H):
+        raise ValueError(f"write_pages_gpu: H={H} must be a power of two >= 32 (half a row is one Triton block)")
+    if v_LPKZH.shape != k_LPKZH.shape or xk_TXH.shape[0::2] != (T, H) or xv_TXH.shape[0::2] != (T, H) or \
+            xk_TXH.shape[1] < k_head + K or xv_TXH.shape[1] < v_head + K or slot_T.shape != (T,):
+        raise ValueError(f"write_pages_gpu: pools {k_LPKZH.shape} / {v_LPKZH.shape}, keys {xk_TXH.shape} from "
+                         f"head {k_head}, values {xv_TXH.shape} from head {v_head}, slots {slot_T.shape} do not "
+                         f"match")
+    cos_TR, sin_TR = rope if rope is not None else (jnp.zeros((T, H // 2), jnp.float32),) * 2
+    whole = pl.BlockSpec()
+    return tuple(pl.pallas_call(
+        functools.partial(_kernel, page_size=Z, k_head=k_head, v_head=v_head, rotate=rope is not None),
+        grid=(T, K), in_specs=[whole] * 8, out_specs=[whole, whole],
+        out_shape=[jax.ShapeDtypeStruct(k_LPKZH.shape, k_LPKZH.dtype)] * 2,
+        input_output_aliases={6: 0, 7: 1},
+        compiler_params=plgpu.CompilerParams(num_warps=1, num_stages=1), interpret=interpret,
+        name=f"kv_write_K{K}_H{H}")(jnp.reshape(layer, (1,)).astype(jnp.int32), slot_T.astype(jnp.int32),
+                                     xk_TXH, xv_TXH, cos_TR.astype(jnp.float32), sin_TR.astype(jnp.float32),
+                                     k_LPKZH, v_LPKZH))
