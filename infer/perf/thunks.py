@@ -113,6 +113,33 @@ def shape_bytes(shape: str) -> float:
     return total
 
 
+_LAYER_OP = re.compile(r'op_name="[^"]*/layers(?:_\d+)?/')
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>[\w.\-]+) \(.*\{\s*$")
+_CALLS = re.compile(r"calls=%(?P<name>[\w.\-]+)")
+
+
+def parse_layer_ops(text: str) -> set:
+    """The instructions of an optimized HLO module made for a decoder layer: their metadata op_name, or that of
+    an instruction inside the computation they call (a GEMM fusion keeps it on its dot), passes through Flax's
+    `layers` scan or a `layers_{i}` block. What the per-layer launch count counts."""
+    in_layer_comps, comp = set(), None
+    for line in text.splitlines():
+        c = _COMPUTATION.match(line)
+        if c is not None:
+            comp = c.group("name")
+        elif comp is not None and _LAYER_OP.search(line):
+            in_layer_comps.add(comp)
+    out = set()
+    for line in text.splitlines():
+        m = _INSTR.match(line)
+        if m is None:
+            continue
+        called = _CALLS.search(line)
+        if _LAYER_OP.search(line) or (called is not None and called.group("name") in in_layer_comps):
+            out.add(m.group("name"))
+    return out
+
+
 def parse_hlo(text: str):
     """(instruction name -> (output shape, output bytes), while name -> known trip count) of an optimized HLO
     module (every computation's instructions; fusion internals included)."""
@@ -146,7 +173,8 @@ class ProgramReport:
     """What one executable runs per call, loops unrolled by their trip counts.
 
     launches: kernels + GEMM library calls + copies + memsets (every GPU operation the host enqueues or a
-    graph replays); kernels: by family ("xla" fusions, "triton_gemm", "cublas", "pallas" custom kernels);
+    graph replays); layer_launches: those made for a decoder layer's ops (the rest: embedding, final norm, LM
+    head, sampling, bookkeeping; both branches of a conditional are counted); kernels: by family ("xla" fusions, "triton_gemm", "cublas", "pallas" custom kernels);
     submissions: host-side launches (a command buffer is one submission, a while loop outside one submits
     its condition and body each trip); copies: every copy-like operation (kCopy, dynamic-slice fusions,
     transpose/copy kernels) with its bytes; writes: every XLA fusion's output but in-place updates
@@ -155,6 +183,7 @@ class ProgramReport:
     (None: unknown, counted once); temp_bytes: from the compiled memory analysis."""
 
     launches: int = 0
+    layer_launches: int = 0  # the launches whose HLO op came from a decoder layer (parse_layer_ops)
     kernels: Dict[str, int] = dataclasses.field(default_factory=dict)
     submissions: int = 0
     command_buffers: int = 0
@@ -216,8 +245,10 @@ def _in_place(name: str) -> bool:
     return "dynamic_update_slice" in name or "scatter" in name
 
 
-def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, trips: dict) -> ProgramReport:
-    """Walk the thunk tree once, counting each thunk `runs` times (the product of its enclosing loops' trips)."""
+def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, trips: dict,
+              layer_ops: frozenset = frozenset()) -> ProgramReport:
+    """Walk the thunk tree once, counting each thunk `runs` times (the product of its enclosing loops' trips);
+    a thunk whose HLO instruction is in `layer_ops` counts toward layer_launches too."""
     rep = ProgramReport()
 
     def out_of(t):
@@ -246,6 +277,7 @@ def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, tr
                     walk(sec, runs, in_graph)
             else:
                 rep.launches += runs
+                rep.layer_launches += runs if annotations.get(t.id, t.name) in layer_ops else 0
                 rep.submissions += 0 if in_graph else runs
                 shape, nbytes = out_of(t)
                 if t.kind in COPY_KINDS:
@@ -253,7 +285,8 @@ def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, tr
                     continue
                 if t.kind.startswith("kMem"):
                     continue
-                fam = kernel_family(t.kind, t.name)
+                fam = "pallas" if annotations.get(t.id, "").startswith("pallas_call") else \
+                    kernel_family(t.kind, t.name)
                 rep.kernels[fam] = rep.kernels.get(fam, 0) + runs
                 if _is_copy_kernel(t.name):
                     rep.copies.append(CopyOp(t.kind, t.name, shape, nbytes, runs))
@@ -286,6 +319,8 @@ def read_dump(dump_dir: str, module: Optional[str] = None) -> ProgramReport:
     prefix = find_module(dump_dir, module)
     read = lambda path: open(path, encoding="utf-8").read()
     hlo = glob.glob(glob.escape(prefix) + ".*gpu_after_optimizations.txt")
-    shapes, trips = parse_hlo(read(hlo[0])) if hlo else ({}, {})
+    hlo_text = read(hlo[0]) if hlo else ""
+    shapes, trips = parse_hlo(hlo_text)
     return summarize(parse_thunks(read(prefix + ".thunk_sequence_after_thunk_passes.txt")),
-                     parse_annotations(read(prefix + ".thunk_metadata.txt")), shapes, trips)
+                     parse_annotations(read(prefix + ".thunk_metadata.txt")), shapes, trips,
+                     frozenset(parse_layer_ops(hlo_text)))
