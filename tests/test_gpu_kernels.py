@@ -2,7 +2,8 @@
 
 Skipped, with the reason, on a machine without a GPU; run them with `pytest -m gpu` on one. Head shapes follow
 Llama-3-8B (K = 8 KV heads, G = 4, H = 128) plus an odd group size; pools are bfloat16 or int8. The quantized
-matmul runs every weight format at Llama-3-8B's MLP decode shapes.
+matmul runs every weight format at Llama-3-8B's MLP decode shapes; the KV write and the add + RMSNorm at its
+step shapes.
 """
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,10 @@ from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
 from pallas_kernels.attention.ragged_reference import ragged_paged_attention_reference
 from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference
+from pallas_kernels.kv_write.write_gpu import write_pages_gpu
+from pallas_kernels.kv_write.write_reference import write_pages_reference
+from pallas_kernels.norm.add_rms_norm_gpu import add_rms_norm_gpu
+from pallas_kernels.norm.add_rms_norm_reference import add_rms_norm_reference
 from pallas_kernels.testing import TOLERANCE, make_case, make_ragged_case, rel_err, to_pages
 
 pytestmark = [
@@ -124,3 +129,34 @@ def test_quant_matmul_llama3_mlp(name, I, O):
         assert rel_err(out, x64 @ np.asarray(dequantize(qw, name), np.float64)) <= 1e-4
     out = quant_matmul_gpu(x, qw, name, compute_dtype=jnp.bfloat16)  # tensor-core operands
     assert rel_err(out, ref) <= BF16
+
+
+@pytest.mark.parametrize("T", [1, 64])
+def test_kv_write_llama3_step_in_place(T):
+    """Llama 3 8B's q|k|v product (32 + 8 + 8 heads of 128) written into 65-page pools with the keys rotated;
+    two padding tokens in the 64-token step; equal to the scatter twin (the rotation in float32 both ways, GPU
+    sin/cos-free: the tables are inputs)."""
+    rng = np.random.default_rng(T)
+    L, P, K, Z, H = 4, 65, 8, 16, 128
+    pools = [jnp.asarray(rng.standard_normal((L, P, K, Z, H)), jnp.bfloat16) for _ in range(2)]
+    qkv = jnp.asarray(rng.standard_normal((T, 48, H)), jnp.bfloat16)
+    ang = rng.uniform(0, 100, (T, H // 2))
+    rope = (jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32))
+    slot = rng.permutation(P * Z)[:T].astype(np.int32)
+    if T > 1:
+        slot[[0, T - 1]] = -1  # padding: dropped
+    args = (*pools, jnp.int32(2), qkv, 32, qkv, 40, jnp.asarray(slot), rope)
+    want = write_pages_reference(*args)
+    got = jax.jit(write_pages_gpu)(*args)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("M", [1, 64])
+def test_add_rms_norm_llama3_rows(M):
+    rng = np.random.default_rng(M)
+    x, d = (jnp.asarray(rng.standard_normal((M, 4096)) * 3, jnp.bfloat16) for _ in range(2))
+    w = jnp.asarray(rng.uniform(0.5, 1.5, 4096), jnp.bfloat16)
+    (h, y), (rh, ry) = add_rms_norm_gpu(x, d, w, 1e-5), add_rms_norm_reference(x, d, w, 1e-5)
+    np.testing.assert_array_equal(np.asarray(h, np.float32), np.asarray(rh, np.float32))
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ry, np.float32), rtol=1e-2, atol=1e-2)

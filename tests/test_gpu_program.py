@@ -70,6 +70,24 @@ def test_the_reader_tells_a_layers_launches_from_the_rest():
     assert {"gemm_fusion_dot.5", "pallas_call.7"} <= ops and not {"loop_add_fusion", "copy.2"} & ops
 
 
+BRANCH_THUNKS = """\
+001: kCustomKernel [source | next=002 (1)] loop_reduce_fusion grid: [1, 1, 1]
+002: kConditional  [prev=001 (1) | sink]
+  false_branch:
+    003: kCustomKernel [source | next=004 (1)] input_reduce_fusion grid: [8, 1, 1]
+    004: kCustomKernel [prev=003 (1) | sink] loop_select_fusion grid: [8, 1, 1]
+  true_branch:
+    005: kCustomKernel [source | sink] loop_argmax_fusion grid: [1, 1, 1]
+"""
+
+
+def test_the_reader_counts_a_conditionals_branches_apart():
+    """Every branch of a conditional is in the launch count (the program holds them all) and in branch_launches
+    (only the taken one runs: an all-greedy batch skips the top-k / top-p search)."""
+    rep = summarize(parse_thunks(BRANCH_THUNKS), {}, {}, {})
+    assert rep.launches == 4 and rep.branch_launches == 3
+
+
 @pytest.fixture(scope="module")
 def llama():
     h100_sharding()  # skips (or, under CI, fails) without the compiler

@@ -183,6 +183,7 @@ def report_row(name: str, spec: ProgramSpec, rep: ProgramReport) -> dict:
     row["launches_per_step"] = rep.launches
     row["launches_per_layer"] = rep.layer_launches / cfg.n_layers  # a layer's own ops (infer/perf/thunks.py)
     row["launches_outside_layers"] = rep.launches - rep.layer_launches
+    row["launches_in_branches"] = rep.branch_launches  # counted above, though only the taken branch runs
     big += rep.writes_of(shapes)  # a weight padded, converted or multiplied out by an XLA fusion is a copy too
     row["weight_copies"] = sum(c.runs for c in big)
     row["weight_copy_GB"] = sum(c.bytes * c.runs for c in big) / 1e9
@@ -192,7 +193,7 @@ def report_row(name: str, spec: ProgramSpec, rep: ProgramReport) -> dict:
 
 
 COLUMNS = ("program", "target", "layout", "B", "weights", "launches_per_step", "launches_per_layer",
-           "launches_outside_layers", "kernels_xla",
+           "launches_outside_layers", "launches_in_branches", "kernels_xla",
            "kernels_triton_gemm", "kernels_cublas", "kernels_pallas", "weight_copies", "weight_copy_GB",
            "submissions", "command_buffers", "largest_f32_MB", "temp_MB")
 

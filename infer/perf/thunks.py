@@ -174,7 +174,8 @@ class ProgramReport:
 
     launches: kernels + GEMM library calls + copies + memsets (every GPU operation the host enqueues or a
     graph replays); layer_launches: those made for a decoder layer's ops (the rest: embedding, final norm, LM
-    head, sampling, bookkeeping; both branches of a conditional are counted); kernels: by family ("xla" fusions, "triton_gemm", "cublas", "pallas" custom kernels);
+    head, sampling, bookkeeping); branch_launches: those inside a conditional's branches (every branch is counted,
+    one runs: the sampling filters an all-greedy batch skips); kernels: by family ("xla" fusions, "triton_gemm", "cublas", "pallas" custom kernels);
     submissions: host-side launches (a command buffer is one submission, a while loop outside one submits
     its condition and body each trip); copies: every copy-like operation (kCopy, dynamic-slice fusions,
     transpose/copy kernels) with its bytes; writes: every XLA fusion's output but in-place updates
@@ -184,6 +185,7 @@ class ProgramReport:
 
     launches: int = 0
     layer_launches: int = 0  # the launches whose HLO op came from a decoder layer (parse_layer_ops)
+    branch_launches: int = 0  # the launches inside a conditional's branches (all branches counted; one runs)
     kernels: Dict[str, int] = dataclasses.field(default_factory=dict)
     submissions: int = 0
     command_buffers: int = 0
@@ -254,18 +256,18 @@ def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, tr
     def out_of(t):
         return shapes.get(annotations.get(t.id, t.name), ("", 0.0))
 
-    def walk(seq, runs, in_graph):
+    def walk(seq, runs, in_graph, in_branch=False):
         for t in seq:
             if t.kind == "kCommandBuffer":
                 rep.command_buffers += 1
                 rep.submissions += 0 if in_graph else runs
-                walk(t.sections.get("", []), runs, True)
+                walk(t.sections.get("", []), runs, True, in_branch)
             elif t.kind == "kWhile":
                 trip = trips.get(annotations.get(t.id, ""))
                 rep.loops.append(trip)
                 n = trip if trip is not None else 1
-                walk(t.sections.get("condition", []), runs * (n + 1), in_graph)
-                walk(t.sections.get("body", []), runs * n, in_graph)
+                walk(t.sections.get("condition", []), runs * (n + 1), in_graph, in_branch)
+                walk(t.sections.get("body", []), runs * n, in_graph, in_branch)
             elif t.kind == "kDynamicSliceFusion":
                 for c in t.sections.get("", []):
                     shape, nbytes = out_of(c)
@@ -274,10 +276,11 @@ def summarize(thunks: List[Thunk], annotations: Dict[int, str], shapes: dict, tr
                 rep.submissions += 0 if in_graph else runs
             elif t.kind in CONTAINERS:
                 for sec in t.sections.values():
-                    walk(sec, runs, in_graph)
+                    walk(sec, runs, in_graph, in_branch or t.kind == "kConditional")
             else:
                 rep.launches += runs
                 rep.layer_launches += runs if annotations.get(t.id, t.name) in layer_ops else 0
+                rep.branch_launches += runs if in_branch else 0
                 rep.submissions += 0 if in_graph else runs
                 shape, nbytes = out_of(t)
                 if t.kind in COPY_KINDS:
