@@ -15,9 +15,11 @@ import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from pallas_kernels.matmul.formats import get_format
 from pallas_kernels.matmul.dispatch import quant_matmul
+from pallas_kernels.platform import family
 
 
 def stored_shapes(weight_format: str, I: int, O: int) -> dict:
@@ -30,6 +32,14 @@ def stored_shapes(weight_format: str, I: int, O: int) -> dict:
     if fmt.has_min:
         out["min"] = ((I // g, O), jnp.dtype(fmt.scale_dtype))
     return out
+
+
+# XLA's GPU algebraic simplifier rewrites a vector x matrix dot whose operands hold fewer elements than this into
+# a multiply and a reduction (ShouldStrengthReduceDotToReduce, a fixed threshold): at decode batch 1 a small
+# model's projections then write a float32 product the size of the weight and read it back (SmolLM2: 0.21 GB per
+# step beside 0.27 GB of weights). Padding the one row to two keeps such a dot a GEMM fusion that reads the
+# weight once (BENCHMARKS.md, "The GPU program"); larger dots are GEMMs already, and stay unpadded.
+XLA_GPU_STRENGTH_REDUCED_BELOW = 10_000_000
 
 
 class Linear(nn.Module):
@@ -56,8 +66,16 @@ class Linear(nn.Module):
         w = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.in_axes) + tuple(self.out_axes)),
                        tuple(self.in_shape) + tuple(self.out_shape), self.dtype)
         # Accumulate in float32 whatever the storage dtype, then round once to the output dtype.
-        y = jnp.tensordot(x.astype(self.dtype), w, axes=(tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))),
+        xs = x.astype(self.dtype)
+        one_row = x.size == math.prod(self.in_shape) and family() == "gpu" and \
+            math.prod(self.in_shape) * (math.prod(self.out_shape) + 1) < XLA_GPU_STRENGTH_REDUCED_BELOW and \
+            jax.sharding.get_abstract_mesh().empty
+        if one_row:  # two rows (one of zeros): XLA keeps it a GEMM (see XLA_GPU_STRENGTH_REDUCED_BELOW)
+            xs = jnp.pad(xs.reshape((1,) + tuple(self.in_shape)), ((0, 1),) + ((0, 0),) * n_in)
+        y = jnp.tensordot(xs, w, axes=(tuple(range(xs.ndim - n_in, xs.ndim)), tuple(range(n_in))),
                           preferred_element_type=jnp.float32)
+        if one_row:
+            y = y[:1].reshape(x.shape[:x.ndim - n_in] + tuple(self.out_shape))
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_axes)),
                            tuple(self.out_shape), self.dtype)

@@ -137,6 +137,10 @@ def test_smollm2s_generation_loop_is_one_command_buffer_on_a_gpu(llama):
     spec = gpu_program.ProgramSpec(infer.load_config("smollm2-135m").replace(dtype="bfloat16"), "auto", 1, 512)
     rep = gpu_program.compile_report("generate", spec)
     assert rep.submissions == 1 and rep.command_buffers == 1, rep.summary()
+    # its one-row projections stay GEMMs (layers/linear.py pads the row): no float32 weight-sized product
+    # (90 per token, 0.18 GB, before)
+    row = gpu_program.report_row("generate", spec, rep)
+    assert row["weight_copies"] == 0 and row["largest_f32_MB"] < 1, row
     # inside, once per layer: the decode attention kernel and the KV write (D = 576 is no Triton row: XLA norms)
     assert rep.kernels["pallas"] == 2 * spec.cfg.n_layers
 
@@ -152,3 +156,23 @@ def test_gpu_checks_program_stage_writes_the_report(llama, tmp_path):
                                                            ("generate", "h100")]
     assert all(r["kernels_pallas"] >= 2 and r["launches_per_step"] > 0 for r in rows)  # tiny: 2 layers
     assert "## program: `infer.perf.gpu_program`" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_one_row_projection_padded_for_a_gpu_computes_the_same():
+    """layers/linear.py pads a one-row input to two rows on a GPU target (so XLA keeps the dot a GEMM); traced for
+    a GPU on this CPU, the result is the unpadded one's."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from layers.linear import Linear
+    from pallas_kernels.platform import target_platform
+    lin = Linear((64,), (4, 16), ("embed",), (None, None), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 1, 64)), jnp.float32)
+    params = lin.init(jax.random.PRNGKey(0), x)
+    want = lin.apply(params, x)
+    with target_platform("gpu"):
+        jaxpr = str(jax.make_jaxpr(lambda p, x: lin.apply(p, x))(params, x))
+        got = jax.jit(lambda p, x: lin.apply(p, x))(params, x)
+    assert "pad" in jaxpr and got.shape == (1, 1, 4, 16)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
