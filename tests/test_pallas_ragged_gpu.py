@@ -131,3 +131,29 @@ def test_split_k_default_is_one_in_interpret_mode_and_refuses_zero():
     np.testing.assert_array_equal(np.asarray(_kernel(c)), np.asarray(_kernel(c, num_splits=1)))
     with pytest.raises(ValueError, match="num_splits"):
         _kernel(c, num_splits=0)
+
+
+def test_a_decode_step_in_row_order_skips_the_gather_and_scatter_and_equals_them():
+    """The dispatcher's decode path with tokens_in_row_order (T == R, sequence r at row r: the engine's decode steps)
+    feeds the kernel the queries as they are; it equals the gather / scatter path and the float64 expectation, and
+    its padding row is exactly zero. A step with T != R is refused."""
+    from pallas_kernels.attention.dispatch import ragged_paged_attention
+    seqs = [(1, 1), (Z + 1, 1), (3 * Z, 1), (0, 0)]
+    c = make_ragged_case(seqs, K=2, G=4, H=32, Z=Z, pad_tokens=1, seed=5)
+    start, qlen = np.asarray(c["query_start"]), np.asarray(c["query_len"])
+    R = len(seqs)
+    assert c["q"].shape[0] == R
+    real = np.flatnonzero(qlen > 0)
+    q = jnp.zeros_like(c["q"]).at[real].set(c["q"][start[real]])  # sequence r's token at row r
+    want = np.zeros(c["expected"].shape, np.float32)
+    want[real] = np.asarray(c["expected"])[start[real]]
+    run = lambda in_order, q, start: ragged_paged_attention(
+        q, c["k_pages"], c["v_pages"], c["page_table"], start, c["query_len"], c["kv_len"], max_q_len=1,
+        layer=c["layer"], k_scale=c["k_scale"], v_scale=c["v_scale"], tokens_in_row_order=in_order)
+    rows = jnp.arange(R, dtype=jnp.int32)
+    fast, gathered = run(True, q, rows), run(False, q, jnp.where(c["query_len"] > 0, rows, R))
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(gathered))
+    assert rel_err(fast, want) <= 1e-5
+    np.testing.assert_array_equal(np.asarray(fast)[qlen == 0], 0.0)
+    with pytest.raises(ValueError, match="as many tokens as rows"):
+        run(True, jnp.concatenate([q, q]), rows)

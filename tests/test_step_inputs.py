@@ -79,3 +79,21 @@ def test_pool_dtype_and_sampling_list_errors_name_the_problem(model):
         init_pools(cfg, P, Z, dtype="int4")
     with pytest.raises(ValueError, match=r"sampling\[0\]: expected a SamplingParams, got dict"):
         infer.generate(params, cfg, [[1]], [{"temperature": 0}])
+
+
+def test_metadata_says_when_a_decode_steps_rows_are_its_tokens():
+    """rows_in_order (static) is set exactly when every sequence holds its own row in a decode-only step of T == R:
+    the engine's decode steps and the on-device loops' one-token rows, not a step whose sequences shift (an empty
+    sequence before another), nor one with more tokens than rows."""
+    import jax.numpy as jnp
+
+    from infer.kv.metadata import SequenceStep, build_metadata, rows_metadata
+    seq = lambda n, page: SequenceStep(tokens=[1] * n, pages=[page], cached=3)
+    kw = dict(page_size=16, num_pages=8)
+    assert build_metadata([seq(1, 0), seq(1, 1), seq(1, 2)], num_tokens=4, num_seqs=4, **kw)[1].rows_in_order
+    assert not build_metadata([seq(1, 0), seq(1, 1)], num_tokens=8, num_seqs=2, **kw)[1].rows_in_order
+    assert not build_metadata([seq(0, 0), seq(1, 1)], num_tokens=2, num_seqs=2, **kw)[1].rows_in_order
+    assert not build_metadata([seq(2, 0), seq(1, 1)], num_tokens=4, num_seqs=4, **kw)[1].rows_in_order
+    table = jnp.zeros((3, 2), jnp.int32)
+    assert rows_metadata(table, jnp.zeros(3), jnp.ones(3), 1, 16).rows_in_order
+    assert not rows_metadata(table, jnp.zeros(3), jnp.ones(3), 4, 16).rows_in_order

@@ -24,7 +24,8 @@ import numpy as np
 
 from infer.kv.metadata import AttentionMetadata
 
-_HEADER = 12  # kind, T, R, M, O, S, C, poison (0/1), max_q_len, prefill_rows (-1: None), page_size (-1: None), P
+_HEADER = 13  # kind, T, R, M, O, S, C, poison (0/1), max_q_len, prefill_rows (-1: None), page_size (-1: None), P,
+#              rows_in_order (0/1): every static field of the metadata, so all processes trace one program
 _STEP, _STOP = 0, 1
 _SAMP = (("temperature", np.float32), ("top_k", np.int32), ("top_p", np.float32), ("min_p", np.float32),
          ("seed", np.uint32))
@@ -45,7 +46,8 @@ class StepChannel:
         T, (R, M), O, S = tokens_T.shape[0], meta.page_table_RM.shape, meta.logits_indices_O.shape[0], rows.shape[0]
         header = np.array([_STEP, T, R, M, O, S, src.shape[0], poison is not None, meta.max_q_len,
                            -1 if meta.prefill_rows is None else meta.prefill_rows,
-                           -1 if meta.page_size is None else meta.page_size, self.num_pages], np.int32)
+                           -1 if meta.page_size is None else meta.page_size, self.num_pages, meta.rows_in_order],
+                          np.int32)
         _broadcast(header)
         _broadcast(self._payload(tokens_T, meta, src, dst, rows, pos, samp, poison))
 
@@ -68,7 +70,7 @@ class StepChannel:
         h = np.asarray(_broadcast(np.zeros((_HEADER,), np.int32)))
         if h[0] == _STOP:
             return None
-        _, T, R, M, O, S, C, has_poison, max_q_len, prefill_rows, page_size, P = (int(x) for x in h)
+        _, T, R, M, O, S, C, has_poison, max_q_len, prefill_rows, page_size, P, in_order = (int(x) for x in h)
         i32 = lambda *shape: np.zeros(shape, np.int32)
         like = [i32(T), i32(T), i32(T), i32(R), i32(R), i32(R), i32(R, M), i32(O), i32(C), i32(C), i32(S), i32(S)]
         like += [np.zeros((S,), dt) for _, dt in _SAMP]
@@ -78,7 +80,8 @@ class StepChannel:
         tokens_T = got[0]
         meta = AttentionMetadata(*got[1:8], max_q_len=max_q_len,
                                  page_size=None if page_size < 0 else page_size,
-                                 prefill_rows=None if prefill_rows < 0 else prefill_rows)
+                                 prefill_rows=None if prefill_rows < 0 else prefill_rows,
+                                 rows_in_order=bool(in_order))
         src, dst, rows, pos = got[8:12]
         samp = {k: got[12 + i] for i, (k, _) in enumerate(_SAMP)}
         poison = got[12 + len(_SAMP)].astype(bool) if has_poison else None

@@ -17,6 +17,9 @@ requests reuses the compiled step):
     page_size          (static) the Z the slots and page tables were computed with (None: not recorded)
     prefill_rows       (static) only sequences r < prefill_rows have more than one token (None: any may);
                        lets the reference attention pad only those rows to max_q_len
+    rows_in_order      (static) a decode-only step with T == R whose sequence r holds row r (or no row):
+                       its attention needs no gather of queries and no scatter of outputs (the engine's decode
+                       steps and the on-device loops; pallas_kernels/attention/dispatch.py)
 
 Two builders: `build_metadata` on the host (numpy, validated, any mix of
 sequences; the engine's path) and `rows_metadata` on the device (jnp, a static
@@ -45,6 +48,7 @@ class AttentionMetadata:
     max_q_len: int = flax.struct.field(pytree_node=False, default=1)
     page_size: Optional[int] = flax.struct.field(pytree_node=False, default=None)
     prefill_rows: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+    rows_in_order: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 class MetadataError(ValueError):
@@ -139,7 +143,8 @@ def build_metadata(seqs: Sequence[SequenceStep], *, page_size: int, num_pages: i
     logits[:len(logits_idx)] = logits_idx
     meta = AttentionMetadata(positions_T=positions, slot_T=slots, query_start_R=q_start, query_len_R=q_len,
                              kv_len_R=kv_len, page_table_RM=table, logits_indices_O=logits,
-                             max_q_len=Q, page_size=Z, prefill_rows=prefill_rows)
+                             max_q_len=Q, page_size=Z, prefill_rows=prefill_rows,
+                             rows_in_order=bool(Q == 1 and T == R and (q_start[q_len > 0] == np.flatnonzero(q_len > 0)).all()))
     return tokens, meta
 
 
@@ -175,4 +180,4 @@ def rows_metadata(page_table_BM, lengths_B, n_new_B, tokens_per_row: int, page_s
     return AttentionMetadata(positions_T=pos_BT.reshape(-1), slot_T=slot_BT.reshape(-1), query_start_R=start_B,
                              query_len_R=n_new_B, kv_len_R=lengths_B + n_new_B,
                              page_table_RM=page_table_BM.astype(jnp.int32), logits_indices_O=logits_idx,
-                             max_q_len=Tr, page_size=Z)
+                             max_q_len=Tr, page_size=Z, rows_in_order=Tr == 1)

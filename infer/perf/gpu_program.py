@@ -117,7 +117,10 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
         seqs = [SequenceStep(tokens=[1] * (prefill if (prefill and r == 0) else 1),
                              pages=list(range(r * M, (r + 1) * M)), cached=0 if (prefill and r == 0) else S)
                 for r in range(B)]
-        shapes = dict(max_q_len=1) if not prefill else dict(prefill_rows=1)
+        # the engine's own step shapes (Engine.step_shapes): a decode-only step runs one row per sequence
+        rows = 1 << (B - 1).bit_length()
+        shapes = dict(num_tokens=rows, num_seqs=rows, num_logits=rows, max_q_len=1) if not prefill else \
+            dict(prefill_rows=1)
         tokens_T, meta = build_metadata(seqs, page_size=PAGE_SIZE, num_pages=P, **shapes)
         R = meta.query_start_R.shape[0]
         kv = jax.eval_shape(lambda: init_pools(cfg, P, PAGE_SIZE))

@@ -60,7 +60,7 @@ def pallas(q_TNH, kv, layer, meta, *, sliding_window=None, softcap=None):
     def run(q, k, v, tab, start, qlen, kvlen, layer, k_scale, v_scale):
         return ragged_paged_attention(q, k, v, tab, start, qlen, kvlen, max_q_len=meta.max_q_len, layer=layer,
                                       k_scale=k_scale, v_scale=v_scale, sliding_window=sliding_window,
-                                      softcap=softcap)
+                                      softcap=softcap, tokens_in_row_order=meta.rows_in_order)
     args = (q_TNH, *_kernel_args(kv, meta), jnp.asarray(layer, jnp.int32), kv.get("k_scale"), kv.get("v_scale"))
     mesh = tensor_parallel_mesh()
     if mesh is None:

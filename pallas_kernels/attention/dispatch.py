@@ -39,21 +39,31 @@ def paged_decode_attention(q_BNH, k_pages, v_pages, block_tables_BM, lengths_B, 
 
 
 def ragged_paged_attention(q_TNH, k_pages, v_pages, page_table_RM, query_start_R, query_len_R, kv_len_R, *,
-                           max_q_len: int, platform=None, **kw):
+                           max_q_len: int, platform=None, tokens_in_row_order: bool = False, **kw):
     """Ragged paged attention on the kernel for this backend (contract: ragged_reference.py).
 
     A decode-only step (max_q_len == 1, static) runs the split-K paged decode kernel, which
     spreads a long row over many programs; any other mix runs the ragged kernel, tiled over
-    query blocks with the causal mask.
+    query blocks with the causal mask. `tokens_in_row_order` (static; the caller's promise, made
+    by layers/attention/impls.py from infer/kv/metadata.py's builders): a decode-only step with
+    T == R whose sequence r has its token at row r, so the queries and the output need no gather
+    and no scatter into a zeroed [T, N, H] (two launches per layer on a GPU); a padding row
+    attends over nothing and is 0 either way.
     """
     family, interpret = pick_backend(platform)
     interpret = kw.pop("interpret", interpret)
     if max_q_len == 1:
         T = q_TNH.shape[0]
-        rows_R = jnp.clip(query_start_R, 0, T - 1)
         fn = decode_tpu.paged_decode_attention_tpu if family == "tpu" else decode_gpu.paged_decode_attention_gpu
-        out_RNH = fn(q_TNH[rows_R], k_pages, v_pages, page_table_RM, jnp.where(query_len_R > 0, kv_len_R, 0),
-                     interpret=interpret, **kw)
+        lengths_R = jnp.where(query_len_R > 0, kv_len_R, 0)
+        if tokens_in_row_order:
+            if T != query_start_R.shape[0]:
+                raise ValueError(f"tokens_in_row_order: needs as many tokens as rows, got T={T}, "
+                                 f"R={query_start_R.shape[0]}")
+            return fn(q_TNH, k_pages, v_pages, page_table_RM, lengths_R, interpret=interpret,
+                      **kw).astype(q_TNH.dtype)
+        rows_R = jnp.clip(query_start_R, 0, T - 1)
+        out_RNH = fn(q_TNH[rows_R], k_pages, v_pages, page_table_RM, lengths_R, interpret=interpret, **kw)
         dest_R = jnp.where(query_len_R > 0, query_start_R, T)  # padding sequences write nothing
         return jnp.zeros_like(q_TNH).at[dest_R].set(out_RNH.astype(q_TNH.dtype), mode="drop")
     fn = ragged_tpu.ragged_paged_attention_tpu if family == "tpu" else ragged_gpu.ragged_paged_attention_gpu
