@@ -441,3 +441,70 @@ def test_schemathesis_fuzzes_the_declared_request_bodies_without_a_5xx(server):
             fuzz()
     assert 200 in seen and 400 in seen, sorted(set(seen))
     assert idle(server)
+
+
+def test_limits_validate_themselves_admission_refuses_and_the_cli_builds_them(monkeypatch):
+    import argparse
+
+    from infer.cli.serve import add_serve_args, serve_limits
+    from infer.server.limits import Admission
+    from infer.server.protocol import APIError
+    for field, value in (("max_body_bytes", 0), ("max_waiting_sequences", -1), ("timeout_headers_s", float("nan")),
+                         ("api_key", ""), ("max_connections", 0), ("retry_after_s", True)):
+        with pytest.raises(ValueError, match=field):
+            ServerLimits(**{field: value})
+    a = Admission(ServerLimits(max_waiting_sequences=2, retry_after_s=3), running_capacity=2)
+    a.admit(3)
+    with pytest.raises(APIError) as e:
+        a.admit(2)
+    assert e.value.status == 429 and e.value.headers == {"Retry-After": "3"}
+    a.release(3)
+    a.admit(4)
+    a.closing = True
+    with pytest.raises(APIError) as e:
+        a.admit(1)
+    assert e.value.status == 503 and e.value.code == "shutting_down" and e.value.headers == {"Retry-After": "3"}
+    p = argparse.ArgumentParser()
+    add_serve_args(p)
+    monkeypatch.delenv("INFER_API_KEY", raising=False)
+    assert serve_limits(p.parse_args([])) == ServerLimits()
+    monkeypatch.setenv("INFER_API_KEY", "from-env")
+    assert serve_limits(p.parse_args([])).api_key == "from-env"
+    got = serve_limits(p.parse_args(["--api-key", "flag", "--metrics-need-key", "--max-body-bytes", "1000"]))
+    assert (got.api_key, got.metrics_need_key, got.max_body_bytes) == ("flag", True, 1000)
+
+
+def test_a_request_that_still_breaks_the_step_fails_alone(server):
+    """A request whose sampling row cannot be built (its top_k changed past every check, after it was queued)
+    fails the step: it alone gets the engine's error, the requests beside it finish as they would have."""
+    eng = server["engine"].engine
+    body = {"model": NAME, "max_tokens": 12, "temperature": 0}
+    prompts = [f"class C{i}:" for i in range(3)]
+    with httpx.Client(base_url=server["url"], headers=AUTH, timeout=60) as h:
+        control = [h.post("/v1/completions", json={**body, "prompt": p}).json()["choices"][0]["text"] for p in prompts]
+    real_add = eng.add_request
+
+    def add_then_break(prompt, sp, *a, **k):
+        rid = real_add(prompt, sp, *a, **k)
+        if len(prompt) == 1:  # the saboteur: a one-token prompt
+            object.__setattr__(eng.requests[rid].sampling, "top_k", 2 ** 31)
+        return rid
+    rs = [None] * 4
+    eng.add_request = add_then_break
+    try:
+        with Paused(server):  # all four queued before any step runs: they share the failing step
+            def post(i, prompt):
+                rs[i] = httpx.post(server["url"] + "/v1/completions", headers=AUTH, timeout=60,
+                                   json={**body, "prompt": prompt})
+            threads = [threading.Thread(target=post, args=(i, p)) for i, p in enumerate(prompts + [[5]])]
+            for t in threads:
+                t.start()
+            assert wait_until(lambda: len(eng.requests) == 4, 60)
+        for t in threads:
+            t.join(60)
+    finally:
+        eng.add_request = real_add
+    assert rs[3].status_code == 500 and rs[3].json()["error"]["code"] == "engine_error"
+    assert "OverflowError" in rs[3].json()["error"]["message"]
+    assert [r.json()["choices"][0]["text"] for r in rs[:3]] == control
+    assert idle(server)

@@ -24,7 +24,11 @@ reference attention pads only those). After `warmup()` (or a workload that has v
 the buckets) no step compiles.
 
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
-of the engine's state changes, and the other requests keep running.
+of the engine's state changes, and the other requests keep running. That includes sampling
+values the step's per-row arrays cannot hold (int32 top_k, uint32 seed, float32 temperature).
+A step that fails anyway raises StepError naming the requests it is blamed on: when the step
+failed building its inputs, the requests whose own rows cannot be built (nothing ran; once
+they are aborted the others go on), else every request in the step.
 """
 from __future__ import annotations
 
