@@ -228,8 +228,10 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                     engine.abort(rid)
             release()
 
-    async def generate(request: Request, req: GenerationRequest, prompts: List[List[int]], kind: str):
-        sequences = len(prompts) * req.n
+    def admit(req: GenerationRequest) -> Callable[[], None]:
+        """Count the request's sequences in (or refuse it: 429 / 503 / 400) before any work is spent on it;
+        returns the release, which may be called any number of times."""
+        sequences = len(req.prompts or [None]) * req.n
         admission.admit(sequences)
         released = False
 
@@ -238,20 +240,32 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             if not released:
                 released = True
                 admission.release(sequences)
+        return release
+
+    async def admitted(request: Request, req: GenerationRequest, prepare: Callable[[], List[List[int]]], kind: str):
+        """Admit, tokenize off the event loop, generate; the sequences are released when the response ends."""
+        release = admit(req)
         try:
-            rids, counts, q = await submit(req, prompts)
+            prompts = await anyio.to_thread.run_sync(prepare)
+            return await generate(request, req, prompts, kind, release)
         except BaseException:
             release()
             raise
+
+    async def generate(request: Request, req: GenerationRequest, prompts: List[List[int]], kind: str,
+                       release: Callable[[], None]):
+        rids, counts, q = await submit(req, prompts)
         rid_out = ("chatcmpl-" if kind.startswith("chat") else "cmpl-") + uuid.uuid4().hex[:24]
         if req.stream:
+            finished = []
+
             def on_close():
-                if not released:  # the body may never have started: its requests are still the engine's
+                if not finished:  # the body may never have started: its requests are still the engine's
                     for rid in rids:
                         engine.abort(rid)
                 release()
             return _Stream(sse(req, rids, counts, q, kind + ".chunk" if kind.startswith("chat") else kind, rid_out,
-                               release), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                               lambda: finished.append(release())), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                            on_close=on_close)
         try:
             choices = await collect(request, q, rids, req.n)
@@ -305,7 +319,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                 check_fits(ids, req.sampling.max_new_tokens, "prompt")
                 prompts.append(ids)
             return prompts
-        return await generate(request, req, await anyio.to_thread.run_sync(prepare), "text_completion")
+        return await admitted(request, req, prepare, "text_completion")
 
     @app.post("/v1/chat/completions", openapi_extra=openapi_body("ChatCompletionRequest", served, max_model_len,
                                                                  max_num_seqs, limits.max_prompts_per_request))
@@ -316,16 +330,17 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             raise APIError("this model has no chat template; use /v1/completions", param="messages",
                            code="unsupported")
 
-        def render():
-            try:
-                return template.encode(tokenizer, messages, add_generation_prompt=True)
-            except Exception as e:
-                raise APIError(f"'messages': the chat template refused them: {e}"[:300], param="messages") from None
-        ids = await anyio.to_thread.run_sync(render)
-        check_fits(ids, req.sampling.max_new_tokens, "messages")
         eot = template.end_of_turn_ids(tokenizer)
         req.sampling = dataclasses.replace(req.sampling, stop_token_ids=tuple(
             dict.fromkeys(req.sampling.stop_token_ids + eot)))
-        return await generate(request, req, [ids], "chat.completion")
+
+        def render():  # the template and the tokenizer, off the event loop
+            try:
+                ids = template.encode(tokenizer, messages, add_generation_prompt=True)
+            except Exception as e:
+                raise APIError(f"'messages': the chat template refused them: {e}"[:300], param="messages") from None
+            check_fits(ids, req.sampling.max_new_tokens, "messages")
+            return [ids]
+        return await admitted(request, req, render, "chat.completion")
 
     return app
