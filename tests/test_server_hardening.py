@@ -377,13 +377,16 @@ def test_slow_headers_and_idle_connections_are_closed_and_keep_alive_is_bounded(
     assert got[-1] == "close" and "close" not in got[:-1], got
 
 
-def metric(server, name):
+def metric(server, name, **labels):
     text = httpx.get(server["url"] + "/metrics").text
-    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}.get(name)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples}.get((name, tuple(sorted(labels.items()))))
 
 
 def test_after_an_injected_step_failure_metrics_show_nothing_running(server):
     eng = server["engine"].engine
+    aborts_before = metric(server, "infer_requests_total", finish_reason="abort") or 0
+    errors_before = metric(server, "infer_requests_total", finish_reason="error") or 0
     real, calls = eng.step, []
 
     def flaky():
@@ -409,6 +412,8 @@ def test_after_an_injected_step_failure_metrics_show_nothing_running(server):
                       and metric(server, "infer_kv_pages_in_use") == 0, 30), "metrics still show the failed requests"
     assert metric(server, "infer_requests_waiting") == 0
     assert idle(server)
+    assert metric(server, "infer_requests_total", finish_reason="error") == errors_before + 3
+    assert (metric(server, "infer_requests_total", finish_reason="abort") or 0) == aborts_before  # not also aborts
 
 
 def test_schemathesis_fuzzes_the_declared_request_bodies_without_a_5xx(server):

@@ -46,6 +46,7 @@ class AsyncEngine:
         self.on_step = on_step  # called on the engine thread after every step (metrics)
         self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()
         self._routes: Dict[str, _Route] = {}
+        self._failed: set = set()  # requests failed by a step: their abort updates are not counted as aborts
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
@@ -136,7 +137,8 @@ class AsyncEngine:
             rids, message = list(self._routes), f"the engine step failed: {type(error).__name__}: {error}"[:500]
             rids += [r for r in getattr(self.engine, "requests", {}) if r not in self._routes]
         for rid in rids:
-            self.engine.abort(rid)
+            if self.engine.abort(rid):
+                self._failed.add(rid)
             route = self._routes.pop(rid, None)
             if route is not None:
                 self._post(route, EngineFailure(message))
@@ -146,6 +148,10 @@ class AsyncEngine:
                 reset()
 
     def _metrics(self, updates: List[RequestUpdate]) -> None:
+        if self._failed:  # the handler counted these as errors; their abort updates (all in the step after the
+            # failure: aborts come out of the engine's outbox at once) are not aborts too
+            updates = [u for u in updates if u.request_id not in self._failed]
+            self._failed = set()
         if self.on_step is not None:
             try:
                 self.on_step(self.engine, updates)
