@@ -303,7 +303,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/completions", openapi_extra=openapi_body("CompletionRequest", served, max_model_len,
-                                                            max_num_seqs, limits.max_prompts_per_request))
+                                                            max_num_seqs, limits.max_prompts_per_request, vocab))
     async def completions(request: Request):
         req = parse_completion(await read_json(request), served, max_model_len, max_num_seqs,
                                limits.max_prompts_per_request)
@@ -322,7 +322,8 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
         return await admitted(request, req, prepare, "text_completion")
 
     @app.post("/v1/chat/completions", openapi_extra=openapi_body("ChatCompletionRequest", served, max_model_len,
-                                                                 max_num_seqs, limits.max_prompts_per_request))
+                                                                 max_num_seqs, limits.max_prompts_per_request,
+                                                                 vocab))
     async def chat_completions(request: Request):
         req, messages = parse_chat(await read_json(request), served, max_model_len, max_num_seqs)
         template = getattr(tokenizer, "chat_template", None)

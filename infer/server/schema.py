@@ -8,7 +8,7 @@ names, and the error statuses every route can answer, each with the OpenAI error
 """
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Sequence, Union
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,8 +38,12 @@ class _Sampling(BaseModel):
     user: Optional[str] = None
 
 
+Text = Annotated[str, Field(min_length=1)]
+Ids = Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # below the vocabulary size: openapi_body
+
+
 class CompletionRequest(_Sampling):
-    prompt: Union[str, List[int], List[Union[str, List[int]]]]
+    prompt: Union[Text, Ids, Annotated[List[Union[Text, Ids]], Field(min_length=1)]]
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     echo: Optional[bool] = Field(None, description="only false")
     best_of: Optional[int] = Field(None, description="only 1 or n")
@@ -97,9 +101,20 @@ def _inline(schema: dict) -> dict:
     return walk(schema)
 
 
-def openapi_body(name: str, served: Sequence[str], max_model_len: int, max_num_seqs: int, max_prompts: int) -> dict:
+def openapi_body(name: str, served: Sequence[str], max_model_len: int, max_num_seqs: int, max_prompts: int,
+                 vocab_size: int) -> dict:
     """A route's openapi_extra: its request body and its responses."""
     schema = _inline(MODELS[name].model_json_schema())
+
+    def bound_ids(node):  # token ids: below the vocabulary size
+        if isinstance(node, dict):
+            if node.get("type") == "integer" and node.get("minimum") == 0 and "maximum" not in node:
+                node["maximum"] = vocab_size - 1
+            for v in node.values():
+                bound_ids(v)
+        elif isinstance(node, list):
+            for v in node:
+                bound_ids(v)
     props = schema["properties"]
     props["model"] = {"type": "string", "enum": list(served)}
     for field in ("max_tokens", "max_completion_tokens"):
@@ -108,6 +123,7 @@ def openapi_body(name: str, served: Sequence[str], max_model_len: int, max_num_s
     props["n"]["anyOf"][0]["maximum"] = max_num_seqs
     if "prompt" in props:
         props["prompt"]["anyOf"][2]["maxItems"] = max_prompts
+        bound_ids(props["prompt"])
     error = _inline(ErrorResponse.model_json_schema())
     responses = {"200": {"description": "the completion (JSON), or server-sent events when streaming",
                          "content": {"application/json": {"schema": {"type": "object"}},
