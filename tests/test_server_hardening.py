@@ -513,3 +513,31 @@ def test_a_request_that_still_breaks_the_step_fails_alone(server):
     assert "OverflowError" in rs[3].json()["error"]["message"]
     assert [r.json()["choices"][0]["text"] for r in rs[:3]] == control
     assert idle(server)
+
+
+def test_a_connection_past_the_limit_gets_a_json_503_and_the_others_are_served():
+    """The connection cap on its own (a bare app, no engine): a third connection of at most two is refused."""
+    import uvicorn
+    from fastapi import FastAPI
+    app = FastAPI()
+    app.get("/health")(lambda: {"status": "ok"})
+    limits = ServerLimits(max_connections=2, timeout_headers_s=30.0, retry_after_s=2)
+    srv = uvicorn.Server(uvicorn_config(app, limits, host="127.0.0.1", port=0, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    try:
+        assert wait_until(lambda: srv.started or not th.is_alive()) and srv.started
+        port = srv.servers[0].sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as a, socket.create_connection(("127.0.0.1", port)) as b:
+            assert wait_until(lambda: len(srv.server_state.connections) == 2, 30)
+            r = httpx.get(f"http://127.0.0.1:{port}/health")
+            assert r.status_code == 503 and is_openai_error(r) and r.headers["retry-after"] == "2"
+            assert r.json()["error"]["code"] == "too_many_connections"
+            a.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert a.recv(1024).startswith(b"HTTP/1.1 200")  # the ones already open are served
+            b.close()
+        assert wait_until(lambda: len(srv.server_state.connections) == 0, 30)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    finally:
+        srv.should_exit = True
+        th.join(30)

@@ -52,7 +52,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="seconds a connection has to send a whole request head")
     p.add_argument("--max-requests-per-connection", type=int, default=d.max_requests_per_connection)
     p.add_argument("--max-connections", type=int, default=d.max_connections,
-                   help="connections at once; past it uvicorn answers 503")
+                   help="connections open at once; one more is answered 503 and closed")
 
 
 def serve_limits(args) -> ServerLimits:

@@ -7,6 +7,8 @@
 - At most `max_requests_per_connection` requests per connection: the last response says
   `Connection: close` and the connection ends (clients reconnect), so no one connection holds a
   server task forever.
+- At most `max_connections` open at once: one more has its request answered 503 in the OpenAI
+  error shape with a Retry-After, and is closed (uvicorn's own limit_concurrency answers in plain text).
 
     uvicorn.Config(app, http=guarded_h11(limits), timeout_keep_alive=limits.timeout_keep_alive_s, ...)
 """
@@ -17,16 +19,30 @@ from typing import Optional
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from infer.server.limits import ServerLimits
+from infer.server.middleware import send_error
+from infer.server.protocol import APIError
 
 
 class GuardedH11Protocol(H11Protocol):
     timeout_headers_s: float = 10.0
     max_requests_per_connection: Optional[int] = None
+    max_connections: Optional[int] = None
+    retry_after_s: int = 1
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._seen_cycle, self._requests, self._head_timer = None, 0, None
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            self.app = self._refuse  # its request (read as usual, so the client reads the answer) gets the 503
         self._arm()
+
+    async def _refuse(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        e = APIError(f"the server holds at most {self.max_connections} connections; retry after {self.retry_after_s} s",
+                     status=503, type="server_error", code="too_many_connections",
+                     headers={"Retry-After": self.retry_after_s, "Connection": "close"})
+        await send_error(send, e)
 
     def _arm(self) -> None:
         self._disarm()
@@ -55,6 +71,8 @@ class GuardedH11Protocol(H11Protocol):
                 self.cycle.default_headers = list(self.cycle.default_headers) + [(b"connection", b"close")]
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():  # timed out: nothing more is read
+            return
         super().data_received(data)
         self._check_new_cycle()
 
@@ -73,4 +91,5 @@ def guarded_h11(limits: ServerLimits) -> type:
     """The protocol class for uvicorn.Config(http=...) with these limits."""
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"timeout_headers_s": float(limits.timeout_headers_s),
-                 "max_requests_per_connection": limits.max_requests_per_connection})
+                 "max_requests_per_connection": limits.max_requests_per_connection,
+                 "max_connections": limits.max_connections, "retry_after_s": limits.retry_after_s})

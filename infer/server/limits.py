@@ -31,7 +31,7 @@ class ServerLimits:
     timeout_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     timeout_headers_s: float = 10.0  # a connection that has not sent a whole request head by then is closed
     max_requests_per_connection: Optional[int] = 1000  # then the connection closes (keep-alive limit)
-    max_connections: Optional[int] = 1024  # past this uvicorn answers 503 (limit_concurrency)
+    max_connections: Optional[int] = 1024  # open at once; one more is answered 503 and closed
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_prompts_per_request", "retry_after_s"):

@@ -43,13 +43,12 @@ def build_app(params, cfg, tokenizer, model_name: str, warmup: bool = False, lim
 
 def uvicorn_config(app, limits: Optional[ServerLimits] = None, **kw):
     """uvicorn.Config with the connection bounds of `limits`: idle keep-alive and request-head timeouts, requests
-    per connection (infer/server/connections.py), connections at once (past it uvicorn answers 503)."""
+    per connection, connections at once (past it a JSON 503; infer/server/connections.py)."""
     import uvicorn
 
     from infer.server.connections import guarded_h11
     limits = limits if limits is not None else ServerLimits()
-    return uvicorn.Config(app, http=guarded_h11(limits), timeout_keep_alive=limits.timeout_keep_alive_s,
-                          limit_concurrency=limits.max_connections, **kw)
+    return uvicorn.Config(app, http=guarded_h11(limits), timeout_keep_alive=limits.timeout_keep_alive_s, **kw)
 
 
 def build_server(model: str, host: str = "127.0.0.1", port: int = 8000, dtype=None,
