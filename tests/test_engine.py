@@ -14,7 +14,7 @@ from conftest import make_cfg
 
 import infer
 from infer.config.paths import REPO_ROOT
-from infer.engine import Engine, RequestError
+from infer.engine import Engine, RequestError, StepError
 from infer.engine.device_step import engine_step
 from infer.engine.engine import SAMPLE_SEED_STRIDE
 
@@ -249,6 +249,44 @@ def test_abort_frees_everything_and_the_others_finish(tiny):
     ended = [u for u in eng.step() if u.request_id == rid]
     assert sorted(u.index for u in ended) == [0, 1, 2] and all(u.finish_reason == "abort" for u in ended)
     assert not eng.has_unfinished_requests() and eng.stats()["pages_in_use"] == 0
+
+
+def test_sampling_values_the_step_arrays_cannot_hold_are_refused_before_queueing(tiny):
+    eng = make_engine(tiny)
+    for field, value in (("top_k", 2 ** 31), ("top_k", 2 ** 63), ("temperature", float("inf")),
+                         ("temperature", float("nan")), ("max_new_tokens", 2 ** 31), ("seed", 2 ** 32)):
+        with pytest.raises(ValueError, match=field):
+            infer.SamplingParams(**{field: value})
+    sp = infer.SamplingParams(temperature=0.0, max_new_tokens=4)
+    object.__setattr__(sp, "top_k", 2 ** 31)  # past the dataclass's own check: the engine still refuses it
+    with pytest.raises(RequestError, match="do not fit the step's arrays"):
+        eng.add_request([1, 2, 3], sp, request_id="bad")
+    assert not eng.has_unfinished_requests()
+
+
+def test_a_step_failure_is_blamed_on_the_request_that_caused_it_and_the_others_finish(tiny):
+    """A request whose sampling row cannot be built (slipped past add_request) fails the step before the device
+    call: StepError names it alone; once it is aborted the others go on, token for token as alone."""
+    cfg, _ = tiny
+    prompts, _ = workload(cfg, seed=5, n=3)
+    eng = make_engine(tiny)
+    ids = [eng.add_request(p, GREEDY) for p in prompts]
+    eng.step()
+    bad_sp = infer.SamplingParams(temperature=0.0, max_new_tokens=10)
+    bad = eng.add_request([7, 8, 9, 10, 11], bad_sp, n=2)
+    object.__setattr__(bad_sp, "top_k", 2 ** 31)
+    outs = {}
+    with pytest.raises(StepError) as e:
+        for _ in range(100):  # it fails the first step that samples for it, once its prompt has run
+            outs.update({u.request_id: u.output for u in eng.step() if u.output is not None})
+    assert e.value.request_ids == [bad] and not e.value.pools_lost
+    assert eng.abort(bad)
+    outs.update(eng.run_to_completion())
+    assert set(outs) == set(ids)
+    for rid, p in zip(ids, prompts):
+        assert outs[rid].token_ids == alone(tiny, p, GREEDY)
+    assert eng.stats()["pages_in_use"] == 0 and eng.stats()["running"] == 0
+    eng.blocks.check()
 
 
 def test_stream_yields_one_requests_tokens_and_keeps_the_others(tiny):

@@ -7,7 +7,8 @@ import pytest
 import tokenizer_fixtures as tf
 from infer.io.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
-TEXTS = ["hello world", "Grüße aus Köln 世界 🙂🚀 👍🏽!", "  leading and trailing  ", "", "the end.\nnew line"]
+TEXTS = ["hello world", "Grüße aus Köln 世界 🙂🚀 👍🏽!", "  leading and trailing  ", "", "the end.\nnew line",
+         "Grüße 世界 🙂 the end.\n" * 800]  # the last one is long: encoded without holding the GIL (LONG_TEXT)
 
 
 @pytest.fixture(scope="module", params=sorted(tf.MAKERS))

@@ -2,13 +2,16 @@
 
 Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming with `"stream": true`),
 /health, /metrics (Prometheus). Ctrl-C shuts down gracefully: requests in flight finish (up to
---graceful-timeout seconds), then the rest are aborted.
+--graceful-timeout seconds), then the rest are aborted. With --api-key (or INFER_API_KEY set) every
+route but /health (and /metrics, unless --metrics-need-key) needs `Authorization: Bearer <key>`.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 from infer.config.dtypes import DTYPES, KV_CACHE_DTYPES
+from infer.server.limits import API_KEY_ENV, ServerLimits
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +38,32 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-warmup", action="store_true", help="skip compiling every step shape at start")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="info")
+    d = ServerLimits()
+    p.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer <key>` (default: ${API_KEY_ENV} "
+                                                   f"if set, else no key)")
+    p.add_argument("--metrics-need-key", action="store_true", help="/metrics behind the API key too")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger request bodies get 413")
+    p.add_argument("--max-prompts-per-request", type=int, default=d.max_prompts_per_request)
+    p.add_argument("--max-waiting-seqs", type=int, default=d.max_waiting_sequences,
+                   help="sequences accepted beyond --max-num-seqs; past it requests get 429 with Retry-After")
+    p.add_argument("--timeout-keep-alive", type=float, default=d.timeout_keep_alive_s,
+                   help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--timeout-headers", type=float, default=d.timeout_headers_s,
+                   help="seconds a connection has to send a whole request head")
+    p.add_argument("--max-requests-per-connection", type=int, default=d.max_requests_per_connection)
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="connections open at once; one more is answered 503 and closed")
+
+
+def serve_limits(args) -> ServerLimits:
+    """The ServerLimits the flags name (the API key from --api-key, else the environment)."""
+    return ServerLimits(max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
+                        max_waiting_sequences=args.max_waiting_seqs,
+                        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                        metrics_need_key=args.metrics_need_key, timeout_keep_alive_s=args.timeout_keep_alive,
+                        timeout_headers_s=args.timeout_headers,
+                        max_requests_per_connection=args.max_requests_per_connection,
+                        max_connections=args.max_connections)
 
 
 def cmd_serve(args) -> int:
@@ -46,6 +75,7 @@ def cmd_serve(args) -> int:
                              weight_format=args.weight_format, kv_cache_dtype=args.kv_cache_dtype,
                              served_model_name=args.served_model_name, warmup=not args.no_warmup,
                              log_level=args.log_level, graceful_timeout_s=args.graceful_timeout,
+                             limits=serve_limits(args),
                              num_pages=args.num_pages, page_size=args.page_size, max_num_seqs=args.max_num_seqs,
                              max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                              enable_prefix_caching=not args.no_prefix_caching, mesh=make_mesh(args.tp, args.dp))

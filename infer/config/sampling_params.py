@@ -7,10 +7,15 @@ recompiles), including each request's seed, max_new_tokens and stop ids.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
+
+
+INT32_MAX = 2 ** 31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,18 +32,21 @@ class SamplingParams:
         if isinstance(self.stop_token_ids, int) or self.stop_token_ids is None:
             object.__setattr__(self, "stop_token_ids", () if self.stop_token_ids is None else (self.stop_token_ids,))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ValueError(f"top_k: must be an int >= 0 (0 disables), got {self.top_k!r}")
+        # Every field lands in a per-row device array (float32, int32, uint32: `batch_arrays`, the engine's
+        # `sampling_arrays`); a value those cannot hold is refused here, never in the step that batches it.
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and 0 <= self.temperature <= FLOAT32_MAX):
+            raise ValueError(f"temperature: must be a finite number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_k, int) and 0 <= self.top_k <= INT32_MAX):
+            raise ValueError(f"top_k: must be an int in [0, 2**31) (0 disables), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p: must be in [0, 1], got {self.min_p}")
-        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens: must be an int >= 1, got {self.max_new_tokens!r}")
-        if any(t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids: must be >= 0, got {self.stop_token_ids}")
+        if not (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= INT32_MAX):
+            raise ValueError(f"max_new_tokens: must be an int in [1, 2**31), got {self.max_new_tokens!r}")
+        if any(not 0 <= t <= INT32_MAX for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids: must be in [0, 2**31), got {self.stop_token_ids}")
         if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2 ** 32):
             raise ValueError(f"seed: must be an int in [0, 2**32), got {self.seed!r}")
 

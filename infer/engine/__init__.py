@@ -14,6 +14,7 @@ _HOMES = {  # public name -> the module that defines it
     "DataParallelEngine": "infer.engine.data_parallel",
     "make_engine": "infer.engine.data_parallel",
     "RequestError": "infer.engine.engine",
+    "StepError": "infer.engine.engine",
     "RequestUpdate": "infer.engine.request",
     "RequestOutput": "infer.engine.request",
     "CompletionOutput": "infer.engine.request",

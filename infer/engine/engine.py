@@ -24,7 +24,11 @@ reference attention pads only those). After `warmup()` (or a workload that has v
 the buckets) no step compiles.
 
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
-of the engine's state changes, and the other requests keep running.
+of the engine's state changes, and the other requests keep running. That includes sampling
+values the step's per-row arrays cannot hold (int32 top_k, uint32 seed, float32 temperature).
+A step that fails anyway raises StepError naming the requests it is blamed on: when the step
+failed building its inputs, the requests whose own rows cannot be built (nothing ran; once
+they are aborted the others go on), else every request in the step.
 """
 from __future__ import annotations
 
@@ -56,6 +60,17 @@ SAMPLE_SEED_STRIDE = 0x9E3779B9
 
 class RequestError(ValueError):
     """A request the engine cannot serve; the message names the request and the problem."""
+
+
+class StepError(RuntimeError):
+    """A step failed. `request_ids` are the requests it is attributed to: the ones whose own inputs the step
+    could not build when that is where it failed (the others in the step go on: nothing ran), else every
+    request in the step. `pools_lost`: the device call consumed the donated page pools, so nothing in flight
+    can go on. The engine aborts nobody itself; the caller decides (infer/server/async_engine.py aborts them)."""
+
+    def __init__(self, message: str, request_ids: List[str], pools_lost: bool = False):
+        super().__init__(message)
+        self.request_ids, self.pools_lost = list(request_ids), pools_lost
 
 
 def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int) -> dict:
@@ -112,6 +127,7 @@ class Engine:
         self._outbox: List[RequestUpdate] = []
         self._ids = itertools.count()
         self._seq_ids = itertools.count()
+        self._device_called = False  # whether the current step reached its device call (StepError's attribution)
         self.counters = collections.Counter()  # steps, prefill/decode tokens, prefix hit/query tokens, kv slots
 
     # ---- requests -------------------------------------------------------------------------------------------
@@ -155,6 +171,10 @@ class Engine:
         bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
         if bad:
             raise err(f"token id {bad[0]} outside [0, vocab_size={self.cfg.vocab_size})")
+        try:  # what the step will build for it: a value its device arrays cannot hold is refused here
+            sampling_arrays([sp], [sp.seed], 1)
+        except (OverflowError, ValueError, TypeError) as e:
+            raise err(f"sampling_params do not fit the step's arrays: {e}") from None
         total = len(ids) + sp.max_new_tokens
         if total > self.max_model_len:
             raise err(f"prompt length {len(ids)} + max_new_tokens {sp.max_new_tokens} = {total} exceeds the "
@@ -197,6 +217,17 @@ class Engine:
         req.metrics.finished = now
         return True
 
+    def reset_pools(self) -> None:
+        """Fresh page pools and an empty prefix cache, after a step that consumed the donated pools failed
+        (StepError.pools_lost). Every request must have been aborted first: their pages are gone."""
+        if self.requests or self.scheduler.running or self.scheduler.waiting:
+            raise RuntimeError("reset_pools: abort every request first")
+        self.kv = init_pools(self.cfg, self.num_pages, self.page_size)
+        if self.mesh is not None:
+            self.kv = shard_pools(self.kv, self.mesh)
+        self.blocks = self.scheduler.blocks = BlockManager(self.num_pages, self.page_size,
+                                                           self.blocks.enable_prefix_caching)
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or bool(self._outbox)
 
@@ -214,7 +245,12 @@ class Engine:
                 m.first_scheduled, m.num_cached_tokens = now, cached
         if not sched.scheduled:
             return updates
-        tokens_S, logprobs_S = self._run(sched.scheduled)
+        self._device_called = False
+        try:
+            tokens_S, logprobs_S = self._run(sched.scheduled)
+        except Exception as e:
+            self._outbox = updates + self._outbox  # abort updates already made still reach their requests
+            raise self._attribute(sched.scheduled, e) from e
         now = time.perf_counter()
         self._advance(sched.scheduled, tokens_S, logprobs_S, now, updates)
         used, alloc = self.blocks.kv_slots({s.seq_id: s.num_computed for s in self.scheduler.running})
@@ -222,6 +258,25 @@ class Engine:
         self.counters["kv_alloc_slots"] += alloc
         self.counters["steps"] += 1
         return updates
+
+    def _attribute(self, scheduled, error: Exception) -> StepError:
+        """Which requests a failed step is blamed on. Before the device call nothing ran (the pools are intact and
+        no sequence advanced): the requests whose own sampling rows cannot be built, when there are any. After it,
+        every request in the step; the pools are lost if the call consumed them (donated)."""
+        in_step = list(dict.fromkeys(s.request.request_id for s, _ in scheduled))
+        msg = f"the engine step failed: {type(error).__name__}: {error}"[:500]
+        if not self._device_called:
+            culprits = []
+            for rid in in_step:
+                sp = self.requests[rid].sampling if rid in self.requests else None
+                try:
+                    if sp is not None:
+                        sampling_arrays([sp], [sp.seed], 1)
+                except Exception:
+                    culprits.append(rid)
+            return StepError(msg, culprits or in_step)
+        lost = any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree_util.tree_leaves(self.kv))
+        return StepError(msg, in_step, pools_lost=lost)
 
     def decode_rows(self, num_seqs: int) -> int:
         """Rows of a decode-only step: the power of two >= its sequences, at most max_num_seqs."""
@@ -289,6 +344,8 @@ class Engine:
                 per_sample.append(req.sampling)
                 positions.append(len(seq.tokens))
         tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, **shapes)
+        S = shapes["num_logits"]  # samples: one per logits row, or n rows from one prompt (mixed steps: S = R)
+        samp = sampling_arrays(per_sample, seeds, S)  # before drain(): a row that fails leaves the copies pending
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
             raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
@@ -300,18 +357,17 @@ class Engine:
         if self.poison_freed_pages:
             poison = np.zeros((P,), bool)
             poison[sorted(set(fresh) - {d for _, d in copies})] = True
-        S = shapes["num_logits"]  # samples: one per logits row, or n rows from one prompt (mixed steps: S = R)
         rows = np.zeros((S,), np.int32)
         rows[:len(sample_rows)] = sample_rows
         pos = np.zeros((S,), np.int32)
         pos[:len(positions)] = positions
-        samp = sampling_arrays(per_sample, seeds, S)
         tok_S, logp_S = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
         return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
 
     def device_call(self, tokens_T, meta, src, dst, rows, pos, samp, poison):
         """The step's one device call (sampled tokens and their log p, on the host). With several processes
         process 0 first broadcasts the inputs and the others run the same call (infer/engine/multihost.py)."""
+        self._device_called = True
         if self.channel is not None and jax.process_index() == 0:
             self.channel.send(tokens_T, meta, src, dst, rows, pos, samp, poison)
         with mesh_context(self.mesh):

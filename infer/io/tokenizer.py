@@ -57,6 +57,9 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
 
+LONG_TEXT = 8192  # characters: from here HFTokenizer.encode lets other threads run while it works
+
+
 class HFTokenizer:
     """A `tokenizers.Tokenizer` from tokenizer.json (the same file transformers' fast tokenizers read)."""
 
@@ -74,6 +77,9 @@ class HFTokenizer:
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        if len(text) >= LONG_TEXT:  # encode_batch releases the GIL (encode holds it: a 1 MB text stalls every
+            # other thread, the server's event loop included, for ~0.6 s); the same ids
+            return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:

@@ -12,6 +12,12 @@ server-sent events in the OpenAI chunk format, ending with `data: [DONE]`; `usag
 comes in every final response (a last chunk with no choices when streaming). A client
 that goes away mid-request (streamed or not) has its request aborted, which frees its
 pages; a finished request sends no abort.
+
+What a client can do to the server is bounded (infer/server/limits.py, middleware.py): the
+body size (413), the sequences accepted at once (429 / 503 with Retry-After), the prompts
+per request, an API key (401); bodies are parsed, tokenized and rendered off the event
+loop, so /health answers while a large prompt is tokenized. Every error is JSON in the
+OpenAI shape; an unexpected one is a 500 whose request id is in the log beside the trace.
 """
 from __future__ import annotations
 
@@ -19,21 +25,43 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 import uuid
-from typing import List
+from typing import Callable, List, Optional
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from infer.engine import RequestError, RequestUpdate
 from infer.server.async_engine import AsyncEngine, EngineFailure
+from infer.server.limits import Admission, ServerLimits
+from infer.server.middleware import ApiKey, BodyLimit
 from infer.server.prom import ServerMetrics
 from infer.server.protocol import (APIError, GenerationRequest, chat_logprobs, completion_logprobs, envelope,
-                                   parse_chat, parse_completion, usage)
+                                   parse_body, parse_chat, parse_completion, usage)
+from infer.server.schema import openapi_body
 
 DISCONNECT_POLL_S = 0.25
+OPEN_PATHS = ("/health",)
+log = logging.getLogger("infer.server")
+
+
+class _Stream(StreamingResponse):
+    """A StreamingResponse that runs `on_close` however it ends, even when its body was never started (a client
+    gone before the first chunk), so the request's sequences are released and its engine requests aborted."""
+
+    def __init__(self, *args, on_close: Callable[[], None], **kw):
+        super().__init__(*args, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 class _Choice:
@@ -42,33 +70,53 @@ class _Choice:
 
 
 def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerMetrics,
-               shutdown_timeout_s: float = 30.0) -> FastAPI:
+               shutdown_timeout_s: float = 30.0, limits: Optional[ServerLimits] = None) -> FastAPI:
+    limits = limits if limits is not None else ServerLimits()
     eng = engine.engine
     max_model_len, max_num_seqs, vocab = eng.max_model_len, eng.max_num_seqs, eng.cfg.vocab_size
     served = [model_name]
     created = int(time.time())
+    admission = Admission(limits, running_capacity=max_num_seqs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        admission.closing = True  # new requests get 503 while the ones in flight finish
         await asyncio.get_running_loop().run_in_executor(None, engine.stop, shutdown_timeout_s)
 
     app = FastAPI(title="infer", lifespan=lifespan)
+    app.state.admission = admission
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if limits.api_key is not None:  # outermost: a request without the key is refused before its body is read
+        app.add_middleware(ApiKey, key=limits.api_key,
+                           open_paths=OPEN_PATHS + (() if limits.metrics_need_key else ("/metrics",)))
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, e: Exception):
+        rid = uuid.uuid4().hex[:16]
+        log.error("unexpected error, request id %s: %s %s", rid, request.method, request.url.path,
+                  exc_info=(type(e), e, e.__traceback__))
+        return JSONResponse(APIError(f"internal server error (request id {rid})", status=500, type="server_error",
+                                     code="internal_error").body(), status_code=500)
 
     async def read_json(request: Request):
         raw = await request.body()
+        return await anyio.to_thread.run_sync(parse_body, raw) if len(raw) > 65536 else parse_body(raw)
+
+    def encode(text: str, field: str) -> List[int]:
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(f"the request body is not valid JSON: {e}"[:300], code="invalid_json") from None
+            return list(tokenizer.encode(text))
+        except Exception as e:  # text the tokenizer cannot take is the client's error, not ours
+            raise APIError(f"'{field}': the tokenizer refused it: {type(e).__name__}: {e}"[:300], param=field,
+                           code="invalid_value") from None
 
     def token_ids(prompt) -> List[int]:
         if isinstance(prompt, str):
-            return list(tokenizer.encode(prompt))
+            return encode(prompt, "prompt")
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise APIError(f"'prompt': token id {bad[0]} is outside [0, {vocab})", param="prompt",
@@ -132,7 +180,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             raise
         return choices
 
-    async def sse(req: GenerationRequest, rids, counts, q, kind: str, rid_out: str):
+    async def sse(req: GenerationRequest, rids, counts, q, kind: str, rid_out: str, release: Callable[[], None]):
         n, chat = req.n, kind == "chat.completion.chunk"
         slot = {rid: i for i, rid in enumerate(rids)}
         total, done, completion_tokens = len(rids) * n, 0, 0
@@ -178,18 +226,53 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             if done < total:  # the client went away (or the engine failed): free its pages
                 for rid in rids:
                     engine.abort(rid)
+            release()
 
-    async def generate(request: Request, req: GenerationRequest, prompts: List[List[int]], kind: str):
+    def admit(req: GenerationRequest) -> Callable[[], None]:
+        """Count the request's sequences in (or refuse it: 429 / 503 / 400) before any work is spent on it;
+        returns the release, which may be called any number of times."""
+        sequences = len(req.prompts or [None]) * req.n
+        admission.admit(sequences)
+        released = False
+
+        def release():
+            nonlocal released
+            if not released:
+                released = True
+                admission.release(sequences)
+        return release
+
+    async def admitted(request: Request, req: GenerationRequest, prepare: Callable[[], List[List[int]]], kind: str):
+        """Admit, tokenize off the event loop, generate; the sequences are released when the response ends."""
+        release = admit(req)
+        try:
+            prompts = await anyio.to_thread.run_sync(prepare)
+            return await generate(request, req, prompts, kind, release)
+        except BaseException:
+            release()
+            raise
+
+    async def generate(request: Request, req: GenerationRequest, prompts: List[List[int]], kind: str,
+                       release: Callable[[], None]):
         rids, counts, q = await submit(req, prompts)
         rid_out = ("chatcmpl-" if kind.startswith("chat") else "cmpl-") + uuid.uuid4().hex[:24]
         if req.stream:
-            return StreamingResponse(sse(req, rids, counts, q, kind + ".chunk" if kind.startswith("chat")
-                                         else kind, rid_out),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            finished = []
+
+            def on_close():
+                if not finished:  # the body may never have started: its requests are still the engine's
+                    for rid in rids:
+                        engine.abort(rid)
+                release()
+            return _Stream(sse(req, rids, counts, q, kind + ".chunk" if kind.startswith("chat") else kind, rid_out,
+                               lambda: finished.append(release())), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                           on_close=on_close)
         try:
             choices = await collect(request, q, rids, req.n)
         except ConnectionAbortedError:
             return Response(status_code=499)
+        finally:
+            release()
         completion_tokens = sum(len(c.tokens) for c in choices)
         out = []
         for i, c in enumerate(choices):
@@ -219,35 +302,46 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
     async def prometheus():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_body("CompletionRequest", served, max_model_len,
+                                                            max_num_seqs, limits.max_prompts_per_request, vocab))
     async def completions(request: Request):
-        req = parse_completion(await read_json(request), served, max_model_len, max_num_seqs)
+        req = parse_completion(await read_json(request), served, max_model_len, max_num_seqs,
+                               limits.max_prompts_per_request)
         if req.stop and tokenizer is None:
             raise APIError("'stop': stop strings need a tokenizer", param="stop", code="unsupported")
-        prompts = []
-        for p in req.prompts:
-            if isinstance(p, str) and tokenizer is None:
-                raise APIError("'prompt': this model has no tokenizer; send token ids", param="prompt")
-            ids = token_ids(p)
-            check_fits(ids, req.sampling.max_new_tokens, "prompt")
-            prompts.append(ids)
-        return await generate(request, req, prompts, "text_completion")
+        if tokenizer is None and any(isinstance(p, str) for p in req.prompts):
+            raise APIError("'prompt': this model has no tokenizer; send token ids", param="prompt")
 
-    @app.post("/v1/chat/completions")
+        def prepare():  # tokenizing is the one part that grows with the body: off the event loop
+            prompts = []
+            for p in req.prompts:
+                ids = token_ids(p)
+                check_fits(ids, req.sampling.max_new_tokens, "prompt")
+                prompts.append(ids)
+            return prompts
+        return await admitted(request, req, prepare, "text_completion")
+
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body("ChatCompletionRequest", served, max_model_len,
+                                                                 max_num_seqs, limits.max_prompts_per_request,
+                                                                 vocab))
     async def chat_completions(request: Request):
         req, messages = parse_chat(await read_json(request), served, max_model_len, max_num_seqs)
         template = getattr(tokenizer, "chat_template", None)
         if template is None:
             raise APIError("this model has no chat template; use /v1/completions", param="messages",
                            code="unsupported")
-        try:
-            ids = template.encode(tokenizer, messages, add_generation_prompt=True)
-        except Exception as e:
-            raise APIError(f"'messages': the chat template refused them: {e}"[:300], param="messages") from None
-        check_fits(ids, req.sampling.max_new_tokens, "messages")
+
         eot = template.end_of_turn_ids(tokenizer)
         req.sampling = dataclasses.replace(req.sampling, stop_token_ids=tuple(
             dict.fromkeys(req.sampling.stop_token_ids + eot)))
-        return await generate(request, req, [ids], "chat.completion")
+
+        def render():  # the template and the tokenizer, off the event loop
+            try:
+                ids = template.encode(tokenizer, messages, add_generation_prompt=True)
+            except Exception as e:
+                raise APIError(f"'messages': the chat template refused them: {e}"[:300], param="messages") from None
+            check_fits(ids, req.sampling.max_new_tokens, "messages")
+            return [ids]
+        return await admitted(request, req, render, "chat.completion")
 
     return app

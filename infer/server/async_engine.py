@@ -5,8 +5,12 @@ and aborts from an inbox, runs `engine.step()` while anything is unfinished, and
 each update to the asyncio queue of the request it belongs to (thread-safely, through
 the handler's event loop). HTTP handlers therefore only enqueue and read.
 
-A step that raises fails the requests in flight with that error (each handler returns
-it to its own client); the loop keeps serving new requests.
+A step that raises fails the requests it is attributed to (the engine's StepError: the
+request whose inputs the step could not build, else the requests in that step; every
+request in flight when the error is not the engine's own or the page pools were lost);
+each handler returns the error to its own client and the others go on. Metrics are
+refreshed after every step, failed or not, and at shutdown, so they never show requests
+that are gone.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import queue
 import threading
 from typing import Callable, Dict, List, Optional
 
-from infer.engine import Engine, RequestUpdate
+from infer.engine import Engine, RequestUpdate, StepError
 
 log = logging.getLogger("infer.server")
 
@@ -42,6 +46,7 @@ class AsyncEngine:
         self.on_step = on_step  # called on the engine thread after every step (metrics)
         self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()
         self._routes: Dict[str, _Route] = {}
+        self._failed: set = set()  # requests failed by a step: their abort updates are not counted as aborts
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
@@ -123,12 +128,35 @@ class AsyncEngine:
                 if route.remaining == 0:
                     del self._routes[u.request_id]
 
-    def _fail_all(self, message: str) -> None:
-        for rid, route in list(self._routes.items()):
-            self.engine.abort(rid)
-            self._post(route, EngineFailure(message))
-        self._routes.clear()
-        self.engine.step()  # drains the abort updates (nobody is routed to them any more)
+    def _fail(self, error: Exception) -> None:
+        """Abort the requests a failed step is attributed to and tell their handlers; the abort updates drain
+        through the next step (nobody is routed to them any more), which also refreshes the metrics."""
+        if isinstance(error, StepError) and not error.pools_lost:
+            rids, message = error.request_ids, str(error)
+        else:
+            rids, message = list(self._routes), f"the engine step failed: {type(error).__name__}: {error}"[:500]
+            rids += [r for r in getattr(self.engine, "requests", {}) if r not in self._routes]
+        for rid in rids:
+            if self.engine.abort(rid):
+                self._failed.add(rid)
+            route = self._routes.pop(rid, None)
+            if route is not None:
+                self._post(route, EngineFailure(message))
+        if isinstance(error, StepError) and error.pools_lost:
+            reset = getattr(self.engine, "reset_pools", None)
+            if reset is not None:
+                reset()
+
+    def _metrics(self, updates: List[RequestUpdate]) -> None:
+        if self._failed:  # the handler counted these as errors; their abort updates (all in the step after the
+            # failure: aborts come out of the engine's outbox at once) are not aborts too
+            updates = [u for u in updates if u.request_id not in self._failed]
+            self._failed = set()
+        if self.on_step is not None:
+            try:
+                self.on_step(self.engine, updates)
+            except Exception:
+                log.exception("metrics callback failed")
 
     def _run(self) -> None:
         while True:
@@ -136,7 +164,13 @@ class AsyncEngine:
             if self._stopping:
                 for rid in list(self._routes):
                     self.engine.abort(rid)
-                self._dispatch(self.engine.step() if self.engine.has_unfinished_requests() else [])
+                updates = []
+                try:
+                    updates = self.engine.step() if self.engine.has_unfinished_requests() else []
+                except Exception:
+                    log.exception("the engine step failed at shutdown")
+                self._dispatch(updates)
+                self._metrics(updates)
                 return
             if not self.engine.has_unfinished_requests():
                 self._wake.wait(0.05)
@@ -144,13 +178,9 @@ class AsyncEngine:
                 continue
             try:
                 updates = self.engine.step()
-            except Exception as e:  # a bug or a device error: fail the requests in flight, keep serving
+            except Exception as e:  # a bad request, a bug or a device error: fail whom it concerns, keep serving
                 log.exception("engine step failed")
-                self._fail_all(f"the engine step failed: {type(e).__name__}: {e}"[:500])
+                self._fail(e)
                 continue
             self._dispatch(updates)
-            if self.on_step is not None:
-                try:
-                    self.on_step(self.engine, updates)
-                except Exception:
-                    log.exception("metrics callback failed")
+            self._metrics(updates)

@@ -4,28 +4,57 @@ Every refusal is an APIError carrying the OpenAI error shape
 {"error": {"message", "type", "param", "code"}} with the offending field in `param`.
 Fields the OpenAI API has but this server does not implement are refused when set to
 anything but their neutral value (a penalty of 0 is fine, 0.5 is refused by name);
-unknown fields are ignored, as OpenAI-compatible servers do.
+unknown fields are ignored, as OpenAI-compatible servers do. Numbers are bounded to what the
+engine's per-row arrays hold (int32 top_k, uint32 seed, float32 temperature), strict JSON only
+(no NaN / Infinity), and text must be valid Unicode (a lone surrogate cannot be tokenized).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import time
 from typing import Any, List, Optional, Sequence, Union
 
 from infer.config import SamplingParams
+from infer.config.sampling_params import INT32_MAX
 
 MAX_STOP_STRINGS = 4
 
 
 class APIError(Exception):
     def __init__(self, message: str, param: Optional[str] = None, code: Optional[str] = None, status: int = 400,
-                 type: str = "invalid_request_error"):
+                 type: str = "invalid_request_error", headers: Optional[dict] = None):
         super().__init__(message)
         self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
+        self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        clean = lambda t: t if t is None else t.encode("utf-8", "backslashreplace").decode("utf-8")  # surrogates
+        return {"error": {"message": clean(self.message), "type": self.type, "param": clean(self.param),
+                          "code": self.code}}
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as strict JSON (NaN / Infinity refused); any failure, nesting too deep included, is a 400."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise APIError(f"the request body is not valid JSON: {type(e).__name__}: {e}"[:300],
+                       code="invalid_json") from None
+
+
+def _unicode(v: str) -> bool:
+    """Text that encodes as UTF-8: no lone surrogates (JSON allows "\\ud800"; no tokenizer does)."""
+    try:
+        v.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _is_int(v) -> bool:
@@ -64,11 +93,14 @@ def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> Sampling
                       f"an integer in [1, {max_model_len}] (the context length)", 16)
     temperature = _get(body, "temperature", lambda v: _is_num(v) and 0 <= v <= 2, "a number in [0, 2]", 1.0)
     top_p = _get(body, "top_p", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", 1.0)
-    top_k = _get(body, "top_k", lambda v: _is_int(v) and v >= -1, "an integer >= -1 (-1 or 0: off)", 0)
+    top_k = _get(body, "top_k", lambda v: _is_int(v) and -1 <= v <= INT32_MAX,
+                 f"an integer in [-1, {INT32_MAX}] (-1 or 0: off)", 0)
     min_p = _get(body, "min_p", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]", 0.0)
     seed = _get(body, "seed", lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2**32)", None)
     for name in ("presence_penalty", "frequency_penalty"):
         _get(body, name, lambda v: _is_num(v) and v == 0, "0 (penalties are not supported)", 0)
+    _get(body, "logit_bias", lambda v: isinstance(v, dict) and all(_is_num(b) and b == 0 for b in v.values()),
+         "an empty object (logit biases are not supported)", {})
     return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=max(0, int(top_k)),
                           min_p=float(min_p), max_new_tokens=int(max_tokens),
                           seed=int(seed) if seed is not None else secrets.randbits(32))
@@ -85,8 +117,9 @@ def _common(body: dict, served: Sequence[str], max_num_seqs: int):
                        param="model", code="model_not_found")
     n = _get(body, "n", lambda v: _is_int(v) and 1 <= v <= max_num_seqs, f"an integer in [1, {max_num_seqs}]", 1)
     stream = _get(body, "stream", lambda v: isinstance(v, bool), "a boolean", False)
-    stop = _get(body, "stop", lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) <= MAX_STOP_STRINGS
-                                                              and all(isinstance(s, str) and s for s in v)),
+    stop = _get(body, "stop", lambda v: (isinstance(v, str) and _unicode(v)) or (
+        isinstance(v, list) and len(v) <= MAX_STOP_STRINGS and all(isinstance(s, str) and s and _unicode(s)
+                                                                   for s in v)),
                 f"a string or a list of at most {MAX_STOP_STRINGS} non-empty strings", [])
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     opts = _get(body, "stream_options", lambda v: isinstance(v, dict), "an object", {})
@@ -94,7 +127,8 @@ def _common(body: dict, served: Sequence[str], max_num_seqs: int):
     return model, n, stream, stop, include_usage
 
 
-def parse_completion(body: Any, served: Sequence[str], max_model_len: int, max_num_seqs: int) -> GenerationRequest:
+def parse_completion(body: Any, served: Sequence[str], max_model_len: int, max_num_seqs: int,
+                     max_prompts: int = 64) -> GenerationRequest:
     model, n, stream, stop, include_usage = _common(body, served, max_num_seqs)
     prompt = body.get("prompt")
     ok_ids = lambda p: isinstance(p, list) and len(p) > 0 and all(_is_int(t) for t in p)
@@ -107,6 +141,11 @@ def parse_completion(body: Any, served: Sequence[str], max_model_len: int, max_n
                        param="prompt", code="invalid_value")
     if any(isinstance(p, str) and not p for p in prompts):
         raise APIError("'prompt': empty prompt", param="prompt", code="invalid_value")
+    if len(prompts) > max_prompts:
+        raise APIError(f"'prompt': {len(prompts)} prompts; at most {max_prompts} per request", param="prompt",
+                       code="too_many_prompts")
+    if any(isinstance(p, str) and not _unicode(p) for p in prompts):
+        raise APIError("'prompt': not valid Unicode text (a lone surrogate?)", param="prompt", code="invalid_value")
     if body.get("echo"):
         raise APIError("'echo': not supported", param="echo", code="unsupported")
     if body.get("best_of") not in (None, 1, n):
@@ -138,10 +177,14 @@ def parse_chat(body: Any, served: Sequence[str], max_model_len: int, max_num_seq
                 raise APIError(f"'messages[{i}].content': only text parts are supported",
                                param=f"messages[{i}].content", code="invalid_value")
             content = "".join(c["text"] for c in content)
-        if not isinstance(content, str):
-            raise APIError(f"'messages[{i}].content': expected a string", param=f"messages[{i}].content",
-                           code="invalid_value")
+        if not isinstance(content, str) or not _unicode(content):
+            raise APIError(f"'messages[{i}].content': expected a string of valid Unicode text",
+                           param=f"messages[{i}].content", code="invalid_value")
         clean.append({"role": m["role"], "content": content})
+    if body.get("echo") not in (None, False):
+        raise APIError("'echo': not supported", param="echo", code="unsupported")
+    if body.get("best_of") not in (None, 1):
+        raise APIError("'best_of': not supported in chat", param="best_of", code="unsupported")
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     logprobs = _get(body, "logprobs", lambda v: isinstance(v, bool), "a boolean", False)
     _get(body, "top_logprobs", lambda v: _is_int(v) and v == 0, "0 (only the chosen token's logprob)", 0)

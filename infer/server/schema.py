@@ -1,0 +1,134 @@
+"""The request bodies and error responses of the two POST routes, as pydantic models, for the OpenAPI schema.
+
+protocol.py validates each body field by field (its messages name the field); these models
+declare the same fields with the same bounds, so schema-driven clients and fuzzers
+(schemathesis, client generators) see what the routes take. `openapi_body` turns one into a
+route's `openapi_extra`: the request body inline (no $refs), `model` limited to the served
+names, and the error statuses every route can answer, each with the OpenAI error shape.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infer.config.sampling_params import INT32_MAX
+from infer.server.protocol import MAX_STOP_STRINGS
+
+Stop = Optional[Union[str, List[str]]]
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown fields are ignored, as OpenAI-compatible servers do
+
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1, description="at most the context length")
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0: off")
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    seed: Optional[int] = Field(None, ge=0, lt=2 ** 32)
+    n: Optional[int] = Field(None, ge=1)
+    stream: Optional[bool] = None
+    stream_options: Optional[Dict[str, bool]] = None
+    stop: Stop = Field(None, description=f"a string or at most {MAX_STOP_STRINGS} non-empty strings")
+    presence_penalty: Optional[float] = Field(None, description="only 0")
+    frequency_penalty: Optional[float] = Field(None, description="only 0")
+    logit_bias: Optional[Dict[str, float]] = Field(None, description="only empty (or all 0)")
+    user: Optional[str] = None
+
+
+Text = Annotated[str, Field(min_length=1)]
+Ids = Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # below the vocabulary size: openapi_body
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[Text, Ids, Annotated[List[Union[Text, Ids]], Field(min_length=1)]]
+    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    echo: Optional[bool] = Field(None, description="only false")
+    best_of: Optional[int] = Field(None, description="only 1 or n")
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant"]
+    content: Union[str, List[TextPart]]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: List[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, description="only 0")
+    echo: Optional[bool] = Field(None, description="only false")
+    best_of: Optional[int] = Field(None, description="only 1")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str]
+    code: Optional[str]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+MODELS = {"CompletionRequest": CompletionRequest, "ChatCompletionRequest": ChatCompletionRequest}
+ERRORS = {400: "invalid request", 401: "no or wrong API key", 413: "body too large",
+          429: "at capacity (Retry-After)", 500: "engine or server error", 503: "shutting down (Retry-After)"}
+
+
+def _inline(schema: dict) -> dict:
+    """The schema with every #/$defs/X reference replaced by its definition (the models are not recursive)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    return walk(schema)
+
+
+def openapi_body(name: str, served: Sequence[str], max_model_len: int, max_num_seqs: int, max_prompts: int,
+                 vocab_size: int) -> dict:
+    """A route's openapi_extra: its request body and its responses."""
+    schema = _inline(MODELS[name].model_json_schema())
+
+    def bound_ids(node):  # token ids: below the vocabulary size
+        if isinstance(node, dict):
+            if node.get("type") == "integer" and node.get("minimum") == 0 and "maximum" not in node:
+                node["maximum"] = vocab_size - 1
+            for v in node.values():
+                bound_ids(v)
+        elif isinstance(node, list):
+            for v in node:
+                bound_ids(v)
+    props = schema["properties"]
+    props["model"] = {"type": "string", "enum": list(served)}
+    for field in ("max_tokens", "max_completion_tokens"):
+        if field in props:
+            props[field]["anyOf"][0]["maximum"] = max_model_len
+    props["n"]["anyOf"][0]["maximum"] = max_num_seqs
+    if "prompt" in props:
+        props["prompt"]["anyOf"][2]["maxItems"] = max_prompts
+        bound_ids(props["prompt"])
+    error = _inline(ErrorResponse.model_json_schema())
+    responses = {"200": {"description": "the completion (JSON), or server-sent events when streaming",
+                         "content": {"application/json": {"schema": {"type": "object"}},
+                                     "text/event-stream": {"schema": {"type": "string"}}}}}
+    responses.update({str(code): {"description": what, "content": {"application/json": {"schema": error}}}
+                      for code, what in ERRORS.items()})
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": responses}
