@@ -20,8 +20,15 @@ def _persistent_compilation_cache():
     count compilations count the same). A fresh directory per session, made by the process that starts first
     (the xdist controller, or plain pytest) before the workers start, and removed when it exits; set
     JAX_COMPILATION_CACHE_DIR yourself to keep one across runs, or INFER_TEST_NO_COMPILE_CACHE=1 to run
-    without it. The size limit is there for its side effect: with one, jax's cache takes a file lock around
-    each read and write, so a worker never reads an entry the other is half-way through writing."""
+    without it.
+
+    No size limit: with one, jax's LRU cache scans the whole directory on every write (a stat and an atime-file
+    read per entry, ~27 us each: 27 ms per write at 1,000 entries, 137 ms at 5,000), so the suite's thousands of
+    entries made its writes quadratic (300 tiny programs: 51 CPU-s without the limit, 94 with it;
+    tests/test_ragged_reference.py over a cache dir already holding 5,000 entries: 12.6 CPU-s without, 22.4 with).
+    Without the limit there is no file lock either: an entry read while the other worker is half-way through
+    writing it fails jax's zlib decompression (truncated stream or checksum), which jax reports as a warning and
+    answers with a fresh compile."""
     if os.environ.get("INFER_TEST_NO_COMPILE_CACHE"):
         return
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -30,7 +37,6 @@ def _persistent_compilation_cache():
         atexit.register(shutil.rmtree, path, ignore_errors=True)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 
 _persistent_compilation_cache()

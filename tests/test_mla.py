@@ -121,10 +121,12 @@ def test_absorbed_decode_equals_expanded_attention_at_every_position(batch):
     kv = {k: jnp.full_like(v, jnp.nan) for k, v in kv.items()}  # every slot not written is NaN
     xs = jax.random.normal(jax.random.PRNGKey(2), (batch, 40, cfg.d_model))
 
+    apply = jax.jit(mod.apply, static_argnums=4)  # eagerly every op compiled on its own: most of the time
+
     def run(seqs, tokens_x, max_q_len=None):
         _, meta = build_metadata(seqs, page_size=Z, num_pages=batch * M, max_q_len=max_q_len)
         meta = jax.tree_util.tree_map(jnp.asarray, meta)
-        return mod.apply(params, tokens_x[None], meta.positions_T[None], kv, 0, meta)
+        return apply(params, tokens_x[None], meta.positions_T[None], kv, 0, meta)
 
     # Fill each sequence's first length-1 tokens with one multi-token (expanded) step.
     seqs = [SequenceStep(tokens=[0] * (int(n) - 1), pages=p, cached=0, logits="none") for n, p in zip(lengths, pages)]

@@ -18,6 +18,10 @@ from pallas_kernels.attention.mla_reference import mla_ragged_paged_attention_re
 from pallas_kernels.attention.mla_tpu import mla_paged_decode_attention_tpu
 from pallas_kernels.testing import TOLERANCE, rel_err
 
+# Jitted: eagerly, every op of the reference compiles on its own per case shape.
+mla_ragged_paged_attention_reference = jax.jit(
+    mla_ragged_paged_attention_reference, static_argnames=("max_q_len", "scale", "prefill_rows"))
+
 M = 5  # table slots per sequence
 SCALE = 0.125
 

@@ -13,6 +13,11 @@ from pallas_kernels.attention.ragged_gpu import ragged_paged_attention_gpu
 from pallas_kernels.attention.ragged_reference import ragged_paged_attention_reference
 from pallas_kernels.testing import TOLERANCE, make_ragged_case, rel_err
 
+# Jitted: eagerly, every op of the reference compiles on its own per case shape.
+ragged_paged_attention_reference = jax.jit(
+    ragged_paged_attention_reference,
+    static_argnames=("max_q_len", "sliding_window", "softcap", "q_chunk", "prefill_rows", "scale"))
+
 Z = 16  # page size
 # (kv_len, query_len): a padding sequence, decode rows at kv lengths 1, Z-1, Z, Z+1, a prefill from scratch,
 # a chunk continuing a prefix, a k+1 = 4 verify run

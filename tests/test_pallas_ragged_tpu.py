@@ -14,6 +14,11 @@ from pallas_kernels.attention.ragged_reference import ragged_paged_attention_ref
 from pallas_kernels.attention.ragged_tpu import ragged_paged_attention_tpu
 from pallas_kernels.testing import TOLERANCE, make_ragged_case, rel_err
 
+# Jitted: eagerly, every op of the reference compiles on its own per case shape.
+ragged_paged_attention_reference = jax.jit(
+    ragged_paged_attention_reference,
+    static_argnames=("max_q_len", "sliding_window", "softcap", "q_chunk", "prefill_rows", "scale"))
+
 
 def _mix(Z):
     """(kv_len, query_len) of every kind of sequence a step may hold."""

@@ -25,35 +25,54 @@ MIXES = {
 }
 
 
+# Jitted (the engine runs it under jit too): eagerly, every op of the reference compiled on its own per shape,
+# which was most of this module's time (the slowest case 48 s in CI).
+_reference = jax.jit(ragged_paged_attention_reference,
+                     static_argnames=("max_q_len", "sliding_window", "softcap", "q_chunk", "prefill_rows", "scale"))
+_attend = jax.jit(attend, static_argnames=("sliding_window", "softcap", "scale"))
+
+
 def _run(case, **kw):
-    return ragged_paged_attention_reference(
+    return _reference(
         case["q"], case["k_pages"], case["v_pages"], case["page_table"], case["query_start"], case["query_len"],
         case["kv_len"], max_q_len=case["max_q_len"], layer=case["layer"], k_scale=case["k_scale"],
         v_scale=case["v_scale"], **kw)
 
 
 def _dense(case, sliding_window=None, softcap=None):
-    """Per sequence: gather its keys contiguously (numpy), then the dense masked attention."""
+    """Per sequence: gather its keys contiguously (numpy), then the dense masked attention, all sequences in one
+    padded batch (as the uncached `forward` runs it: keys past kv_len and queries past query_len are padding)."""
     q = np.asarray(case["q"].astype(jnp.float32))
     T, N, H = q.shape
-    L_, lay = case["k_pages"].shape[0], case["layer"]
+    lay = case["layer"]
     kp = np.asarray(case["k_pages"].astype(jnp.float32))[lay]
     vp = np.asarray(case["v_pages"].astype(jnp.float32))[lay]
     if case["k_scale"] is not None:
         kp = kp * np.asarray(case["k_scale"])[lay][..., None]
         vp = vp * np.asarray(case["v_scale"])[lay][..., None]
-    out = np.zeros((T, N, H), np.float32)
-    for r in range(len(case["kv_len"])):
-        n, m, s = int(case["kv_len"][r]), int(case["query_len"][r]), int(case["query_start"][r])
-        if m == 0:
-            continue
+    K = kp.shape[1]
+    kv_len, q_len = np.asarray(case["kv_len"]), np.asarray(case["query_len"])
+    q_start = np.asarray(case["query_start"])
+    rows = [r for r in range(len(kv_len)) if q_len[r] > 0]
+    B, Tm, S = len(rows), int(q_len.max()), int(kv_len.max())
+    qb = np.zeros((B, Tm, N, H), np.float32)
+    kb = np.full((B, K, S, H), np.nan, np.float32)  # padding keys are NaN: the mask must keep them out
+    vb = np.full((B, K, S, H), np.nan, np.float32)
+    pos = np.zeros((B, Tm), np.int32)
+    for b, r in enumerate(rows):
+        n, m, s = int(kv_len[r]), int(q_len[r]), int(q_start[r])
         pages = np.asarray(case["page_table"][r, :-(-n // Z)])
-        k = np.concatenate([kp[p] for p in pages], axis=1)[:, :n]  # [K, n, H]
-        v = np.concatenate([vp[p] for p in pages], axis=1)[:, :n]
-        pos = np.arange(n - m, n)[None]
-        o = attend(jnp.asarray(q[s:s + m][None]), jnp.asarray(k[None]), jnp.asarray(v[None]), jnp.asarray(pos),
-                   jnp.asarray([n]), sliding_window=sliding_window, softcap=softcap)
-        out[s:s + m] = np.asarray(o[0])
+        kb[b, :, :n] = np.concatenate([kp[p] for p in pages], axis=1)[:, :n]  # [K, n, H]
+        vb[b, :, :n] = np.concatenate([vp[p] for p in pages], axis=1)[:, :n]
+        qb[b, :m] = q[s:s + m]
+        pos[b] = n - m + np.arange(Tm)  # rows past m are padding queries, dropped below
+    vb = np.where(np.isnan(vb), 0.0, vb)  # p = 0 on masked keys, but 0 * NaN would still poison p @ v
+    o = np.asarray(_attend(jnp.asarray(qb), jnp.asarray(kb), jnp.asarray(vb), jnp.asarray(pos),
+                           jnp.asarray(kv_len[rows]), sliding_window=sliding_window, softcap=softcap))
+    out = np.zeros((T, N, H), np.float32)
+    for b, r in enumerate(rows):
+        m, s = int(q_len[r]), int(q_start[r])
+        out[s:s + m] = o[b, :m]
     return out
 
 
@@ -88,9 +107,7 @@ def test_int8_pages_and_bf16():
 def test_query_chunking_and_traced_layer_change_nothing():
     case = make_ragged_case(MIXES["long_prefill"], K=2, G=2, H=32, Z=Z, L=3, seed=5)
     whole = _run(case)
-    chunked = ragged_paged_attention_reference(
-        case["q"], case["k_pages"], case["v_pages"], case["page_table"], case["query_start"], case["query_len"],
-        case["kv_len"], max_q_len=case["max_q_len"], layer=case["layer"], q_chunk=8)
+    chunked = _run(case, q_chunk=8)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-6, atol=1e-6)
     fn = jax.jit(lambda layer: ragged_paged_attention_reference(
         case["q"], case["k_pages"], case["v_pages"], case["page_table"], case["query_start"], case["query_len"],
