@@ -1,9 +1,11 @@
 """Shared fixtures. Tests run on CPU in float32 unless they say otherwise."""
 import atexit
+import contextlib
 import gc
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -114,6 +116,24 @@ def wait_until(cond, timeout=120.0, interval=0.01):
         if got or time.monotonic() > deadline:
             return got
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serving(config, engine):
+    """Run uvicorn with `config` (a uvicorn.Config of one of our apps) in a thread; yields its port. On exit it
+    stops the server and checks that the server and `engine`'s loop thread both ended."""
+    import uvicorn
+    srv = uvicorn.Server(config)
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    assert wait_until(lambda: srv.started or not th.is_alive()) and srv.started, "the server did not start"
+    try:
+        yield srv.servers[0].sockets[0].getsockname()[1]
+    finally:
+        srv.should_exit = True
+        th.join(30)
+        assert not th.is_alive(), "the server did not shut down"
+        assert not engine._thread.is_alive(), "the engine loop did not stop"
 
 
 def make_cfg(n_heads=6, n_kv_heads=2, **kw):

@@ -6,7 +6,6 @@ request served alone; pages in use are read from the engine and from /metrics.
 import asyncio
 import json
 import socket
-import threading
 
 import httpx
 import openai
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import infer
 from infer.config import SamplingParams
 from infer.server.serve import build_app
-from conftest import smollm2_group, wait_until
+from conftest import serving, smollm2_group, wait_until
 
 NAME = "smollm2-135m-instruct"
 pytestmark = smollm2_group
@@ -29,16 +28,8 @@ def server(smollm2):
     cfg, params, tok = smollm2
     app, engine = build_app(params, cfg, tok, NAME, num_pages=160, page_size=16, max_num_seqs=16,
                             max_num_batched_tokens=64, max_model_len=MAX_LEN)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    assert wait_until(lambda: srv.started or not th.is_alive()) and srv.started, "the server did not start"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "cfg": cfg, "params": params, "tok": tok}
-    srv.should_exit = True
-    th.join(30)
-    assert not th.is_alive(), "the server did not shut down"
-    assert not engine._thread.is_alive(), "the engine loop did not stop"
+    with serving(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"), engine) as port:
+        yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "cfg": cfg, "params": params, "tok": tok}
 
 
 def client(server):

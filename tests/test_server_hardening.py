@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import infer
-from conftest import hypothesis_examples, wait_until
+from conftest import hypothesis_examples, serving, wait_until
 from infer.config.paths import REPO_ROOT
 from infer.io.chat_template import ChatTemplate
 from infer.server.limits import ServerLimits
@@ -41,15 +41,9 @@ def server():
     tok.chat_template = ChatTemplate(template=TEMPLATE, special_tokens={}, source="test")
     app, engine = build_app(params, cfg, tok, NAME, limits=LIMITS, num_pages=64, page_size=32,
                             max_num_seqs=MAX_SEQS, max_num_batched_tokens=32, max_model_len=128)
-    srv = uvicorn.Server(uvicorn_config(app, LIMITS, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    assert wait_until(lambda: srv.started or not th.is_alive()) and srv.started, "the server did not start"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "app": app, "engine": engine, "tok": tok}
-    srv.should_exit = True
-    th.join(30)
-    assert not th.is_alive() and not engine._thread.is_alive(), "shutdown hung"
+    with serving(uvicorn_config(app, LIMITS, host="127.0.0.1", port=0, log_level="warning", lifespan="on"),
+                 engine) as port:
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "app": app, "engine": engine, "tok": tok}
 
 
 class Paused:
