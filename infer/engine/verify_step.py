@@ -27,8 +27,8 @@ from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.engine.device_step import copy_pages, poison_pages
 from infer.generation import speculative_accept as SP
 from infer.model.step import run_step
-from infer.sampling import ACCEPT, probs, request_keys, sample
-from infer.sampling.filters import greedy_tokens
+from infer.sampling import ACCEPT, request_keys
+from infer.sampling.filters import filter_logits, greedy_tokens
 
 
 def accept_up_to(drafts_K, draft_probs_KV, target_probs_K1V, num_drafts, key):
@@ -60,11 +60,14 @@ def verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S, sa
 
     def sampled():
         rep = {name: jnp.repeat(v, K1, axis=0) for name, v in samp.items()}
-        q_SK1V = probs(logits_SK1V.reshape(S * K1, V), rep).reshape(S, K1, V)
+        filtered_SK1V = filter_logits(logits_SK1V.reshape(S * K1, V), rep).reshape(S, K1, V)
+        q_SK1V = jax.nn.softmax(filtered_SK1V, axis=-1)  # = probs(): the distributions `sample` draws from
         p_SKV = jax.nn.one_hot(drafts_SK, V, dtype=jnp.float32) * live_SK[..., None]
         j_S, y_S = jax.vmap(accept_up_to)(drafts_SK, p_SKV, q_SK1V, num_drafts_S,
                                           request_keys(samp["seed"], positions_S, ACCEPT))
-        plain_S = sample(logits_SK1V[:, 0], samp, request_keys(samp["seed"], positions_S))
+        # no proposals: `sample`'s own draw (its filter shared), with the plain token key
+        drawn_S = jax.vmap(jax.random.categorical)(request_keys(samp["seed"], positions_S), filtered_SK1V[:, 0])
+        plain_S = jnp.where(samp["temperature"] <= 0, argmax_SK1[:, 0], drawn_S.astype(jnp.int32))
         j_S = jnp.where(num_drafts_S > 0, j_S, 0)
         y_S = jnp.where(num_drafts_S > 0, y_S, plain_S)
         idx_K1 = jnp.arange(K1, dtype=jnp.int32)
