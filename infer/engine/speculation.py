@@ -23,7 +23,9 @@ Off-switches (turning speculation on should never make a workload slower):
   - per step: no proposals when more than `max_batch` sequences decode (a verify run costs
     more than it saves once the batch fills the device; measured in BENCHMARKS.md);
   - per sequence: an exponential moving average of its accepted proposals per verify run; below
-    `min_accepted` it stops proposing for `cooldown` steps, then tries again;
+    `min_accepted` it stops proposing for `cooldown` steps, then tries again (starting at the threshold, so
+    one more poor run pauses it again), the pause doubling each time in a row (an open chat answer that
+    copies little pays for a few probes only);
   - per request: SamplingParams(speculate=False) opts out.
 
 Step shapes (no compile after warm-up): an engine with speculation adds one family, the
@@ -74,7 +76,7 @@ class NgramProposer:
 class SpeculativeConfig:
     method: str = "ngram"
     k: int = 4  # proposals per verify run
-    max_batch: int = 4  # no proposals in a step where more sequences than this decode
+    max_batch: int = 8  # no proposals in a step where more sequences than this decode (BENCHMARKS.md)
     min_accepted: float = 0.5  # a sequence whose mean accepted proposals per run falls below this pauses
     cooldown: int = 16  # steps a paused sequence waits before proposing again
     min_ngram: int = 2
@@ -116,6 +118,7 @@ class Speculator:
         self.max_num_partial_prefills = max_num_partial_prefills
         self.accept_ema: Dict[int, float] = {}
         self.paused_until: Dict[int, int] = {}
+        self.pauses: Dict[int, int] = {}  # pauses in a row per sequence (its next pause lasts cooldown * 2**pauses)
         self.steps = 0
         self.counters = collections.Counter()
 
@@ -124,7 +127,7 @@ class Speculator:
         """Fill `draft` of each running decoding sequence that speculates this step (and clear the others')."""
         self.steps += 1
         live = {s.seq_id for s in running}
-        for d in (self.accept_ema, self.paused_until):
+        for d in (self.accept_ema, self.paused_until, self.pauses):
             for sid in [sid for sid in d if sid not in live]:
                 del d[sid]
         decoding = [s for s in running if s.status is Status.RUNNING and not s.is_prefill]
@@ -167,13 +170,19 @@ class Speculator:
         c["proposed_tokens"] += proposed
         c["accepted_tokens"] += accepted
         c["verify_emitted_tokens"] += emitted
-        ema = (1 - self.EMA) * self.accept_ema.get(seq.seq_id, 1.0) + self.EMA * accepted  # prior: 1 accepted
-        if ema < self.config.min_accepted:
-            self.paused_until[seq.seq_id] = self.steps + self.config.cooldown
-            self.accept_ema.pop(seq.seq_id, None)
+        sid, floor = seq.seq_id, self.config.min_accepted
+        prior = floor if sid in self.pauses else 1.0  # a sequence back from a pause starts at the threshold
+        ema = (1 - self.EMA) * self.accept_ema.get(sid, prior) + self.EMA * accepted
+        if ema < floor:
+            n = self.pauses.get(sid, 0)
+            self.paused_until[sid] = self.steps + self.config.cooldown * 2 ** min(n, 10)
+            self.pauses[sid] = n + 1
+            self.accept_ema.pop(sid, None)
             c["sequence_pauses"] += 1
         else:
-            self.accept_ema[seq.seq_id] = ema
+            self.accept_ema[sid] = ema
+            if ema >= 2 * floor:
+                self.pauses.pop(sid, None)  # paying again: the next pause is short
 
     def stats(self) -> dict:
         c = self.counters
