@@ -6,6 +6,8 @@ step each running sequence owns exactly the pages its computed tokens need, and 
 pages whose keys/values are those of committed tokens. Sampled: the first tokens are exact samples of the
 target (a chi-square test against exact enumeration on a model with an 8-token vocabulary).
 """
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -72,10 +74,16 @@ def serve(engine, prompts, per, arrivals, n=1):
 
 @pytest.fixture(scope="module")
 def greedy_pair(small):
-    """The same workload (n = 2 samples each) through an engine without and one with speculation."""
+    """The same workload (n = 2 samples each) through an engine without and one with speculation.
+
+    "Without": the same speculative engine with every request opted out (speculate=False), so it never
+    proposes: its decode steps run the plain program (infer/engine/device_step.py), its prefill steps the
+    verify program with no proposals, which draws exactly as the plain one (and shares this module's compiled
+    shapes; test_engine.py checks the plain engine against infer.generate)."""
     cfg, params = small
     prompts, per, arrivals = repetitive_workload(cfg, seed=0)
-    plain = Engine(params, cfg, **OPTS)
+    plain = Engine(params, cfg, **OPTS, speculative=SPEC)
+    serve_plain = [dataclasses.replace(p, speculate=False) for p in per]
     spec = Engine(params, cfg, **OPTS, speculative=SPEC)
     spec.shapes_seen, step_shapes = set(), spec.step_shapes
 
@@ -84,7 +92,9 @@ def greedy_pair(small):
         spec.shapes_seen.add(tuple(sorted(shape.items())))
         return shape
     spec.step_shapes = recorded
-    return prompts, serve(plain, prompts, per, arrivals, n=2), serve(spec, prompts, per, arrivals, n=2), plain, spec
+    want = serve(plain, prompts, serve_plain, arrivals, n=2)
+    assert plain.stats()["spec_proposed_tokens"] == 0
+    return prompts, want, serve(spec, prompts, per, arrivals, n=2), plain, spec
 
 
 def test_greedy_tokens_are_identical_with_and_without_speculation(greedy_pair):
@@ -171,7 +181,7 @@ def test_sampled_first_tokens_are_exact_target_samples(small):
     accepted, or the residual; then the bonus token or another run), against P(t1, t2, t3) enumerated."""
     from scipy.stats import chisquare
     cfg, params = small
-    N, n = 1024, 3
+    N, n = 512, 3
     prompt = [0, 1, 2, 3, 2, 1]  # every token occurs: the proposer always proposes (1-grams match)
     eng = Engine(params, cfg, **OPTS, speculative=SpeculativeConfig(k=3, max_batch=8, min_accepted=0.0,
                                                                     min_ngram=1))
