@@ -21,7 +21,8 @@ other step runs T = max_num_batched_tokens
 tokens over every page of max_model_len, its longest chunk bucketed (static max_q_len),
 the at most max_num_partial_prefills multi-token sequences in the first rows (so the
 reference attention pads only those). After `warmup()` (or a workload that has visited
-the buckets) no step compiles.
+the buckets) no step compiles. With speculative decoding (infer/engine/speculation.py) a step
+with verify runs runs its own program and shapes (infer/engine/verify_step.py), in the same table.
 
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
 of the engine's state changes, and the other requests keep running.
@@ -41,7 +42,8 @@ from infer.config import ModelConfig, SamplingParams
 from infer.engine.block_manager import BlockManager
 from infer.engine.device_step import engine_step
 from infer.engine.multihost import StepChannel
-from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request, RequestMetrics, RequestOutput,
+from infer.engine.output import append_tokens
+from infer.engine.request import (ABORT, CompletionOutput, Request, RequestMetrics, RequestOutput,
                                   RequestUpdate, Sequence, Status)
 from infer.engine.scheduler import Scheduler
 from infer.engine.speculation import SpeculativeConfig, Speculator, speculative_config, verify_inputs
@@ -420,47 +422,12 @@ class Engine:
 
     def _append(self, seq: Sequence, tokens: List[int], logprobs: List[float], now: float, updates) -> None:
         """Append a step's new tokens to a sample (one, or a verify run's j + 1) up to its first finish."""
-        req, sp = seq.request, seq.request.sampling
-        reason, text, new = None, "", []
-        for token, logprob in zip(tokens, logprobs):
-            token = int(token)
-            seq.tokens.append(token)
-            seq.logprobs.append(float(logprob))
-            new.append(token)
-            req.metrics.num_output_tokens += 1
-            if token in sp.stop_token_ids:
-                reason = STOP
-            elif len(seq.output) >= sp.max_new_tokens or len(seq.tokens) >= self.max_model_len:
-                reason = LENGTH
-            if seq.detok is not None:
-                piece = seq.detok.add(token) + (seq.detok.flush() if reason else "")
-                out, hit = self._release_text(seq, piece, final=reason is not None)
-                text += out
-                if hit:
-                    reason = STOP
-            if reason is not None:
-                break
+        new, text, reason = append_tokens(seq, tokens, logprobs, self.max_model_len)
         if reason is not None:
             seq.finish_reason = reason
             self.scheduler.remove(seq)
-        updates.append(RequestUpdate(req.request_id, seq.index, new, text, reason is not None, reason,
+        updates.append(RequestUpdate(seq.request.request_id, seq.index, new, text, reason is not None, reason,
                                      [float(p) for p in logprobs[:len(new)]]))
-
-    @staticmethod
-    def _release_text(seq: Sequence, piece: str, final: bool):
-        """Text safe to emit: cut at a stop string; hold back what could still become one. -> (text, stopped)."""
-        stop = seq.request.stop
-        buf = seq.held + piece
-        hits = [i for i in (buf.find(s) for s in stop) if i >= 0]
-        if hits:
-            out, seq.held = buf[:min(hits)], ""
-            seq.text += out
-            return out, True
-        keep = 0 if final or not stop else max(len(s) for s in stop) - 1
-        cut = max(0, len(buf) - keep)
-        out, seq.held = buf[:cut], buf[cut:]
-        seq.text += out
-        return out, False
 
     def _finish_request(self, req: Request, now: float, updates) -> None:
         req.metrics.finished = now
