@@ -17,6 +17,7 @@ import infer
 from infer.engine import Engine
 from infer.engine.block_manager import ROOT_HASH, page_hash
 from infer.engine.speculation import NgramProposer, SpeculativeConfig
+from infer.generation.ngram import ngram_proposals
 
 Z = 8
 V = 4  # a 4-token vocabulary: exact enumeration of the first tokens, and contexts prompt lookup matches often
@@ -162,6 +163,13 @@ def test_the_batch_and_sequence_off_switches(small):
 def test_ngram_proposer_on_the_host():
     p = NgramProposer(min_ngram=1, max_ngram=3)
     assert p.propose([[1, 2, 3, 9, 1, 2], [5, 6, 7], [4]], [3, 2, 1]) == [[3, 9, 1], [], []]
+    # the matcher run with numpy is the device loops' matcher (infer/generation/ngram.py) run with jnp
+    rng = np.random.default_rng(0)
+    ctx, lens = rng.integers(0, 3, size=(6, 20)), np.array([1, 2, 5, 9, 17, 20])
+    host = ngram_proposals(ctx, lens, 4, 1, 3, xp=np)
+    device = ngram_proposals(jax.numpy.asarray(ctx), jax.numpy.asarray(lens), 4, 1, 3)
+    for h, d in zip(host, device):
+        np.testing.assert_array_equal(h, np.asarray(d))
 
 
 def _exact_first_tokens(params, cfg, prompt, V, n):
