@@ -21,6 +21,7 @@ apply_default_xla_flags()  # before anything starts a backend: XLA reads XLA_FLA
 _HOMES = {  # public name -> the module that defines it; a name mapped to a module is that module
     # Serving: continuous batching over the page pools (block manager, scheduler, engine, offline LLM).
     "Engine": "infer.engine.engine", "LLM": "infer.engine.llm", "RequestError": "infer.engine.engine",
+    "SpeculativeConfig": "infer.engine.speculation",
     "RequestUpdate": "infer.engine.request", "RequestOutput": "infer.engine.request",
     "CompletionOutput": "infer.engine.request",
     # Speculative sampling: `infer.speculative` is the exact acceptance rule's module.

@@ -35,6 +35,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per replica (default 1)")
     p.add_argument("--dp", type=int, default=1, help="data-parallel replicas, each with its own page pool")
+    p.add_argument("--speculative", default=None, choices=("ngram",),
+                   help="speculative decoding in the engine: ngram = prompt lookup (proposals copied from the context)")
+    p.add_argument("--num-speculative-tokens", type=int, default=None,
+                   help="proposals per verify run (default 4)")
     p.add_argument("--no-warmup", action="store_true", help="skip compiling every step shape at start")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="info")
@@ -78,6 +82,7 @@ def cmd_serve(args) -> int:
                              limits=serve_limits(args),
                              num_pages=args.num_pages, page_size=args.page_size, max_num_seqs=args.max_num_seqs,
                              max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                             enable_prefix_caching=not args.no_prefix_caching, mesh=make_mesh(args.tp, args.dp))
+                             enable_prefix_caching=not args.no_prefix_caching, mesh=make_mesh(args.tp, args.dp),
+                             speculative=args.speculative, num_speculative_tokens=args.num_speculative_tokens)
     run_until_signal(server)
     return 0

@@ -27,6 +27,7 @@ class SamplingParams:
     max_new_tokens: int = 32
     stop_token_ids: Tuple[int, ...] = ()
     seed: int = 0  # the request's key is derived from (seed, token position) only
+    speculate: bool = True  # an engine with speculative decoding may verify proposals for it (False: opt out)
 
     def __post_init__(self):
         if isinstance(self.stop_token_ids, int) or self.stop_token_ids is None:
@@ -47,6 +48,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens: must be an int in [1, 2**31), got {self.max_new_tokens!r}")
         if any(not 0 <= t <= INT32_MAX for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids: must be in [0, 2**31), got {self.stop_token_ids}")
+        if not isinstance(self.speculate, bool):
+            raise ValueError(f"speculate: must be a bool, got {self.speculate!r}")
         if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2 ** 32):
             raise ValueError(f"seed: must be an int in [0, 2**32), got {self.seed!r}")
 

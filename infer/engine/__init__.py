@@ -3,7 +3,8 @@
 block_manager (pages, prefix cache, copy-on-write) -> scheduler (which tokens run each step) ->
 device_step (one jitted call: copies, the ragged step, sampling) -> engine (Engine: requests in,
 updates out) -> data_parallel (DataParallelEngine: replicas, least-loaded placement) -> llm (LLM:
-offline batches from a model name or directory); request (the records), metrics (percentile summaries).
+offline batches from a model name or directory); speculation (proposers, verify runs, off-switches) with
+verify_step (its device call); request (the records), metrics (percentile summaries).
 
 Public names load on first use (PEP 562), so importing the package loads none of its modules.
 """
@@ -15,6 +16,7 @@ _HOMES = {  # public name -> the module that defines it
     "make_engine": "infer.engine.data_parallel",
     "RequestError": "infer.engine.engine",
     "StepError": "infer.engine.engine",
+    "SpeculativeConfig": "infer.engine.speculation",
     "RequestUpdate": "infer.engine.request",
     "RequestOutput": "infer.engine.request",
     "CompletionOutput": "infer.engine.request",

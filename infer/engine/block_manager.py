@@ -183,6 +183,23 @@ class BlockManager:
         # one into a page a fork still holds must stay.
         self.pending_copies = [(s, d) for s, d in self.pending_copies if self.ref_count[d] > 0]
 
+    def truncate(self, seq_id: int, num_tokens: int) -> None:
+        """Roll a sequence back to its first `num_tokens` positions (speculative rejections): the pages past
+        pages_for(num_tokens) go back (free, or evictable if cached). Its hashes cover only computed full pages,
+        never the rolled-back positions; a page's later writes overwrite the rejected slots before it is hashed."""
+        table = self.tables[seq_id]
+        keep = self.pages_for(num_tokens)
+        del self.hashes[seq_id][num_tokens // self.page_size:]
+        for p in reversed(table[keep:]):
+            self.ref_count[p] -= 1
+            if self.ref_count[p] == 0:
+                if p in self.hash_of:
+                    self.evictable[p] = None
+                else:
+                    self.free.appendleft(p)  # handed out again first: the pool stays compact
+        del table[keep:]
+        self.pending_copies = [(s, d) for s, d in self.pending_copies if self.ref_count[d] > 0]
+
     def table(self, seq_id: int) -> List[int]:
         return self.tables[seq_id]
 

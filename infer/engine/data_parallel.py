@@ -115,6 +115,9 @@ class DataParallelEngine:
         out["prefix_hit_rate"] = hit / query if query else 0.0
         out["kv_waste_mean"] = 1 - used / alloc if alloc else 0.0
         out["kv_waste"] = max(s["kv_waste"] for s in per)
+        for k in ("spec_proposed_tokens", "spec_accepted_tokens", "spec_verify_runs", "spec_emitted_tokens"):
+            if k in per[0]:
+                out[k] = sum(s[k] for s in per)
         out["replicas"] = per
         return out
 

@@ -21,7 +21,8 @@ other step runs T = max_num_batched_tokens
 tokens over every page of max_model_len, its longest chunk bucketed (static max_q_len),
 the at most max_num_partial_prefills multi-token sequences in the first rows (so the
 reference attention pads only those). After `warmup()` (or a workload that has visited
-the buckets) no step compiles.
+the buckets) no step compiles. With speculative decoding (infer/engine/speculation.py) a step
+with verify runs runs its own program and shapes (infer/engine/verify_step.py), in the same table.
 
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
 of the engine's state changes, and the other requests keep running. That includes sampling
@@ -45,9 +46,12 @@ from infer.config import ModelConfig, SamplingParams
 from infer.engine.block_manager import BlockManager
 from infer.engine.device_step import engine_step
 from infer.engine.multihost import StepChannel
-from infer.engine.request import (ABORT, LENGTH, STOP, CompletionOutput, Request, RequestMetrics, RequestOutput,
+from infer.engine.output import append_tokens
+from infer.engine.request import (ABORT, CompletionOutput, Request, RequestMetrics, RequestOutput,
                                   RequestUpdate, Sequence, Status)
 from infer.engine.scheduler import Scheduler
+from infer.engine.speculation import SpeculativeConfig, Speculator, speculative_config, verify_inputs
+from infer.engine.verify_step import verify_step
 from infer.kv.metadata import SequenceStep, bucket, build_metadata
 from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
 from infer.model.layout import for_engine
@@ -88,11 +92,15 @@ class Engine:
                  page_size: int = DEFAULT_PAGE_SIZE, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
                  tokenizer=None, max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
                  poison_freed_pages: bool = False,
-                 max_num_partial_prefills: int = 4, mesh=None, layout: str = "auto"):
+                 max_num_partial_prefills: int = 4, mesh=None, layout: str = "auto",
+                 speculative: Union[None, str, SpeculativeConfig] = None,
+                 num_speculative_tokens: Optional[int] = None):
         """mesh: a jax.sharding.Mesh whose "model" axis runs the engine tensor-parallel (parameters and page
         pools split by heads; infer/parallel/tensor_parallel.py). The host side is unchanged.
         layout: the parameters' layout for the step (infer/model/layout.py's for_engine: "auto" = unrolled on GPU,
-        where a layer scan copies every weight slice each step; as given on CPU and TPU); a mesh keeps stacked."""
+        where a layer scan copies every weight slice each step; as given on CPU and TPU); a mesh keeps stacked.
+        speculative: None, "ngram" or a SpeculativeConfig (infer/engine/speculation.py); num_speculative_tokens
+        sets its k."""
         if mesh is not None:
             cfg, params = prepare_tensor_parallel(params, cfg, mesh)
         else:
@@ -122,6 +130,10 @@ class Engine:
         if not (isinstance(max_num_partial_prefills, int) and max_num_partial_prefills > 0):
             raise ValueError(f"max_num_partial_prefills: must be an int > 0, got {max_num_partial_prefills!r}")
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_num_partial_prefills)
+        spec = speculative_config(speculative, num_speculative_tokens)
+        if spec is not None and self.channel is not None:
+            raise ValueError("speculative: not supported with several processes yet")
+        self.spec = None if spec is None else Speculator(spec, max_num_seqs, max_num_partial_prefills)
         self.requests: Dict[str, Request] = {}
         self.finished_metrics: collections.deque = collections.deque(maxlen=100_000)
         self._outbox: List[RequestUpdate] = []
@@ -235,7 +247,11 @@ class Engine:
     def step(self) -> List[RequestUpdate]:
         """Run one iteration: schedule, one device call, new tokens to their requests. Returns the updates."""
         updates, self._outbox = self._outbox, []
+        if self.spec is not None:
+            self.spec.propose(self.scheduler.running, self.max_model_len)
         sched = self.scheduler.schedule()
+        if self.spec is not None and sched.scheduled:
+            sched.scheduled = self.spec.trim(sched.scheduled)
         now = time.perf_counter()
         for seq, cached in sched.admitted:
             self.counters["prefix_query_tokens"] += len(seq.tokens)
@@ -288,6 +304,12 @@ class Engine:
         sequences over every page of max_model_len, its longest chunk bucketed (max_q_len), the multi-token
         sequences in the first rows (prefill_rows)."""
         longest = max(n for _, n in scheduled)
+        if self.spec is not None and self.spec.uses_verify(scheduled):
+            pages = max(len(self.blocks.table(s.seq_id)) for s, _ in scheduled)
+            return dict(self.spec.step_shapes(
+                scheduled, self._num_samples(scheduled), self.decode_rows, bucket(pages, cap=self.pages_per_seq),
+                dict(num_tokens=self.max_num_batched_tokens, pages_per_seq=self.pages_per_seq,
+                     max_q_len=bucket(longest, cap=self.max_num_batched_tokens))), verify=True)
         if longest == 1:
             rows = self.decode_rows(len(scheduled))
             pages = max(len(self.blocks.table(s.seq_id)) for s, _ in scheduled)
@@ -310,41 +332,56 @@ class Engine:
         R = self.max_num_seqs
         shapes = [dict(num_tokens=r, num_seqs=r, num_logits=r, max_q_len=1, pages_per_seq=m, prefill_rows=None)
                   for r in buckets(self.decode_rows(1), R) for m in buckets(1, self.pages_per_seq)]
-        if self.max_num_batched_tokens >= 2:
+        if self.spec is not None:
+            shapes += [dict(self.spec.verify_shapes(r, m), verify=True)
+                       for r in buckets(self.decode_rows(1), R) for m in buckets(1, self.pages_per_seq)]
+            if self.max_num_batched_tokens > self.spec.k + 1:
+                shapes += [dict(self.spec.mixed_shapes(self.max_num_batched_tokens, self.pages_per_seq, q), verify=True)
+                           for q in buckets(2, self.max_num_batched_tokens) if q > self.spec.k + 1]
+        elif self.max_num_batched_tokens >= 2:
             shapes += [dict(num_tokens=self.max_num_batched_tokens, num_seqs=R, num_logits=R, max_q_len=q,
                             pages_per_seq=self.pages_per_seq,
                             prefill_rows=min(self.scheduler.max_num_partial_prefills, R))
                        for q in buckets(2, self.max_num_batched_tokens)]
         return shapes
 
+    @staticmethod
+    def _num_samples(scheduled) -> int:
+        """Samples the step draws: one per sequence whose last token runs (n for a prompt not yet forked)."""
+        return sum(1 if s.request.forked else s.request.n for s, n in scheduled
+                   if s.num_computed + n - len(s.draft) == len(s.tokens))
+
     def _run(self, scheduled):
-        """Build the step's inputs on the host, run the device step, bring the samples back in one transfer."""
+        """Build the step's inputs on the host, run the device step, bring the samples back in one transfer.
+        Returns each sample's new tokens and their log p (one each; up to k + 1 from a verify run)."""
         R, Z, P = self.max_num_seqs, self.page_size, self.num_pages
         shapes = self.step_shapes(scheduled)
+        verify = shapes.pop("verify", False)
         # metadata rows: multi-token sequences first (prefill_rows); samples stay in scheduled order
         order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] == 1)
-        steps, logits_row = [], {}
+        steps, logits_row, num_rows = [], {}, 0
         for i in order:
             seq, n = scheduled[i]
-            c = seq.num_computed
-            done = c + n == len(seq.tokens)
-            steps.append(SequenceStep(tokens=seq.tokens[c:c + n], pages=self.blocks.table(seq.seq_id), cached=c,
-                                      logits="last" if done else "none"))
+            c, d = seq.num_computed, len(seq.draft)
+            done = c + n - d == len(seq.tokens)
+            steps.append(SequenceStep(tokens=seq.tokens[c:c + n - d] + seq.draft, pages=self.blocks.table(seq.seq_id),
+                                      cached=c, logits=("all" if d else "last") if done else "none"))
             if done:
-                logits_row[i] = len(logits_row)
-        sample_rows, seeds, per_sample, positions = [], [], [], []
+                logits_row[i], num_rows = num_rows, num_rows + 1 + d
+        samples, seeds, per_sample, positions = [], [], [], []
         for i, (seq, n) in enumerate(scheduled):
             if i not in logits_row:
                 continue
             req = seq.request
             for j in range(1 if req.forked else req.n):
                 idx = seq.index if req.forked else j
-                sample_rows.append(logits_row[i])
+                samples.append((i, logits_row[i]))
                 seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
                 per_sample.append(req.sampling)
                 positions.append(len(seq.tokens))
         tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, **shapes)
-        S = shapes["num_logits"]  # samples: one per logits row, or n rows from one prompt (mixed steps: S = R)
+        # samples: one per logits row, or n rows from one prompt (mixed steps: S = R; verify steps: their rows)
+        S = shapes["num_seqs"] if verify else shapes["num_logits"]
         samp = sampling_arrays(per_sample, seeds, S)  # before drain(): a row that fails leaves the copies pending
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
@@ -357,12 +394,24 @@ class Engine:
         if self.poison_freed_pages:
             poison = np.zeros((P,), bool)
             poison[sorted(set(fresh) - {d for _, d in copies})] = True
-        rows = np.zeros((S,), np.int32)
-        rows[:len(sample_rows)] = sample_rows
         pos = np.zeros((S,), np.int32)
         pos[:len(positions)] = positions
+        ns = len(samples)
+        if verify:
+            rows, drafts, nd = verify_inputs(scheduled, logits_row, samples, S, self.spec.k)
+            tok, count, logp = self.verify_call(tokens_T, meta, src, dst, rows, drafts, nd, pos, samp, poison)
+            return ([tok[s, :count[s]].tolist() for s in range(ns)], [logp[s, :count[s]].tolist() for s in range(ns)])
+        rows = np.zeros((S,), np.int32)
+        rows[:ns] = [r for _, r in samples]
         tok_S, logp_S = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
-        return tok_S[:len(sample_rows)].tolist(), logp_S[:len(sample_rows)].tolist()
+        return [[t] for t in tok_S[:ns].tolist()], [[p] for p in logp_S[:ns].tolist()]
+
+    def verify_call(self, tokens_T, meta, src, dst, rows, drafts, num_drafts, pos, samp, poison):
+        """The device call of a step with verify runs (infer/engine/verify_step.py), its results on the host."""
+        with mesh_context(self.mesh):
+            tok, count, logp, self.kv = verify_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows,
+                                                    drafts, num_drafts, pos, samp, poison)
+        return to_host((tok, count, logp))
 
     def device_call(self, tokens_T, meta, src, dst, rows, pos, samp, poison):
         """The step's one device call (sampled tokens and their log p, on the host). With several processes
@@ -380,10 +429,16 @@ class Engine:
         k = 0
         got = set()
         for seq, n in scheduled:
-            is_decode = n == 1 and not seq.is_prefill and len(seq.tokens) > seq.num_prompt
-            self.counters["decode_tokens" if is_decode else "prefill_tokens"] += n
+            accepted = 0
+            if seq.draft:  # a verify run: [last, x_0..x_{j-1}] stay computed (the x_i once appended), the rest rolls back
+                accepted = len(tokens_S[k]) - 1
+                self.spec.record(seq, len(seq.draft), accepted, accepted + 1)
+                n, seq.draft = 1, []
+            is_decode = not seq.is_prefill and len(seq.tokens) > seq.num_prompt
+            self.counters["decode_tokens" if is_decode else "prefill_tokens"] += n + accepted
             seq.num_computed += n
-            self.blocks.register_computed(seq.seq_id, seq.tokens, seq.num_computed)
+            if not accepted:
+                self._computed(seq)
             if seq.num_computed != len(seq.tokens):
                 continue
             req = seq.request
@@ -401,6 +456,9 @@ class Engine:
             for s in samples:
                 self._append(s, tokens_S[k], logprobs_S[k], now, updates)
                 k += 1
+            if accepted and seq.status is Status.RUNNING:
+                seq.num_computed += accepted
+                self._computed(seq)
             got.add(req.request_id)
         for rid in got:
             req = self.requests.get(rid)
@@ -412,43 +470,20 @@ class Engine:
             if req is not None and req.finished:
                 self._finish_request(req, now, updates)
 
-    def _append(self, seq: Sequence, token: int, logprob: float, now: float, updates) -> None:
-        req, sp = seq.request, seq.request.sampling
-        seq.tokens.append(int(token))
-        seq.logprobs.append(float(logprob))
-        req.metrics.num_output_tokens += 1
-        reason = None
-        if token in sp.stop_token_ids:
-            reason = STOP
-        elif len(seq.output) >= sp.max_new_tokens or len(seq.tokens) >= self.max_model_len:
-            reason = LENGTH
-        text = ""
-        if seq.detok is not None:
-            piece = seq.detok.add(token) + (seq.detok.flush() if reason else "")
-            text, hit = self._release_text(seq, piece, final=reason is not None)
-            if hit:
-                reason = STOP
+    def _computed(self, seq: Sequence) -> None:
+        """Pages past the computed tokens go back (speculation: rejected proposals); the full ones are hashed."""
+        if self.spec is not None:
+            self.scheduler.rollback(seq)
+        self.blocks.register_computed(seq.seq_id, seq.tokens, seq.num_computed)
+
+    def _append(self, seq: Sequence, tokens: List[int], logprobs: List[float], now: float, updates) -> None:
+        """Append a step's new tokens to a sample (one, or a verify run's j + 1) up to its first finish."""
+        new, text, reason = append_tokens(seq, tokens, logprobs, self.max_model_len)
         if reason is not None:
             seq.finish_reason = reason
             self.scheduler.remove(seq)
-        updates.append(RequestUpdate(req.request_id, seq.index, [int(token)], text, reason is not None, reason,
-                                     [float(logprob)]))
-
-    @staticmethod
-    def _release_text(seq: Sequence, piece: str, final: bool):
-        """Text safe to emit: cut at a stop string; hold back what could still become one. -> (text, stopped)."""
-        stop = seq.request.stop
-        buf = seq.held + piece
-        hits = [i for i in (buf.find(s) for s in stop) if i >= 0]
-        if hits:
-            out, seq.held = buf[:min(hits)], ""
-            seq.text += out
-            return out, True
-        keep = 0 if final or not stop else max(len(s) for s in stop) - 1
-        cut = max(0, len(buf) - keep)
-        out, seq.held = buf[:cut], buf[cut:]
-        seq.text += out
-        return out, False
+        updates.append(RequestUpdate(seq.request.request_id, seq.index, new, text, reason is not None, reason,
+                                     [float(p) for p in logprobs[:len(new)]]))
 
     def _finish_request(self, req: Request, now: float, updates) -> None:
         req.metrics.finished = now
@@ -498,11 +533,19 @@ class Engine:
         R, P = self.max_num_seqs, self.num_pages
         shapes = self.all_step_shapes()
         for shape in shapes:
+            shape = dict(shape)
+            verify = shape.pop("verify", False)
             tokens_T, meta = build_metadata([], page_size=self.page_size, num_pages=P, **shape)
             poison = np.zeros((P,), bool) if self.poison_freed_pages else None
-            S = shape["num_logits"]
-            self.device_call(tokens_T, meta, np.zeros((R,), np.int32), np.full((R,), P, np.int32),
-                             np.zeros((S,), np.int32), np.zeros((S,), np.int32), sampling_arrays([], [], S), poison)
+            S = shape["num_seqs"] if verify else shape["num_logits"]
+            copies = np.zeros((R,), np.int32), np.full((R,), P, np.int32)
+            if verify:
+                K = self.spec.k
+                self.verify_call(tokens_T, meta, *copies, np.zeros((S, K + 1), np.int32), np.zeros((S, K), np.int32),
+                                 np.zeros((S,), np.int32), np.zeros((S,), np.int32), sampling_arrays([], [], S), poison)
+            else:
+                self.device_call(tokens_T, meta, *copies, np.zeros((S,), np.int32), np.zeros((S,), np.int32),
+                                 sampling_arrays([], [], S), poison)
         jax.block_until_ready(self.kv)
 
     def stats(self) -> dict:
@@ -519,4 +562,4 @@ class Engine:
             "prefix_hit_tokens": c["prefix_hit_tokens"], "prefill_tokens": c["prefill_tokens"],
             "decode_tokens": c["decode_tokens"], "preemptions": self.scheduler.num_preemptions,
             "evictions": self.blocks.evictions, "steps": c["steps"],
-        }
+        } | (self.spec.stats() if self.spec is not None else {})

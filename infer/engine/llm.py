@@ -2,6 +2,7 @@
 
     llm = infer.LLM("smollm2-135m-instruct", max_num_seqs=16)
     outs = llm.generate(["def fib(n):", "The capital of France is"], infer.SamplingParams(max_new_tokens=32))
+    llm = infer.LLM("smollm2-135m-instruct", speculative="ngram", num_speculative_tokens=4)  # prompt lookup
     outs[0].text, outs[0].token_ids, outs[0].finish_reason, outs[0].metrics.ttft_s
     replies = llm.chat([[{"role": "user", "content": "Hi!"}]])
 
@@ -25,7 +26,9 @@ class LLM:
     def __init__(self, model: str, *, dtype=None, tokenizer=None, **engine_options):
         """Load a checkpoint (ours, Hugging Face, GGUF or a model name) and its tokenizer; engine_options go to
         Engine (num_pages, page_size, max_num_seqs, max_num_batched_tokens, max_model_len, mesh, ...);
-        tensor_parallel_size=n runs it tensor-parallel over n devices, data_parallel_size=m as m replicas."""
+        tensor_parallel_size=n runs it tensor-parallel over n devices, data_parallel_size=m as m replicas;
+        speculative="ngram" (or a SpeculativeConfig) and num_speculative_tokens=k: speculative decoding in the
+        engine (infer/engine/speculation.py)."""
         from infer.io.checkpoint import load_model_dir
         from infer.io.tokenizer import load_tokenizer
         cfg, params = load_model_dir(model, dtype=dtype)

@@ -95,6 +95,7 @@ class Sequence:
     text: str = ""  # text emitted so far (stop strings cut it)
     held: str = ""  # decoded text held back: it could still turn into a stop string
     logprobs: List[float] = dataclasses.field(default_factory=list)
+    draft: List[int] = dataclasses.field(default_factory=list)  # proposed tokens this step verifies (speculation)
 
     @property
     def num_prompt(self) -> int:

@@ -7,6 +7,9 @@ Each step fills a budget of `max_num_batched_tokens` tokens, in this order:
      preempted by recompute (its pages freed, itself requeued at the front of the
      waiting queue with every token it has) until the page is found or the needy
      sequence was itself the newest;
+     Then a running sequence with proposed tokens (`seq.draft`, speculative decoding) grows
+     its decode into a verify run of 1 + len(draft) tokens where the budget and the free
+     pages allow without preempting anyone (else its draft is dropped);
   2. the next prefill chunk of running sequences still prefilling (chunked prefill: a
      long prompt takes what budget is left, so it never stalls the decodes);
   3. waiting sequences in arrival order (preempted ones first), each starting from
@@ -81,7 +84,7 @@ class Scheduler:
                 break
         self.running.remove(seq)
         self.blocks.free_sequence(seq.seq_id)
-        seq.num_computed, seq.status = 0, Status.WAITING
+        seq.num_computed, seq.status, seq.draft = 0, Status.WAITING, []
         self.waiting.appendleft(seq)
         out.preempted.append(seq)
         self.num_preemptions += 1
@@ -107,6 +110,16 @@ class Scheduler:
             if seq.status is Status.RUNNING:
                 out.scheduled.append((seq, 1))
                 budget -= 1
+            else:
+                seq.draft = []
+        # 1b. verify runs: the drafts ride on the decodes where budget and free pages allow (no preemption)
+        for i, (seq, _) in enumerate(out.scheduled):
+            d = len(seq.draft)
+            if d and d <= budget and bm.reserve(seq.seq_id, seq.num_computed, seq.num_computed + 1 + d):
+                out.scheduled[i] = (seq, 1 + d)
+                budget -= d
+            else:
+                seq.draft = []
 
         # 2. chunks of prompts already admitted
         chunks = 0  # sequences running more than one token this step
@@ -151,6 +164,10 @@ class Scheduler:
             budget -= n
             chunks += n > 1
         return out
+
+    def rollback(self, seq: Sequence) -> None:
+        """After a verify run: give back the pages past the sequence's computed tokens (rejected proposals)."""
+        self.blocks.truncate(seq.seq_id, seq.num_computed)
 
     def _fit(self, seq: Sequence, n: int) -> int:
         """The most of the next n tokens of a sequence the free pages can hold (0 if none)."""

@@ -64,7 +64,7 @@ from infer.model.rows import capacity
 from infer.sampling import ACCEPT, request_keys
 
 
-def ngram_proposals(ctx_BS, len_B, k: int, min_ngram: int = 1, max_ngram: int = 3):
+def ngram_proposals(ctx_BS, len_B, k: int, min_ngram: int = 1, max_ngram: int = 3, xp=jnp):
     """Proposals [B, k] int32 and the matched n per row [B] (0: no match) from histories ctx [B, S].
 
     Row b's history h is ctx_BS[b, :len_B[b]] (len >= 1; entries past it are ignored). The match
@@ -75,25 +75,26 @@ def ngram_proposals(ctx_BS, len_B, k: int, min_ngram: int = 1, max_ngram: int = 
     Vectorised: for each n, a mask [B, S] of end positions i with h[i-m] == h[L-1-m] for
     m < n (shifted copies of h against the row's tail), the latest i by argmax over the
     reversed mask. O(B S max_ngram^2) compares; no data-dependent shapes.
+    xp: the array module, jnp (traced, in the device loops) or numpy (the engine's host-side proposer).
     """
     B, S = ctx_BS.shape
-    ctx_BS = ctx_BS.astype(jnp.int32)
-    len_B = len_B.astype(jnp.int32)
-    pos_S = jnp.arange(S, dtype=jnp.int32)
-    tail = lambda m: jnp.take_along_axis(ctx_BS, jnp.maximum(len_B - 1 - m, 0)[:, None], axis=1)  # [B, 1]
-    shifted = lambda m: jnp.pad(ctx_BS, ((0, 0), (m, 0)))[:, :S]  # shifted[:, i] = h[:, i - m]
+    ctx_BS = ctx_BS.astype(xp.int32)
+    len_B = len_B.astype(xp.int32)
+    pos_S = xp.arange(S, dtype=xp.int32)
+    tail = lambda m: xp.take_along_axis(ctx_BS, xp.maximum(len_B - 1 - m, 0)[:, None], axis=1)  # [B, 1]
+    shifted = lambda m: xp.pad(ctx_BS, ((0, 0), (m, 0)))[:, :S]  # shifted[:, i] = h[:, i - m]
     end_B = len_B - 2
-    n_B = jnp.zeros((B,), jnp.int32)
+    n_B = xp.zeros((B,), xp.int32)
     for n in range(min_ngram, max_ngram + 1):  # a longer n, found later, overrides a shorter one
         match_BS = (pos_S[None, :] >= n - 1) & (pos_S[None, :] <= len_B[:, None] - 2)
         for m in range(n):
             match_BS &= shifted(m) == tail(m)
-        found_B = jnp.any(match_BS, axis=1)
-        end_B = jnp.where(found_B, S - 1 - jnp.argmax(match_BS[:, ::-1], axis=1), end_B)
-        n_B = jnp.where(found_B, n, n_B)
+        found_B = xp.any(match_BS, axis=1)
+        end_B = xp.where(found_B, S - 1 - xp.argmax(match_BS[:, ::-1], axis=1), end_B)
+        n_B = xp.where(found_B, n, n_B)
     period_B = len_B - 1 - end_B  # >= 1
-    idx_BK = end_B[:, None] + 1 + jnp.arange(k, dtype=jnp.int32)[None, :] % period_B[:, None]
-    return jnp.take_along_axis(ctx_BS, idx_BK, axis=1), n_B
+    idx_BK = end_B[:, None] + 1 + xp.arange(k, dtype=xp.int32)[None, :] % period_B[:, None]
+    return xp.take_along_axis(ctx_BS, idx_BK, axis=1), n_B
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "S"))

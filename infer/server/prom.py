@@ -10,11 +10,17 @@
     infer_kv_pages_in_use / infer_kv_pages_total   gauges
     infer_prefix_cache_hit_rate                    gauge: prompt tokens served by the cache / looked up
     infer_preemptions_total                        counter
+    infer_spec_proposed_tokens_total               speculative decoding: tokens proposed / accepted, verify runs
+    infer_spec_accepted_tokens_total / infer_spec_verify_runs_total / infer_spec_emitted_tokens_total
 """
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+SPEC_COUNTERS = {"spec_proposed_tokens": "Tokens proposed for verification (speculative decoding)",
+                 "spec_accepted_tokens": "Proposed tokens the target accepted",
+                 "spec_verify_runs": "Verify runs (a sequence's proposals checked in one step)",
+                 "spec_emitted_tokens": "Tokens emitted by verify runs (accepted + one each)"}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -38,6 +44,8 @@ class ServerMetrics:
                                      registry=r)
         self.preemptions = Counter("infer_preemptions", "Sequences preempted (recomputed later)", registry=r)
         self._preempted_seen = 0
+        self.spec = {name: Counter(f"infer_{name}", help_, registry=r) for name, help_ in SPEC_COUNTERS.items()}
+        self._spec_seen = dict.fromkeys(SPEC_COUNTERS, 0)
 
     def on_step(self, engine, updates) -> None:
         """Engine thread, after every step: finished requests into the histograms, engine gauges."""
@@ -68,6 +76,10 @@ class ServerMetrics:
         if s["preemptions"] > self._preempted_seen:
             self.preemptions.inc(s["preemptions"] - self._preempted_seen)
             self._preempted_seen = s["preemptions"]
+        for name, counter in self.spec.items():  # absent without speculation: the counters stay at 0
+            if s.get(name, 0) > self._spec_seen[name]:
+                counter.inc(s[name] - self._spec_seen[name])
+                self._spec_seen[name] = s[name]
 
     def failed(self) -> None:
         """A request that ended with an engine error."""
