@@ -136,6 +136,29 @@ def serving(config, engine):
         assert not engine._thread.is_alive(), "the engine loop did not stop"
 
 
+def serve_requests(engine, prompts, sampling, arrivals=None, n=1, each_step=None):
+    """Add each request at its arrival step (default all at step 0) and step the engine until all finish; outputs in
+    prompt order. `each_step(engine)` runs after every step (checks of the engine's state); at the end the block
+    manager must be consistent and own no page."""
+    arrivals = arrivals or [0] * len(prompts)
+    per = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
+    ids, outs, step = {}, {}, 0
+    while len(outs) < len(prompts):
+        for i, a in enumerate(arrivals):
+            if a == step:
+                ids[engine.add_request(prompts[i], per[i], n=n)] = i
+        for u in engine.step():
+            if u.output is not None:
+                outs[ids[u.request_id]] = u.output
+        if each_step is not None:
+            each_step(engine)
+        step += 1
+        assert step < 2000, "the engine stopped making progress"
+    engine.blocks.check()
+    assert engine.stats()["pages_in_use"] == 0, "finished requests left pages owned"
+    return [outs[i] for i in range(len(prompts))]
+
+
 def make_cfg(n_heads=6, n_kv_heads=2, **kw):
     base = dict(vocab_size=97, d_model=48, n_layers=2, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=8,
                 d_ff=64, max_seq_len=256, dtype="float32")

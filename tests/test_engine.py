@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import make_cfg
+from conftest import make_cfg, serve_requests
 
 import infer
 from infer.config.paths import REPO_ROOT
@@ -41,23 +41,7 @@ def workload(cfg, seed, n=8, shared=0, max_len=30):
     return prompts, arrivals
 
 
-def serve(engine, prompts, sampling, arrivals=None, n=1):
-    """Add each request at its arrival step, step until done; outputs in prompt order (checks the pages after)."""
-    arrivals = arrivals or [0] * len(prompts)
-    per = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
-    ids, outs, step = {}, {}, 0
-    while len(outs) < len(prompts):
-        for i, a in enumerate(arrivals):
-            if a == step:
-                ids[engine.add_request(prompts[i], per[i], n=n)] = i
-        for u in engine.step():
-            if u.output is not None:
-                outs[ids[u.request_id]] = u.output
-        step += 1
-        assert step < 2000, "the engine stopped making progress"
-    engine.blocks.check()
-    assert engine.stats()["pages_in_use"] == 0, "finished requests left pages owned"
-    return [outs[i] for i in range(len(prompts))]
+serve = serve_requests  # (engine, prompts, sampling, arrivals=None, n=1): outputs in prompt order
 
 
 def alone(tiny, prompt, sampling):

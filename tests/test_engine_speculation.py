@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from conftest import make_cfg
+from conftest import make_cfg, serve_requests
 
 import infer
 from infer.engine import Engine
@@ -51,26 +51,18 @@ def repetitive_workload(cfg, seed, n=8, shared=6):
     return prompts, per, arrivals
 
 
-def serve(engine, prompts, per, arrivals, n=1):
-    """Each request added at its arrival step; after every step the pages of each running sequence are exactly
-    those of its computed tokens. Outputs in prompt order."""
-    ids, outs, step = {}, {}, 0
+def _pages_follow_computed(engine):
+    """After a step, each running sequence owns exactly the pages of its computed tokens, and hashes no more."""
     bm = engine.blocks
-    while len(outs) < len(prompts):
-        for i, a in enumerate(arrivals):
-            if a == step:
-                ids[engine.add_request(prompts[i], per[i], n=n)] = i
-        for u in engine.step():
-            if u.output is not None:
-                outs[ids[u.request_id]] = u.output
-        for s in engine.scheduler.running:
-            assert len(bm.table(s.seq_id)) == bm.pages_for(s.num_computed), "pages past the computed tokens"
-            assert len(bm.hashes[s.seq_id]) <= s.num_computed // Z
-        bm.check()
-        step += 1
-        assert step < 1000, "the engine stopped making progress"
-    assert engine.stats()["pages_in_use"] == 0
-    return [outs[i] for i in range(len(prompts))]
+    for s in engine.scheduler.running:
+        assert len(bm.table(s.seq_id)) == bm.pages_for(s.num_computed), "pages past the computed tokens"
+        assert len(bm.hashes[s.seq_id]) <= s.num_computed // Z
+    bm.check()
+
+
+def serve(engine, prompts, per, arrivals, n=1):
+    """Each request added at its arrival step, the pages checked after every step; outputs in prompt order."""
+    return serve_requests(engine, prompts, per, arrivals, n, each_step=_pages_follow_computed)
 
 
 @pytest.fixture(scope="module")
