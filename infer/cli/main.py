@@ -6,6 +6,7 @@ the metrics. The run is warmed up first so TTFT and latency exclude compilation.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
@@ -120,7 +121,8 @@ def cmd_generate(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__,
+    prog = "infer" if os.path.basename(sys.argv[0]) == "infer" else "python -m infer"  # the console script or -m
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate and print TTFT / latency / throughput")
