@@ -76,19 +76,18 @@ def yarn_softmax_mscale(scaling=None) -> float:
     return yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
 
 
-def rope_cos_sin(positions_T, inv_freq, factor: float = 1.0):
-    """(cos, sin) [T, H/2] in float32 of each position's angles, times `factor`: the rotation apply_rope makes,
-    as the KV write kernel takes it (pallas_kernels/kv_write/: rotate-half form)."""
-    angles_TR = positions_T.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)
-    return jnp.cos(angles_TR) * factor, jnp.sin(angles_TR) * factor
+def rope_cos_sin(positions, inv_freq, factor: float = 1.0):
+    """(cos, sin) [..., H/2] in float32 of each position's angles (positions [...]), times `factor`: the rotation
+    apply_rope makes, and what the KV write kernel takes (pallas_kernels/kv_write/: rotate-half form)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.cos(angles) * factor, jnp.sin(angles) * factor
 
 
 def apply_rope(x_BTnH, positions_BT, inv_freq, factor: float = 1.0):
     """Rotate x [B, T, n, H] by its positions [B, T]; computed in float32 (cos/sin times `factor`)."""
-    inv = jnp.asarray(inv_freq, jnp.float32)  # [H/2]
-    angles = positions_BT.astype(jnp.float32)[..., None] * inv  # [B, T, H/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, H]
-    cos, sin = jnp.cos(angles) * factor, jnp.sin(angles) * factor
+    c_BTR, s_BTR = rope_cos_sin(positions_BT, inv_freq, factor)
+    cos = jnp.concatenate([c_BTR, c_BTR], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    sin = jnp.concatenate([s_BTR, s_BTR], axis=-1)[:, :, None, :]
     xf = x_BTnH.astype(jnp.float32)
     half = xf.shape[-1] // 2
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
