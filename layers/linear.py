@@ -10,16 +10,35 @@ the compute dtype: the Pallas kernels on GPU/TPU (pallas_kernels/matmul/), elsew
 packed path (pallas_kernels/matmul/quant_xla.py: 4-bit weights decoded half-group by half-group straight
 into two dots, never unpacked into a [I, O] copy).
 Quantized parameters come from `infer.quantize` (or a GGUF file); `init` gives zeros.
+
+Decode GEMV (a GPU target, <= 16 rows, a float weight, no bias; `decode_gemv`): the matmul is one Triton kernel
+with no split-K (pallas_kernels/gemv/), where XLA's untuned GEMM tiles split K and reduce the partials in a second
+launch. Given a PreNorm (layers/norm.py) instead of x, the call also runs the add + RMSNorm before the matmul and
+returns (h, y): in that kernel on the GEMV path, else the norm first; `swiglu=True` reads the output columns as
+[gate | up] and returns silu(gate) * up. INFER_DECODE_GEMV=0 turns the GEMV path off (XLA's GEMMs everywhere, as
+before; read when a program is traced) so `make gpu-check` can time both.
 """
 import math
+import os
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from layers.norm import PreNorm
+from pallas_kernels.gemv.dispatch import gemv, gemv_applies
+from pallas_kernels.gemv.gemv_reference import swiglu_reference
 from pallas_kernels.matmul.formats import get_format
 from pallas_kernels.matmul.dispatch import quant_matmul
 from pallas_kernels.platform import family
+
+DECODE_GEMV_ENV = "INFER_DECODE_GEMV"  # "0": XLA's GEMMs for decode rows too (the GEMV kernel's off switch)
+
+
+def decode_gemv(rows: int, I: int) -> bool:
+    """Whether a float projection of `rows` rows over I inputs runs as the decode GEMV kernel here (a GPU target,
+    no device mesh, rows <= 16, I a multiple of 16, INFER_DECODE_GEMV not "0")."""
+    return os.environ.get(DECODE_GEMV_ENV, "1") != "0" and gemv_applies(rows, I)
 
 
 def stored_shapes(weight_format: str, I: int, O: int) -> dict:
@@ -55,16 +74,36 @@ class Linear(nn.Module):
     weight_format: Optional[str] = None  # None: a float kernel in dtype; else a pallas_kernels/matmul/formats.py format
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, swiglu: bool = False):
+        """y for an array x; (h, y) for a PreNorm x (h = x + residual, y from RMSNorm(h)). swiglu: y =
+        silu(gate) * up of the output columns [gate | up] (out_shape (2F,)), [..., F]."""
         n_in = len(self.in_shape)
-        if self.weight_format is not None:
-            return self._quantized(x, n_in)
-        fan_in = 1
-        for s in self.in_shape:
-            fan_in *= s
-        init = nn.initializers.normal(stddev=fan_in ** -0.5)
-        w = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.in_axes) + tuple(self.out_axes)),
-                       tuple(self.in_shape) + tuple(self.out_shape), self.dtype)
+        pre = x if isinstance(x, PreNorm) else None
+        x_in = x.x if pre is not None else x
+        if self.weight_format is None:
+            fan_in = 1
+            for s in self.in_shape:
+                fan_in *= s
+            init = nn.initializers.normal(stddev=fan_in ** -0.5)
+            w = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.in_axes) + tuple(self.out_axes)),
+                           tuple(self.in_shape) + tuple(self.out_shape), self.dtype)
+            I, O = math.prod(self.in_shape), math.prod(self.out_shape)
+            if not self.use_bias and decode_gemv(x_in.size // I, I):  # one kernel (the norm, SwiGLU in it)
+                lead = x_in.shape[:x_in.ndim - n_in]
+                norm = None if pre is None else (pre.residual.reshape(lead + (I,)), pre.scale, pre.eps)
+                out = gemv(x_in.reshape(lead + (I,)), w.reshape(I, O), norm, swiglu, self.out_dtype or self.dtype)
+                y = out if pre is None else out[1]
+                y = y if swiglu else y.reshape(lead + tuple(self.out_shape))
+                return y if pre is None else (out[0].reshape(x_in.shape), y)
+        h = None
+        if pre is not None:
+            h, x = pre.compute()
+        y = self._quantized(x, n_in) if self.weight_format is not None else self._dense(x, w, n_in)
+        if swiglu:
+            y = swiglu_reference(y)
+        return y if pre is None else (h, y)
+
+    def _dense(self, x, w, n_in):
         # Accumulate in float32 whatever the storage dtype, then round once to the output dtype.
         xs = x.astype(self.dtype)
         one_row = x.size == math.prod(self.in_shape) and family() == "gpu" and \

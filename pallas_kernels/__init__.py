@@ -6,6 +6,8 @@
                  weight formats
     norm/        residual add + RMSNorm (GPU Triton) beside its twin
     kv_write/    this step's keys (rotated) and values into the page pools (GPU Triton) beside its twin
+    gemv/        decode projections, no split-K, add + RMSNorm prologue and SwiGLU epilogue (GPU Triton) beside
+                 their twin
     platform.py  the target platform every dispatcher reads
     lazy_names.py  the lazy public names of every package __init__ (PEP 562)
     testing.py   numpy-built random cases for the kernel tests and benchmarks

@@ -6,6 +6,10 @@ cache the block attends causally over the tokens it is given (the reference
 `forward` path, [B, T] tokens); with page pools it takes one flat batch of T
 tokens ([1, T]) described by AttentionMetadata, writes this step's keys and
 values by slot, then attends over each sequence's pages.
+
+Given a PreNorm (layers/norm.py: the block's add + RMSNorm, not yet computed) instead of x, the fused q|k|v
+projection computes it (one kernel on a GPU decode step, layers/linear.py) and the call returns h = x + residual,
+the new residual stream, as a fourth value.
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -14,7 +18,7 @@ from layers import axes
 from layers.attention import dense, registry
 from layers.attention.kv_write import write_kv
 from layers.linear import Linear
-from layers.norm import RMSNorm
+from layers.norm import PreNorm, RMSNorm
 from layers.rope import apply_rope, attention_factor, inv_frequencies, rope_cos_sin
 
 
@@ -34,8 +38,14 @@ class Attention(nn.Module):
         proj = lambda n, ax, name: Linear((D,), (n, H), (axes.EMBED,), (ax, axes.HEAD_DIM), dt,
                                           use_bias=cfg.qkv_bias, weight_format=cfg.weight_format, name=name)
         inv_freq, factor = inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling), attention_factor(cfg.rope_scaling)
-        if cfg.fused_projections and not self.shares_kv:  # one GEMM: [D, N + 2K, H] (q | k | v heads)
+        prenorm, h_BTD = isinstance(x_BTD, PreNorm), None
+        fused = cfg.fused_projections and not self.shares_kv
+        if prenorm and not fused:  # several projections read the norm: compute it once, here
+            h_BTD, x_BTD = x_BTD.compute()
+        if fused:  # one GEMM: [D, N + 2K, H] (q | k | v heads)
             qkv_BTXH = proj(N + 2 * K, None, "qkv")(x_BTD)
+            if prenorm:  # the norm ran in the projection: (h, q|k|v)
+                h_BTD, qkv_BTXH = qkv_BTXH
             q_BTNH, k_BTKH, v_BTKH = jnp.split(qkv_BTXH, (N, N + K), axis=-2)
             # the KV write reads keys and values straight out of the q|k|v product, by head
             xk_BTXH, k_head, xv_BTXH, v_head = qkv_BTXH, N, qkv_BTXH, N + K
@@ -70,4 +80,4 @@ class Attention(nn.Module):
                             softcap=cfg.attn_logit_softcap)[None]
         o = Linear((N, H), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, weight_format=cfg.weight_format,
                    name="o")(out_BTNH)
-        return o, kv, (k_BTKH, v_BTKH)
+        return (o, kv, (k_BTKH, v_BTKH)) + ((h_BTD,) if prenorm else ())

@@ -41,7 +41,7 @@ MAX_ROWS = 16  # rows are padded to one tl.dot tile of 16; more rows are a GEMM 
 MIN_TILE = 16
 GPU_PROGRAMS = 132  # an H100's SMs: bn shrinks until there is about one program per SM
 BLOCK_N_CHOICES = (64, 32, 16)
-STAGE_BYTES = 32 * 1024  # weight bytes per pipeline stage (all streams together)
+STAGE_BYTES = 16 * 1024  # weight bytes per pipeline stage (all streams together)
 MAX_BLOCK_K = 1024
 
 
