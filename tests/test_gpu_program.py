@@ -95,22 +95,31 @@ def llama():
 
 
 @pytest.mark.parametrize("batch", [1, 64])
-def test_llama3_8b_decode_for_a_gpu_copies_no_weight(llama, batch):
+def test_llama3_8b_decode_for_a_gpu_copies_no_weight(llama, batch, tmp_path):
     """In the layout the stack picks for a GPU (unrolled), a decode step copies no weight; the stacked layer scan
     copies every layer's slices (13.96 GB per step: what held the H200 run to 1.0 TB/s), so the check can fail.
     Batch 64 compiles 4 of the 32 layers (the program repeats per layer; the compile is 8x shorter)."""
     cfg = llama if batch == 1 else llama.replace(n_layers=4)
     spec = gpu_program.ProgramSpec(cfg, "auto", batch, 1024)
-    row = gpu_program.report_row("decode", spec, gpu_program.compile_report("decode", spec))
+    row = gpu_program.report_row("decode", spec, gpu_program.compile_report("decode", spec, dump_dir=str(tmp_path)))
     assert row["weight_copies"] == 0 and row["weight_copy_GB"] == 0, row
-    # per layer: the attention kernel, the KV write (keys rotated in it) and two add + RMSNorm kernels; the final
-    # norm's add + RMSNorm
-    assert row["kernels_pallas"] == 4 * cfg.n_layers + 1
-    # 12 kernels of a layer's own and XLA's split-K reductions after 3 of its GEMMs (untuned tiles: f32[4|8, B,
-    # N] partials), plus the step's rope tables and metadata counted in the first layer (a quarter of a launch per
-    # layer over 32 layers, 1.5 over the 4 compiled at batch 64); 18.25 at batch 1 before the KV write and the
-    # cross-block norm kernels
-    assert row["launches_per_layer"] <= (15.25 if batch == 1 else 15.5), row
+    if batch == 1:
+        # per layer: the attention kernel, the KV write (keys rotated in it) and the four projections as decode
+        # GEMV kernels (pallas_kernels/gemv/: q|k|v and gate|up with the layer's add + RMSNorm folded in, gate|up
+        # with SwiGLU); the final norm's add + RMSNorm and the LM head's GEMV
+        assert row["kernels_pallas"] == 6 * cfg.n_layers + 2 and not row.get("kernels_triton_gemm"), row
+        # 9 kernels of a layer's own (the 6 above, the queries' rotation, the attention splits' merge in 2), plus
+        # the step's rope tables and metadata counted in the first layer; 15.19 with XLA's split-K GEMMs and their
+        # reductions, 18.25 before the KV write and the cross-block norm kernels
+        assert row["launches_per_layer"] <= 9.5, row
+        assert _gemv_grids_fit_one_wave(tmp_path)
+    else:
+        # 64 rows: XLA's GEMMs (rows > 16); per layer the attention kernel, the KV write and two add + RMSNorm
+        # kernels, and the final norm's
+        assert row["kernels_pallas"] == 4 * cfg.n_layers + 1
+        # 12 kernels of a layer's own and XLA's split-K reductions after 3 of its GEMMs (untuned tiles: f32[4|8,
+        # B, N] partials), plus the step's rope tables and metadata (1.5 per layer over the 4 compiled)
+        assert row["launches_per_layer"] <= 15.5, row
     assert row["largest_f32_MB"] <= batch * cfg.vocab_size * 4 / 1e6  # no float32 buffer beyond the logits
     assert row["command_buffers"] == 1 and row["submissions"] == 1  # the whole step: one CUDA graph
     if batch == 1:
@@ -118,6 +127,33 @@ def test_llama3_8b_decode_for_a_gpu_copies_no_weight(llama, batch):
         srow = gpu_program.report_row("decode", stacked, gpu_program.compile_report("decode", stacked))
         # (fused projections: qkv, o, gate_up, down sliced out of the stack per layer)
         assert srow["weight_copies"] >= 4 * llama.n_layers and srow["weight_copy_GB"] > 13, srow
+
+
+H100_SMS, H100_SMEM_PER_SM = 132, 228 * 1024
+
+
+def _gemv_grids_fit_one_wave(dump):
+    """Every GEMV kernel of a layer (grids of one or two programs per SM; the LM head's 2004 run in many waves)
+    has all its programs resident at once on an H100, no second, partly empty wave: grid <= SMs x the programs
+    one SM holds by shared memory (compiled sizes, from the thunk sequence)."""
+    import glob
+    import re
+    text = "".join(open(f).read() for f in glob.glob(f"{dump}/**/*thunk_sequence_after_thunk_passes.txt",
+                                                     recursive=True))
+    found = re.findall(r"(gemv\S*) grid: \[(\d+), 1, 1\].*?shared_memory: (\d+)", text)
+    assert found, "no GEMV kernel in the dump"
+    for name, grid, smem in found:
+        assert int(grid) > 2 * H100_SMS or int(grid) <= H100_SMS * (H100_SMEM_PER_SM // max(int(smem), 1)), (name, grid, smem)
+    return True
+
+
+def test_smollm2_decode_for_a_gpu_runs_its_projections_as_gemv_kernels(llama):
+    """SmolLM2-135M at batch 1: every projection a GEMV kernel, both norms folded into them (D = 576 is no Triton
+    row for the add + RMSNorm kernel, but the GEMV's norm loops over K chunks); 14.27 launches per layer before."""
+    spec = gpu_program.ProgramSpec(infer.load_config("smollm2-135m").replace(dtype="bfloat16"), "auto", 1, 512)
+    row = gpu_program.report_row("decode", spec, gpu_program.compile_report("decode", spec))
+    assert row["weight_copies"] == 0 and row["launches_per_layer"] <= 9.5, row
+    assert row["kernels_pallas"] == 6 * spec.cfg.n_layers, row  # tied embeddings: the logits are XLA's GEMM
 
 
 @pytest.mark.parametrize("program", ["engine_decode", "engine_mixed"])
@@ -141,8 +177,9 @@ def test_smollm2s_generation_loop_is_one_command_buffer_on_a_gpu(llama):
     # (90 per token, 0.18 GB, before)
     row = gpu_program.report_row("generate", spec, rep)
     assert row["weight_copies"] == 0 and row["largest_f32_MB"] < 1, row
-    # inside, once per layer: the decode attention kernel and the KV write (D = 576 is no Triton row: XLA norms)
-    assert rep.kernels["pallas"] == 2 * spec.cfg.n_layers
+    # inside, once per layer: the decode attention kernel, the KV write and the four projections' GEMV kernels (the
+    # norms folded into q|k|v's and gate|up's)
+    assert rep.kernels["pallas"] == 6 * spec.cfg.n_layers
 
 
 def test_gpu_checks_program_stage_writes_the_report(llama, tmp_path):
@@ -158,9 +195,10 @@ def test_gpu_checks_program_stage_writes_the_report(llama, tmp_path):
     assert "## program: `infer.perf.gpu_program`" in (tmp_path / "summary.md").read_text()
 
 
-def test_a_one_row_projection_padded_for_a_gpu_computes_the_same():
-    """layers/linear.py pads a one-row input to two rows on a GPU target (so XLA keeps the dot a GEMM); traced for
-    a GPU on this CPU, the result is the unpadded one's."""
+def test_a_one_row_projection_padded_for_a_gpu_computes_the_same(monkeypatch):
+    """With the decode GEMV kernel off (INFER_DECODE_GEMV=0: XLA's GEMMs), layers/linear.py pads a one-row input to
+    two rows on a GPU target (so XLA keeps the dot a GEMM); traced for a GPU on this CPU, the result is the
+    unpadded one's."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -171,6 +209,7 @@ def test_a_one_row_projection_padded_for_a_gpu_computes_the_same():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 1, 64)), jnp.float32)
     params = lin.init(jax.random.PRNGKey(0), x)
     want = lin.apply(params, x)
+    monkeypatch.setenv("INFER_DECODE_GEMV", "0")
     with target_platform("gpu"):
         jaxpr = str(jax.make_jaxpr(lambda p, x: lin.apply(p, x))(params, x))
         got = jax.jit(lambda p, x: lin.apply(p, x))(params, x)

@@ -182,3 +182,28 @@ def test_an_oversized_block_fails_to_compile_for_the_h100():
     compile_for(h100_sharding(), fn(None), *args)
     with pytest.raises(Exception, match="[Ss]hared memory size limit exceeded"):
         compile_for(h100_sharding(), fn(256), *args)
+
+
+# Llama-3-8B's decode projections at one row: q|k|v [4096 -> 6144] with the attention norm folded in, o [4096 ->
+# 4096], gate|up [4096 -> 2 x 14336] with the MLP norm and SwiGLU folded in, down [14336 -> 4096]
+GEMV_SHAPES = [(4096, 6144, "norm"), (4096, 4096, ""), (4096, 2 * 14336, "norm_swiglu"), (14336, 4096, "")]
+
+
+@pytest.mark.parametrize("K,N,fold", GEMV_SHAPES)
+def test_decode_gemv_lowers(K, N, fold):
+    """One kernel call, the only reader of the weight (no split-K partials, no reduction after it), its grid about
+    one program per SM and, compiled for sm_90a, within the H100's shared memory."""
+    from pallas_kernels.gemv.gemv_gpu import choose_block_n, gemv_gpu
+    bf = jnp.bfloat16
+    w = S((K, N), bf)
+    if fold:
+        fn = lambda x, w, r, wn: gemv_gpu(x, w, r, wn, eps=1e-5, swiglu="swiglu" in fold)
+        exp, text = _export(fn, S((1, K), bf), w, S((1, K), bf), S((K,), bf))
+        assert [a.shape for a in exp.out_avals] == [(1, K), (1, N // 2 if "swiglu" in fold else N)]  # h, y
+    else:
+        exp, text = _export(lambda x, w: gemv_gpu(x, w), S((1, K), bf), w)
+        assert exp.out_avals[0].shape == (1, N) and exp.out_avals[0].dtype == bf
+    call = _check_kernel_only_user(text, w)
+    n_cols = N // 2 if "swiglu" in fold else N
+    assert f"grid_x = {n_cols // choose_block_n(n_cols)} : i32" in call and n_cols // choose_block_n(n_cols) >= 132
+    assert f"gemv{'_' + fold if fold else ''}_K{K}_N{N}" in call

@@ -22,9 +22,12 @@ nothing but y (and h) is written. Choices, for a memory-bound GEMV on an H100 (1
 - bn: the largest of 64, 32, 16 that still gives >= GPU_PROGRAMS programs (one per SM) over the output
   columns: 32 for N = 6144 (192 programs), 16 for N = 4096 (256; 32 would leave 128 programs for 132 SMs),
   64 for SwiGLU's F = 14336 (224). No K split: that would need the reduction this kernel removes.
-- bk: a power of two dividing K sized so each pipeline stage moves STAGE_BYTES of weight (32 KB: bk = 512 at
-  bn = 32, 1024 at bn = 16, 128 per stream for SwiGLU at bn = 64); with num_stages = 3 that is ~96 KB of
-  loads in flight per SM (Little's law wants ~15 KB per SM at 3.35 TB/s), under the 227 KB of shared memory.
+- bk: a power of two dividing K sized so each pipeline stage moves STAGE_BYTES of weight (16 KB: bk = 256 at
+  bn = 32, 512 at bn = 16, 64 per stream for SwiGLU at bn = 64). With num_stages = 3 a program then holds 42-73 KB
+  of shared memory (the x and r chunks included; compiled for sm_90a), so three or more fit an SM and a whole
+  grid of 192-256 programs is resident at once (one wave; at 32 KB per stage the programs took 128-146 KB, one per
+  SM, and 256 programs ran in two waves, the second half empty). Each program keeps ~2 stages (~32 KB) of loads
+  in flight: ~50 KB per SM, where Little's law asks ~15 KB (3.35 TB/s x ~600 ns / 132 SMs).
 
 Columns past N (an N that is no multiple of bn) are masked: their loads read a clamped column, their stores
 are dropped. K must be a multiple of 16 (tl.dot's smallest tile); dispatch.py sends other shapes to XLA.

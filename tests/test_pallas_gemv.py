@@ -1,0 +1,107 @@
+"""The decode GEMV (pallas_kernels/gemv/): the Triton kernel in interpret mode against its pure-JAX twin and a numpy
+computation (masked columns, M = 1 and 3 rows, the add + RMSNorm prologue and the SwiGLU epilogue), which one the
+dispatcher runs, and the model on a GPU target (kernel interpreted) against the CPU model."""
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.gemv.dispatch import gemv
+from pallas_kernels.gemv.gemv_gpu import choose_block_k, choose_block_n, gemv_gpu
+from pallas_kernels.gemv.gemv_reference import fused_gemv_reference
+from pallas_kernels.platform import target_platform
+
+EPS = 1e-5
+
+
+def _case(M, K, N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x, r = (jnp.asarray(rng.normal(size=(M, K)), dtype) for _ in range(2))
+    w = jnp.asarray(rng.normal(size=(K, N)) / np.sqrt(K), dtype)
+    return x, r, jnp.asarray(rng.uniform(0.5, 1.5, size=(K,)), dtype), w
+
+
+def _numpy(x, r, wn, w, norm, swiglu):
+    """The same contract in float64 numpy (from the inputs' stored values)."""
+    f = lambda a: np.asarray(a, np.float64)
+    h = f(x) + f(r) if norm else f(x)
+    xn = f(wn) * h / np.sqrt((h * h).mean(-1, keepdims=True) + EPS) if norm else h
+    y = xn @ f(w)
+    if swiglu:
+        g, u = np.split(y, 2, axis=-1)
+        y = g / (1 + np.exp(-g)) * u
+    return h, y
+
+
+# (M, K, N, dtype, norm, swiglu, block_n, block_k): N = 40 and 37 leave a masked column block; SwiGLU's F = 24
+# too; block_k below K so the loop runs several chunks
+CASES = [(1, 64, 40, jnp.float32, False, False, 16, 32),
+         (3, 64, 37, jnp.float32, True, False, 16, 16),
+         (3, 128, 48, jnp.bfloat16, True, True, 16, 32)]
+
+
+@pytest.mark.parametrize("M,K,N,dtype,norm,swiglu,bn,bk", CASES)
+def test_kernel_matches_the_twin_and_numpy(M, K, N, dtype, norm, swiglu, bn, bk):
+    x, r, wn, w = _case(M, K, N, dtype)
+    args = (r, wn) if norm else ()
+    got = gemv_gpu(x, w, *args, eps=EPS, swiglu=swiglu, block_n=bn, block_k=bk, interpret=True)
+    want = fused_gemv_reference(x, w, (r, wn, EPS) if norm else None, swiglu)
+    h_np, y_np = _numpy(x, r, wn, w, norm, swiglu)
+    if norm:
+        (h, got), (rh, want) = got, want
+        np.testing.assert_array_equal(np.asarray(h, np.float32), np.asarray(rh, np.float32))  # the same add
+        np.testing.assert_allclose(np.asarray(h, np.float64), h_np, rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
+    assert got.shape == (M, N // 2 if swiglu else N) and got.dtype == dtype
+    # float32: summation order only; bfloat16: an output rounding (and gate / up's) apart
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    g32, w32 = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    np.testing.assert_allclose(g32, w32, rtol=tol, atol=tol * np.abs(w32).max())
+    np.testing.assert_allclose(g32, y_np, rtol=tol, atol=tol * np.abs(y_np).max())
+
+
+def test_block_choices_at_llama3_8b_shapes():
+    """About one program per H100 SM without a K split, and 16 KB of weight per pipeline stage."""
+    assert [choose_block_n(n) for n in (6144, 4096, 14336)] == [32, 16, 64]
+    assert choose_block_k(4096, 32, 1, 2) == 256 and choose_block_k(14336, 16, 1, 2) == 512
+    assert choose_block_k(4096, 64, 2, 2) == 64 and choose_block_k(576, 16, 1, 2) == 64  # SmolLM2's D = 64 x 9
+    with pytest.raises(ValueError, match="dividing K"):
+        choose_block_k(96, 16, 1, 2, block_k=64)
+
+
+def test_the_dispatcher_runs_the_kernel_only_where_it_applies():
+    x, r, wn, w = _case(2, 64, 32, jnp.float32)
+    jaxpr = lambda x, **kw: str(jax.make_jaxpr(lambda x, w: gemv(x, w, **kw))(x, w))
+    assert "pallas_call" not in jaxpr(x)  # CPU: XLA's dot
+    with target_platform("gpu"):
+        assert "pallas_call" in jaxpr(x[None])  # [B, T, K] rows -> the kernel
+        assert "pallas_call" in jaxpr(x, norm=(r, wn, EPS), swiglu=True)
+        assert "pallas_call" not in jaxpr(jnp.zeros((17, 64)))  # 17 rows: a GEMM
+        assert "pallas_call" not in jax.make_jaxpr(lambda x: gemv(x, jnp.zeros((40, 8))))(jnp.zeros((1, 40))).pretty_print()
+    h, y = gemv(x[None], w, norm=(r[None], wn, EPS), swiglu=True)  # the twin, with leading dims kept
+    assert h.shape == (1, 2, 64) and y.shape == (1, 2, 16)
+
+
+def test_the_model_on_a_gpu_target_matches_the_cpu_model(monkeypatch):
+    """Tiny Llama with fused projections, one 3-token row: traced for a GPU, every projection is the GEMV kernel
+    (here interpreted), both norms folded into q|k|v and gate|up; the logits are the CPU model's. With
+    INFER_DECODE_GEMV=0 the GPU program has no GEMV kernel."""
+    import infer
+    from infer.model.layout import fuse_projections
+    monkeypatch.setattr(importlib.import_module("pallas_kernels.gemv.gemv_gpu"), "gemv_gpu", functools.partial(gemv_gpu, interpret=True))
+    cfg, params = fuse_projections(*(lambda c: (c, infer.init_params(c, jax.random.PRNGKey(0))))(
+        infer.load_config("tiny", dtype="float32", n_layers=1)))
+    tokens = jnp.asarray([[5, 9, 14]], jnp.int32)
+    want = infer.forward(params, cfg, tokens)
+    fwd = lambda p, t: infer.forward(p, cfg, t)
+    with target_platform("gpu"):
+        jaxpr = jax.make_jaxpr(fwd)(params, tokens).pretty_print()
+        names = {ln.split("name=")[1].split()[0] for ln in jaxpr.splitlines() if "name=gemv" in ln} - {"gemv_gpu"}
+        assert {n.split("_K")[0] for n in names} == {"gemv", "gemv_norm", "gemv_norm_swiglu"}, names
+        got = jax.jit(fwd)(params, tokens)
+        monkeypatch.setenv("INFER_DECODE_GEMV", "0")
+        jax.clear_caches()  # the switch is read when a program is traced
+        assert "pallas_call" not in jax.make_jaxpr(fwd)(params, tokens).pretty_print()
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
