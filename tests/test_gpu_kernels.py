@@ -3,7 +3,7 @@
 Skipped, with the reason, on a machine without a GPU; run them with `pytest -m gpu` on one. Head shapes follow
 Llama-3-8B (K = 8 KV heads, G = 4, H = 128) plus an odd group size; pools are bfloat16 or int8. The quantized
 matmul runs every weight format at Llama-3-8B's MLP decode shapes; the KV write and the add + RMSNorm at its
-step shapes.
+step shapes; the decode GEMV (norm prologue, SwiGLU epilogue) at its four projections.
 """
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,8 @@ from pallas_kernels.matmul.quant_gpu import quant_matmul_gpu
 from pallas_kernels.matmul.quant_reference import quant_matmul_reference
 from pallas_kernels.kv_write.write_gpu import write_pages_gpu
 from pallas_kernels.kv_write.write_reference import write_pages_reference
+from pallas_kernels.gemv.gemv_gpu import gemv_gpu
+from pallas_kernels.gemv.gemv_reference import fused_gemv_reference
 from pallas_kernels.norm.add_rms_norm_gpu import add_rms_norm_gpu
 from pallas_kernels.norm.add_rms_norm_reference import add_rms_norm_reference
 from pallas_kernels.testing import TOLERANCE, make_case, make_ragged_case, rel_err, to_pages
@@ -160,3 +162,22 @@ def test_add_rms_norm_llama3_rows(M):
     (h, y), (rh, ry) = add_rms_norm_gpu(x, d, w, 1e-5), add_rms_norm_reference(x, d, w, 1e-5)
     np.testing.assert_array_equal(np.asarray(h, np.float32), np.asarray(rh, np.float32))
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ry, np.float32), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("M", [1, 5])
+@pytest.mark.parametrize("K,N,norm,swiglu", [(4096, 6144, True, False), (4096, 4096, False, False),
+                                             (4096, 2 * 14336, True, True), (14336, 4096, False, False),
+                                             (4096, 4100, False, False)])
+def test_decode_gemv_llama3_projections(M, K, N, norm, swiglu):
+    """Llama 3 8B's decode projections (and an N with a masked column block) at 1 and 5 rows (a verify step)."""
+    rng = np.random.default_rng(K + N + M)
+    x, r = (jnp.asarray(rng.standard_normal((M, K)), jnp.bfloat16) for _ in range(2))
+    w = jnp.asarray(rng.standard_normal((K, N)) / np.sqrt(K), jnp.bfloat16)
+    wn = jnp.asarray(rng.uniform(0.5, 1.5, K), jnp.bfloat16)
+    fold = (r, wn, 1e-5) if norm else None
+    got = gemv_gpu(x, w, *((r, wn) if norm else ()), eps=1e-5, swiglu=swiglu)
+    want = fused_gemv_reference(x, w, fold, swiglu)
+    if norm:
+        (h, got), (rh, want) = got, want
+        np.testing.assert_array_equal(np.asarray(h, np.float32), np.asarray(rh, np.float32))
+    assert rel_err(got, want) <= BF16

@@ -16,8 +16,11 @@ this order (the most wanted first: a lease that runs short loses the last ones):
    unrolled parameter layouts, each layout's optimized step HLO written beside the rows)
 5. profile: `python -m infer.bench.step_profile --model llama3-8b --context 1024`: Llama 3 8B's decode
    step at batch 1 in both layouts under `jax.profiler`, its device time by op (slice/copy, matmul,
-   attention, other) beside the wall-clock step; profile_dsf: the stacked layout again with
-   `--xla_gpu_enable_dynamic_slice_fusion=true` (cuBLAS reading a scanned weight's slice in place).
+   attention, other) beside the wall-clock step; profile_xla_gemm: the unrolled layout (the GPU's) again with
+   INFER_DECODE_GEMV=0, its decode projections XLA's GEMMs instead of the decode GEMV kernels
+   (pallas_kernels/gemv/): the two paths side by side (the GEMV kernels' speed has not been measured on a GPU);
+   profile_dsf: the stacked layout again with `--xla_gpu_enable_dynamic_slice_fusion=true` (cuBLAS reading a
+   scanned weight's slice in place).
 6. `python -m infer.bench --experiments configs/experiments/gpu_check --only attention_llama3_8b`
 7. `python -m infer.bench --experiments configs/experiments/gpu_check --only quant_llama3_8b`: decode in
    bfloat16 / int8 / int4-g128 / q4_0 at Llama 3 8B's matrix shapes (issue 15's GPU goal).
@@ -60,8 +63,8 @@ EXPERIMENTS = os.path.join("configs", "experiments", "gpu_check")
 # seconds each stage may run at most (the --budget cuts them further)
 # pytest: the 29 GPU tests took 263 s serially on one H200 (2026-11-26, mostly Triton compiles of the quantized
 # matmuls at Llama 3 8B's MLP shapes), so they run in PYTEST_WORKERS processes (compiles are CPU work).
-LIMITS = {"device": 30, "pytest": 200, "program": 90, "decode": 220, "profile": 120, "profile_dsf": 90,
-          "attention": 130, "quant": 120, "sampling": 60, "chat": 180}
+LIMITS = {"device": 30, "pytest": 200, "program": 90, "decode": 220, "profile": 120, "profile_xla_gemm": 80,
+          "profile_dsf": 90, "attention": 130, "quant": 120, "sampling": 60, "chat": 180}
 STAGES = tuple(LIMITS)  # run order
 BENCHES = {"attention": "attention_llama3_8b", "decode": "decode_llama3_8b", "quant": "quant_llama3_8b"}
 MIN_STAGE_S = 20  # a stage that would get less is skipped
@@ -69,7 +72,8 @@ MARGIN_S = 10  # kept back from the budget for writing the summary
 PYTEST_WORKERS = 4
 # The chat stage runs torch beside JAX in one process: JAX must not reserve the memory torch needs; the pytest
 # workers share one GPU: none may reserve it.
-STAGE_ENV = {"chat": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.4"}, "pytest": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
+STAGE_ENV = {"chat": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.4"}, "pytest": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+             "profile_xla_gemm": {"INFER_DECODE_GEMV": "0"}}  # layers/linear.py: XLA's GEMMs at decode
 
 
 def _env(size: str) -> dict:
@@ -103,6 +107,9 @@ def _commands(size: str, out: str) -> dict:
              ["--model", "llama3-8b", "--context", "1024"])
     cmds["profile"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile"), "--steps", "5",
                        "--repeats", "5", *model]
+    # the GPU's layout again with the decode GEMV kernels off (XLA's GEMMs; STAGE_ENV): the two paths side by side
+    cmds["profile_xla_gemm"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile_xla_gemm"),
+                                "--layouts", "unrolled", "--steps", "5", "--repeats", "5", *model]
     # the stacked layout again with XLA's dynamic-slice fusion (cuBLAS reading a scanned weight's slice in place)
     cmds["profile_dsf"] = [py, "-m", "infer.bench.step_profile", "--out", os.path.join(out, "profile_dsf"),
                            "--layouts", "stacked", "--steps", "5", "--repeats", "5",

@@ -37,12 +37,13 @@ import jax
 import jax.numpy as jnp
 
 # First match wins, on the lower-cased op name (XLA names ops by kind: CPU `dot.3`, `dynamic-slice_bitcast_fusion`;
-# GPU `cublas-gemm.1`, `gemm_fusion_dot.2`, `loop_dynamic_slice_fusion`; a Pallas call carries its kernel's name;
+# GPU `cublas-gemm.1`, `gemm_fusion_dot.2`, `loop_dynamic_slice_fusion`; a Pallas call carries its kernel's name, the
+# decode GEMV kernels `gemv_*` (pallas_kernels/gemv/) count as matmuls;
 # CPU `ynn_fusion` / `xnn_fusion` are dots XLA hands to YNNPACK / XNNPACK, e.g. the reference attention's einsums).
 # A custom call named only `custom-call.N` lands in "other": read its name in the op table.
 CATEGORIES = (
     ("slice/copy", re.compile(r"dynamic.slice|dynamic_slice|copy|transpose|gather")),
-    ("matmul", re.compile(r"gemm|dot|matmul|cublas|convolution|ynn_fusion|xnn_fusion")),
+    ("matmul", re.compile(r"gemm|gemv|dot|matmul|cublas|convolution|ynn_fusion|xnn_fusion")),
     ("attention", re.compile(r"pallas|triton|mosaic|ragged|decode|attention|softmax")),
 )
 # CPU host-thread events that contain other ops (counting them would count their ops twice)
