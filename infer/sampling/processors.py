@@ -22,7 +22,7 @@ is a padded [S, W] array of token ids (prompt then output, W = the engine's max_
 scatter-add. Chosen over a [S, V] count array kept on the device because that one is state: it would
 have to follow each sequence across rows, forks (n > 1), preemption and speculation's rollback; the
 history is what the host already holds (`seq.tokens`), so it is always right, and the scatter costs
-O(S * W) per step. When no row of a step uses a penalty the engine passes one cached all-padding
+O(S * W) per step (`token_stats`: one scatter-add for counts, seen tokens and biases). When no row of a step uses a penalty the engine passes one cached all-padding
 history (no host work, no transfer), and the whole processing is skipped with a lax.cond when every
 row is neutral. logit_bias and min_tokens's masked stop ids share one padded [S, NB] list of
 (id, value) pairs (NB = MAX_LOGIT_BIAS + MAX_MIN_TOKENS_STOPS), scattered into a [S, V] bias.
@@ -77,7 +77,7 @@ def processing_arrays(per_sample: Sequence[SamplingParams], histories: Sequence[
         for s, p in enumerate(per_sample):
             if p.has_penalties:
                 hist[s, :len(histories[s])] = histories[s]
-        out["history"] = hist
+        out["history"] = jnp.asarray(hist)  # a jax.Array either way: one argument type, one compiled program
     else:
         key = (S, W, V)
         if key not in _NO_HISTORY:
@@ -99,14 +99,24 @@ def any_active(proc: dict, V: int):
             | jnp.any(proc["bias_ids"] < V))
 
 
-def token_counts(history_SW, num_prompt_S, V: int):
-    """(output counts [S, V] int32, seen in prompt or output [S, V] bool) from the padded history (padding V)."""
+def token_stats(proc: dict, V: int):
+    """(output counts [S, V] float32, seen in prompt or output [S, V] bool, bias [S, V] float32) from the padded
+    history (padding V) and the (id, value) list, by ONE scatter-add into [S, 3 V] (an output token adds 1 to
+    its count slot, every history token 1 to its seen slot, a bias pair its value to its bias slot): one scatter
+    instead of three compiles in a third of the time on XLA:CPU. Counts are exact in float32 up to 2**24."""
+    history_SW, num_prompt_S = proc["history"], proc["num_prompt"]
     S, W = history_SW.shape
-    rows_SW = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32)[:, None], (S, W))
+    pad = 3 * V  # out of range: dropped
     is_out_SW = jnp.arange(W, dtype=jnp.int32)[None, :] >= num_prompt_S[:, None]
-    counts_SV = jnp.zeros((S, V), jnp.int32).at[rows_SW, history_SW].add(is_out_SW.astype(jnp.int32), mode="drop")
-    seen_SV = jnp.zeros((S, V), jnp.int32).at[rows_SW, history_SW].add(1, mode="drop") > 0
-    return counts_SV, seen_SV
+    real_SW = history_SW < V
+    count_idx = jnp.where(is_out_SW & real_SW, history_SW, pad)
+    seen_idx = jnp.where(real_SW, V + history_SW, pad)
+    bias_idx = jnp.where(proc["bias_ids"] < V, 2 * V + proc["bias_ids"], pad)
+    idx_SX = jnp.concatenate([count_idx, seen_idx, bias_idx], axis=1)
+    vals_SX = jnp.concatenate([jnp.ones((S, 2 * W), jnp.float32), proc["bias_vals"]], axis=1)
+    rows_SX = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32)[:, None], idx_SX.shape)
+    acc = jnp.zeros((S, 3 * V), jnp.float32).at[rows_SX, idx_SX].add(vals_SX, mode="drop")
+    return acc[:, :V], acc[:, V:2 * V] > 0, acc[:, 2 * V:]
 
 
 def process(logits_SxV, proc: dict):
@@ -114,16 +124,13 @@ def process(logits_SxV, proc: dict):
     settings): float32, unconditionally. `apply_processors` is the entry that skips the work for neutral steps."""
     x = logits_SxV.astype(jnp.float32)
     S, V = x.shape[0], x.shape[-1]
-    counts_SV, seen_SV = token_counts(proc["history"], proc["num_prompt"], V)
-    NB = proc["bias_ids"].shape[1]
-    rows_SB = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32)[:, None], (S, NB))
-    bias_SV = jnp.zeros((S, V), jnp.float32).at[rows_SB, proc["bias_ids"]].add(proc["bias_vals"], mode="drop")
+    counts_SV, seen_SV, bias_SV = token_stats(proc, V)
     mid = (1,) * (x.ndim - 2)
     per_row = lambda a_S: a_S.reshape((S,) + mid + (1,))  # [S] -> broadcast over the positions and V
     per_tok = lambda a_SV: a_SV.reshape((S,) + mid + (V,))
     r = per_row(proc["repetition"])
     x = jnp.where(per_tok(seen_SV), jnp.where(x > 0, x / r, x * r), x)
-    counts = per_tok(counts_SV).astype(jnp.float32)
+    counts = per_tok(counts_SV)
     x = x - per_row(proc["frequency"]) * counts - per_row(proc["presence"]) * (counts > 0)
     return x + per_tok(bias_SV)
 
