@@ -131,7 +131,10 @@ def openapi_body(name: str, served: Sequence[str], max_model_len: int, max_num_s
     error = _inline(ErrorResponse.model_json_schema())
     responses = {"200": {"description": "the completion (JSON), or server-sent events when streaming",
                          "content": {"application/json": {"schema": {"type": "object"}},
-                                     "text/event-stream": {"schema": {"type": "string"}}}}}
+                                     # each server-sent event ({"data": a JSON chunk or [DONE]}), as SSE-aware
+                                     # validators (schemathesis) check them one by one
+                                     "text/event-stream": {"schema": {"type": "object", "properties": {
+                                         "data": {"type": "string"}}}}}}}
     responses.update({str(code): {"description": what, "content": {"application/json": {"schema": error}}}
                       for code, what in ERRORS.items()})
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
