@@ -87,6 +87,9 @@ def test_min_tokens_holds_back_the_stop_id_and_ignore_eos_has_nothing_to_ignore(
     assert a.token_ids == [first] and a.finish_reason == "stop"
     assert first not in b.token_ids[:4] and len(b.token_ids) >= 5
     assert b.token_ids == ref_decode(tiny, prompt, held)[0]
+    # infer.LLM hands them to its engine as they are (the same compiled programs)
+    llm = infer.LLM.from_params(tiny[1], tiny[0], **OPTS)
+    assert llm.generate(prompt, held, use_tqdm=False)[0].token_ids == b.token_ids
     # logit ids outside the vocabulary are refused by name before queueing
     with pytest.raises(RequestError, match="logit_bias"):
         eng.add_request(prompt, infer.SamplingParams(logit_bias={tiny[0].vocab_size: 1.0}))

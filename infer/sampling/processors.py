@@ -22,9 +22,10 @@ is a padded [S, W] array of token ids (prompt then output, W = the engine's max_
 scatter-add. Chosen over a [S, V] count array kept on the device because that one is state: it would
 have to follow each sequence across rows, forks (n > 1), preemption and speculation's rollback; the
 history is what the host already holds (`seq.tokens`), so it is always right, and the scatter costs
-O(S * W) per step (`token_stats`: one scatter-add for counts, seen tokens and biases). When no row of a step uses a penalty the engine passes one cached all-padding
-history (no host work, no transfer), and the whole processing is skipped with a lax.cond when every
-row is neutral. logit_bias and min_tokens's masked stop ids share one padded [S, NB] list of
+O(S * W) per step (`token_stats`: one scatter-add for counts, seen tokens and biases). The price: a
+step where some row has a penalty sends S * W int32 to the device (16 rows x 4096 = 256 KiB). When no
+row of a step uses a penalty the engine passes one cached all-padding history (no host work, no
+transfer), and the whole processing is skipped with a lax.cond when every row is neutral. logit_bias and min_tokens's masked stop ids share one padded [S, NB] list of
 (id, value) pairs (NB = MAX_LOGIT_BIAS + MAX_MIN_TOKENS_STOPS), scattered into a [S, V] bias.
 
 Log-probabilities (the drawn token's and the top N) are those of the RAW logits: log_softmax of the

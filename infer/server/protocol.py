@@ -106,8 +106,8 @@ def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> Sampling
     repetition = _get(body, "repetition_penalty", lambda v: _is_num(v) and 0 < v <= 100,
                       "a number in (0, 100] (1: off)", 1.0)
     bias = _get(body, "logit_bias", lambda v: isinstance(v, dict) and len(v) <= MAX_LOGIT_BIAS and all(
-        isinstance(k, str) and k.isdigit() and int(k) <= INT32_MAX and _is_num(b) and -MAX_BIAS <= b <= MAX_BIAS
-        for k, b in v.items()),
+        isinstance(k, str) and k.isascii() and k.isdigit() and int(k) <= INT32_MAX
+        and _is_num(b) and -MAX_BIAS <= b <= MAX_BIAS for k, b in v.items()),
         f"an object of at most {MAX_LOGIT_BIAS} token ids (as strings) to biases in [-100, 100]", {})
     min_tokens = _get(body, "min_tokens", lambda v: _is_int(v) and 0 <= v <= max_tokens,
                       f"an integer in [0, {max_tokens}] (at most max_tokens)", 0)
