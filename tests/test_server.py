@@ -141,7 +141,14 @@ BAD = [
     ({"model": NAME, "prompt": [1, 2, 10 ** 7]}, "prompt"),
     ({"model": NAME, "prompt": "word " * 600, "max_tokens": 4}, "prompt"),
     ({"model": NAME, "prompt": "hi there", "max_tokens": MAX_LEN - 1}, "max_tokens"),
-    ({"model": NAME, "prompt": "hi", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"model": NAME, "prompt": "hi", "presence_penalty": 2.5}, "presence_penalty"),
+    ({"model": NAME, "prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"model": NAME, "prompt": "hi", "logit_bias": {"1": 101}}, "logit_bias"),
+    ({"model": NAME, "prompt": "hi", "logit_bias": {"99999999": 1}}, "logit_bias"),  # past the vocabulary
+    ({"model": NAME, "prompt": "hi", "logprobs": 21}, "logprobs"),
+    ({"model": NAME, "prompt": "hi", "echo": True, "logprobs": 1}, "echo"),  # prompt logprobs: not supported
+    ({"model": NAME, "prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+    ({"model": NAME, "prompt": "hi", "ignore_eos": "yes"}, "ignore_eos"),
     ({"prompt": "hi"}, "model"),
 ]
 
@@ -158,7 +165,12 @@ def test_every_bad_input_gets_a_400_naming_the_field_and_the_server_keeps_servin
                                    "messages[0]"),
                                   ("/v1/chat/completions", {"model": NAME, "messages": [
                                       {"role": "user", "content": "hi"}], "max_completion_tokens": 0},
-                                   "max_completion_tokens")]:
+                                   "max_completion_tokens"),
+                                  ("/v1/chat/completions", {"model": NAME, "messages": [
+                                      {"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
+                                  ("/v1/chat/completions", {"model": NAME, "messages": [
+                                      {"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21},
+                                   "top_logprobs")]:
             r = h.post(path, json=body)
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
         r = h.post("/v1/completions", content=b'{"model": "x", "prompt": ', headers={"content-type": "application/json"})
@@ -203,3 +215,98 @@ def test_metrics_parse_and_move_by_the_expected_amounts(server):
     assert after[("infer_kv_pages_in_use", ())] == 0
     assert after[("infer_kv_pages_total", ())] == 160
     assert ("infer_preemptions_total", ()) in after and ("infer_prefix_cache_hit_rate", ()) in after
+
+
+def raw_logprobs(server, ids):
+    """log_softmax of the uncached forward pass's logits at every position of `ids` [T, V] (an independent
+    reference for the served top_logprobs)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from infer.model.forward import forward
+    logits = forward(server["params"], server["cfg"], jnp.asarray([ids], jnp.int32))[0]
+    return np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+
+
+def test_top_logprobs_streamed_and_not_are_the_log_softmax_of_the_step_logits(server):
+    import numpy as np
+    c, tok = client(server), server["tok"]
+    prompt, N, T = "The quick brown fox", 4, 6
+    r = c.completions.create(model=NAME, prompt=prompt, max_tokens=T, temperature=0, logprobs=N)
+    lp = r.choices[0].logprobs
+    ids = tok.encode(prompt)
+    out_ids = tok.encode(prompt + r.choices[0].text)[len(ids):]
+    ref = raw_logprobs(server, ids + out_ids)[len(ids) - 1:len(ids) - 1 + T]
+    assert len(lp.top_logprobs) == T == len(lp.token_logprobs)
+    for alts, chosen_lp, row in zip(lp.top_logprobs, lp.token_logprobs, ref):
+        want = np.argsort(-row, kind="stable")[:N]
+        assert list(alts) == [tok.decode([int(t)], skip_special_tokens=False) for t in want]
+        np.testing.assert_allclose(list(alts.values()), row[want], atol=2e-3)
+        assert list(alts.values()) == sorted(alts.values(), reverse=True)
+        assert abs(chosen_lp - max(alts.values())) < 1e-6  # greedy: the chosen token is the top one
+    chunks = list(c.completions.create(model=NAME, prompt=prompt, max_tokens=T, temperature=0, logprobs=N,
+                                       stream=True))
+    streamed = [a for ch in chunks if ch.choices and ch.choices[0].logprobs for a in ch.choices[0].logprobs.top_logprobs]
+    # the same tokens; log p to float32 rounding (a prefix-cache hit computes the prompt in other chunks)
+    assert [list(a) for a in streamed] == [list(a) for a in lp.top_logprobs]
+    np.testing.assert_allclose([list(a.values()) for a in streamed], [list(a.values()) for a in lp.top_logprobs],
+                               atol=1e-4)
+
+    conv = [{"role": "user", "content": "Name a colour."}]
+    r = c.chat.completions.create(model=NAME, messages=conv, max_tokens=T, temperature=0, logprobs=True,
+                                  top_logprobs=N)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    prompt_ids = tok.chat_template.encode(tok, conv)
+    out_ids = [int(np.argsort(-raw_logprobs(server, prompt_ids)[-1])[0])]  # the first token: greedy, top of ref
+    assert content[0].token == tok.decode(out_ids, skip_special_tokens=False)
+    for entry in content:
+        assert len(entry.top_logprobs) == N and entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == entry.logprob
+        assert [a.logprob for a in entry.top_logprobs] == sorted((a.logprob for a in entry.top_logprobs),
+                                                                 reverse=True)
+        assert all(a.bytes == list(a.token.encode("utf-8")) for a in entry.top_logprobs)
+    chunks = list(c.chat.completions.create(model=NAME, messages=conv, max_tokens=T, temperature=0, logprobs=True,
+                                            top_logprobs=N, stream=True))
+    streamed = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    assert [[a.token for a in e.top_logprobs] for e in streamed] == [[a.token for a in e.top_logprobs]
+                                                                      for e in content]
+    np.testing.assert_allclose([[a.logprob for a in e.top_logprobs] for e in streamed],
+                               [[a.logprob for a in e.top_logprobs] for e in content], atol=1e-4)
+    assert wait_idle(server)
+
+
+def test_penalties_bias_min_tokens_ignore_eos_and_echo_are_honoured(server):
+    c, tok = client(server), server["tok"]
+    prompt = "1, 1, 1, 1, 1, 1,"
+    plain = c.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+    # a penalty-laden request is served (it used to be refused with a 400)
+    r = c.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0, presence_penalty=1.0,
+                             frequency_penalty=2.0, extra_body={"repetition_penalty": 1.5})
+    assert r.choices[0].text != plain and r.usage.completion_tokens == 8
+    x = tok.encode(" x")[-1]
+    r = c.completions.create(model=NAME, prompt=prompt, max_tokens=5, temperature=0.7, seed=1,
+                             logit_bias={str(x): 100}, logprobs=0)
+    assert r.choices[0].text == tok.decode([x] * 5) and r.choices[0].logprobs.top_logprobs is None
+
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    short = c.chat.completions.create(model=NAME, messages=conv, max_tokens=32, temperature=0)
+    assert short.choices[0].finish_reason == "stop"  # ends on the end-of-turn token
+    n = short.usage.completion_tokens
+    held = c.chat.completions.create(model=NAME, messages=conv, max_tokens=n + 6, temperature=0,
+                                     extra_body={"min_tokens": n + 2})
+    assert held.usage.completion_tokens >= n + 2 and held.choices[0].message.content.startswith(
+        short.choices[0].message.content)
+    long = c.chat.completions.create(model=NAME, messages=conv, max_tokens=n + 4, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == n + 4
+
+    r = c.completions.create(model=NAME, prompt="Hello, my name is", max_tokens=4, temperature=0, echo=True)
+    chunks = list(c.completions.create(model=NAME, prompt="Hello, my name is", max_tokens=4, temperature=0,
+                                       echo=True, stream=True))
+    streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert r.choices[0].text.startswith("Hello, my name is") and streamed == r.choices[0].text
+    ids = tok.encode("Hi there")
+    r = c.completions.create(model=NAME, prompt=ids, max_tokens=2, temperature=0, echo=True)
+    assert r.choices[0].text.startswith(tok.decode(ids))
+    assert wait_idle(server)

@@ -16,6 +16,14 @@ import numpy as np
 
 INT32_MAX = 2 ** 31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_TOP_LOGPROBS = 20  # the fixed N of the step's top-N log-probabilities (infer/sampling/processors.py)
+MAX_LOGIT_BIAS = 300  # logit_bias entries per request
+MAX_MIN_TOKENS_STOPS = 32  # stop ids (EOS included) that min_tokens can hold back
+MAX_BIAS = 100.0  # |logit_bias value| (the OpenAI API's bound)
+
+# The logits processors' fields and their neutral values; the static generate loop refuses any other value.
+PROCESSOR_NEUTRAL = (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0),
+                     ("logit_bias", ()), ("min_tokens", 0), ("top_logprobs", 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +36,28 @@ class SamplingParams:
     stop_token_ids: Tuple[int, ...] = ()
     seed: int = 0  # the request's key is derived from (seed, token position) only
     speculate: bool = True  # an engine with speculative decoding may verify proposals for it (False: opt out)
+    # logits processors (engine only; infer/sampling/processors.py), applied before the filters above
+    presence_penalty: float = 0.0  # OpenAI: logit -= presence * (count > 0), counts over the generated tokens
+    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency * count
+    repetition_penalty: float = 1.0  # HF / vLLM: tokens in prompt or output: logit / r if logit > 0 else logit * r
+    logit_bias: Tuple[Tuple[int, float], ...] = ()  # (token id, bias) pairs (a dict is accepted), added to the logit
+    min_tokens: int = 0  # stop ids (EOS included) are masked until this many tokens are generated
+    ignore_eos: bool = False  # the tokenizer's EOS ids do not stop the request (stop_token_ids still do)
+    top_logprobs: int = 0  # also report the N most likely tokens and their log p per generated token (N <= 20)
 
     def __post_init__(self):
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", tuple(self.logit_bias.items()))
+        try:
+            bias = {}
+            for t, b in (self.logit_bias or ()):
+                if isinstance(t, bool) or not float(t).is_integer() or isinstance(b, bool):
+                    raise TypeError
+                bias[int(t)] = float(b)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias: expected {{token id: bias}} or (id, bias) pairs, got "
+                             f"{self.logit_bias!r}"[:300]) from None
+        object.__setattr__(self, "logit_bias", tuple(sorted(bias.items())))
         if isinstance(self.stop_token_ids, int) or self.stop_token_ids is None:
             object.__setattr__(self, "stop_token_ids", () if self.stop_token_ids is None else (self.stop_token_ids,))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -52,6 +80,37 @@ class SamplingParams:
             raise ValueError(f"speculate: must be a bool, got {self.speculate!r}")
         if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2 ** 32):
             raise ValueError(f"seed: must be an int in [0, 2**32), got {self.seed!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and -2 <= v <= 2):
+                raise ValueError(f"{name}: must be a number in [-2, 2], got {v!r}")
+        r = self.repetition_penalty
+        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 < r <= 100):
+            raise ValueError(f"repetition_penalty: must be a number in (0, 100] (1: off), got {r!r}")
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias: at most {MAX_LOGIT_BIAS} entries, got {len(self.logit_bias)}")
+        for t, b in self.logit_bias:
+            if not 0 <= t <= INT32_MAX:
+                raise ValueError(f"logit_bias: token id {t} outside [0, 2**31)")
+            if not (math.isfinite(b) and -MAX_BIAS <= b <= MAX_BIAS):
+                raise ValueError(f"logit_bias: the bias of token {t} must be in [-100, 100], got {b!r}")
+        if not (isinstance(self.min_tokens, int) and not isinstance(self.min_tokens, bool)
+                and 0 <= self.min_tokens <= INT32_MAX):
+            raise ValueError(f"min_tokens: must be an int in [0, 2**31), got {self.min_tokens!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos: must be a bool, got {self.ignore_eos!r}")
+        if not (isinstance(self.top_logprobs, int) and not isinstance(self.top_logprobs, bool)
+                and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS):
+            raise ValueError(f"top_logprobs: must be an int in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether a penalty needs the token history (presence, frequency or repetition not neutral)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+    def non_neutral_processors(self) -> Tuple[str, ...]:
+        """The logits-processor fields set to anything but their neutral value (PROCESSOR_NEUTRAL)."""
+        return tuple(name for name, neutral in PROCESSOR_NEUTRAL if getattr(self, name) != neutral)
 
     def arrays(self, batch_size: int) -> dict:
         """Per-row device arrays for `batch_size` rows that all use these settings."""
@@ -66,6 +125,11 @@ def batch_arrays(per_row: Sequence[SamplingParams], batch_size: int | None = Non
     """
     B = batch_size or len(per_row)
     rows = [per_row[min(i, len(per_row) - 1)] for i in range(B)]
+    for p in per_row:  # the static loops (infer.generate, speculative rounds, generate_text) have no processors
+        bad = p.non_neutral_processors()
+        if bad:
+            raise ValueError(f"{bad[0]}: not supported by the static generate loop (infer.generate); "
+                             f"serve it with the engine (infer.LLM / infer.Engine)")
     col = lambda f, dt: jnp.asarray(np.array([getattr(p, f) for p in rows], dt))
     n_stop = max(8, -(-max(len(p.stop_token_ids) for p in rows) // 8) * 8)
     stops = np.full((B, n_stop), -1, np.int32)

@@ -1,7 +1,7 @@
 """The engine's one device call per step: page copies, the ragged model step, and sampling.
 
     engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sample_rows_S, positions_S, samp,
-                poison_P=None) -> (tokens_S, logprobs_S, kv)
+                poison_P=None) -> (tokens_S, logprobs_S, (top_ids_SN, top_logprobs_SN), kv)
 
 1. copy-on-write: page copy_src_C[c] -> copy_dst_C[c] in every pool array (entries with
    dst = P are padding and dropped);
@@ -10,7 +10,10 @@
 3. the model's ragged step (infer/model/step.py) over the flat batch;
 4. S samples: sample s draws from logits row sample_rows_S[s] with its own settings
    and the key (seed_S[s], positions_S[s]); a prompt with n samples has n entries
-   pointing at one row. Also returns log p of each drawn token under the raw logits.
+   pointing at one row. When samp holds the logits processors' arrays (infer/sampling/processors.py:
+   penalties, logit bias, min_tokens) they run first, on the sampled rows. Also returns log p of each
+   drawn token under the raw logits, and the top N = 20 (ids, log p) of those when a row asks (zeros
+   otherwise; N = 0 when samp has no processors' arrays).
 
 Shapes are fixed by the engine (T, R, M, O, S, C), so a new mix of requests reuses the
 compiled program; only the static max_q_len bucket selects among a few programs.
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.model.step import run_step
 from infer.sampling import request_keys, sample
+from infer.sampling.processors import apply_processors, split, top_logprobs
 
 
 def copy_pages(kv: dict, src_C, dst_C) -> dict:
@@ -46,9 +50,11 @@ def run_engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sam
         kv = poison_pages(kv, poison_P)
     logits_OV, kv = run_step(params, cfg, tokens_T, meta, kv)
     logits_SV = logits_OV[sample_rows_S]
-    tokens_S = sample(logits_SV, samp, request_keys(samp["seed"], positions_S))
-    logprobs_S = jnp.take_along_axis(jax.nn.log_softmax(logits_SV, axis=-1), tokens_S[:, None], axis=-1)[:, 0]
-    return tokens_S, logprobs_S, kv
+    samp, proc = split(samp)
+    tokens_S = sample(apply_processors(logits_SV, proc), samp, request_keys(samp["seed"], positions_S))
+    raw_SV = jax.nn.log_softmax(logits_SV.astype(jnp.float32), axis=-1)
+    logprobs_S = jnp.take_along_axis(raw_SV, tokens_S[:, None], axis=-1)[:, 0]
+    return tokens_S, logprobs_S, top_logprobs(raw_SV, proc), kv
 
 
 # the pools donated; on a GPU the whole step, sampling conditionals included, is one command buffer

@@ -43,6 +43,7 @@ import jax
 import numpy as np
 
 from infer.config import ModelConfig, SamplingParams
+from infer.config.sampling_params import MAX_MIN_TOKENS_STOPS
 from infer.engine.block_manager import BlockManager
 from infer.engine.device_step import engine_step
 from infer.engine.multihost import StepChannel
@@ -57,6 +58,7 @@ from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
 from infer.model.layout import for_engine
 from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
+from infer.sampling.processors import host_top_logprobs, processing_arrays
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
@@ -187,6 +189,11 @@ class Engine:
             sampling_arrays([sp], [sp.seed], 1)
         except (OverflowError, ValueError, TypeError) as e:
             raise err(f"sampling_params do not fit the step's arrays: {e}") from None
+        bad = [t for t, _ in sp.logit_bias if t >= self.cfg.vocab_size]
+        if bad:
+            raise err(f"logit_bias: token id {bad[0]} outside [0, vocab_size={self.cfg.vocab_size})")
+        if self.channel is not None and (sp.non_neutral_processors()):
+            raise err(f"{sp.non_neutral_processors()[0]}: not supported with several processes yet")
         total = len(ids) + sp.max_new_tokens
         if total > self.max_model_len:
             raise err(f"prompt length {len(ids)} + max_new_tokens {sp.max_new_tokens} = {total} exceeds the "
@@ -194,9 +201,12 @@ class Engine:
         if self.blocks.pages_for(total) > self.num_pages:
             raise err(f"needs {self.blocks.pages_for(total)} pages of {self.page_size} tokens, more than the "
                       f"whole pool ({self.num_pages} pages)")
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and not sp.ignore_eos:
             eos = tuple(getattr(self.tokenizer, "eos_ids", ()))
             sp = dataclasses.replace(sp, stop_token_ids=tuple(dict.fromkeys(sp.stop_token_ids + eos)))
+        if sp.min_tokens and len(sp.stop_token_ids) > MAX_MIN_TOKENS_STOPS:
+            raise err(f"min_tokens: holds back at most {MAX_MIN_TOKENS_STOPS} stop ids (EOS included), "
+                      f"this request has {len(sp.stop_token_ids)}")
         req = Request(request_id=rid, prompt=ids, sampling=sp, n=n, stop=stop,
                       metrics=RequestMetrics(arrival=time.perf_counter() if arrival_time is None else arrival_time,
                                              num_prompt_tokens=len(ids)))
@@ -263,12 +273,12 @@ class Engine:
             return updates
         self._device_called = False
         try:
-            tokens_S, logprobs_S = self._run(sched.scheduled)
+            tokens_S, logprobs_S, tops_S = self._run(sched.scheduled)
         except Exception as e:
             self._outbox = updates + self._outbox  # abort updates already made still reach their requests
             raise self._attribute(sched.scheduled, e) from e
         now = time.perf_counter()
-        self._advance(sched.scheduled, tokens_S, logprobs_S, now, updates)
+        self._advance(sched.scheduled, tokens_S, logprobs_S, now, updates, tops_S)
         used, alloc = self.blocks.kv_slots({s.seq_id: s.num_computed for s in self.scheduler.running})
         self.counters["kv_used_slots"] += used
         self.counters["kv_alloc_slots"] += alloc
@@ -368,7 +378,7 @@ class Engine:
                                       cached=c, logits=("all" if d else "last") if done else "none"))
             if done:
                 logits_row[i], num_rows = num_rows, num_rows + 1 + d
-        samples, seeds, per_sample, positions = [], [], [], []
+        samples, seeds, per_sample, positions, seqs = [], [], [], [], []
         for i, (seq, n) in enumerate(scheduled):
             if i not in logits_row:
                 continue
@@ -379,10 +389,11 @@ class Engine:
                 seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
                 per_sample.append(req.sampling)
                 positions.append(len(seq.tokens))
+                seqs.append(seq)
         tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, **shapes)
         # samples: one per logits row, or n rows from one prompt (mixed steps: S = R; verify steps: their rows)
         S = shapes["num_seqs"] if verify else shapes["num_logits"]
-        samp = sampling_arrays(per_sample, seeds, S)  # before drain(): a row that fails leaves the copies pending
+        samp = self._sampling(per_sample, seeds, S, seqs)  # before drain(): a row that fails leaves the copies pending
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
             raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
@@ -399,19 +410,38 @@ class Engine:
         ns = len(samples)
         if verify:
             rows, drafts, nd = verify_inputs(scheduled, logits_row, samples, S, self.spec.k)
-            tok, count, logp = self.verify_call(tokens_T, meta, src, dst, rows, drafts, nd, pos, samp, poison)
-            return ([tok[s, :count[s]].tolist() for s in range(ns)], [logp[s, :count[s]].tolist() for s in range(ns)])
+            tok, count, logp, top = self.verify_call(tokens_T, meta, src, dst, rows, drafts, nd, pos, samp, poison)
+            tops = [[self._top(top, (s, i), per_sample[s]) for i in range(count[s])] for s in range(ns)]
+            return ([tok[s, :count[s]].tolist() for s in range(ns)], [logp[s, :count[s]].tolist() for s in range(ns)],
+                    tops)
         rows = np.zeros((S,), np.int32)
         rows[:ns] = [r for _, r in samples]
-        tok_S, logp_S = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
-        return [[t] for t in tok_S[:ns].tolist()], [[p] for p in logp_S[:ns].tolist()]
+        tok_S, logp_S, top = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
+        return ([[t] for t in tok_S[:ns].tolist()], [[p] for p in logp_S[:ns].tolist()],
+                [[self._top(top, s, per_sample[s])] for s in range(ns)])
+
+    def _sampling(self, per_sample: List[SamplingParams], seeds: List[int], S: int, seqs: List[Sequence]) -> dict:
+        """The step's sampling rows: the filters' settings, and the logits processors' arrays (penalties, bias,
+        min_tokens, top_logprobs; infer/sampling/processors.py) unless several processes run the step."""
+        samp = sampling_arrays(per_sample, seeds, S)
+        if self.channel is None:
+            samp |= processing_arrays(per_sample, [s.tokens for s in seqs], [s.num_prompt for s in seqs], S,
+                                      self.max_model_len, self.cfg.vocab_size)
+        return samp
+
+    @staticmethod
+    def _top(top, index, sp: SamplingParams):
+        """One token's top_logprobs [(id, log p)] (None when its request did not ask)."""
+        if not sp.top_logprobs:
+            return None
+        return host_top_logprobs(top[0][index], top[1][index], sp.top_logprobs)
 
     def verify_call(self, tokens_T, meta, src, dst, rows, drafts, num_drafts, pos, samp, poison):
         """The device call of a step with verify runs (infer/engine/verify_step.py), its results on the host."""
         with mesh_context(self.mesh):
-            tok, count, logp, self.kv = verify_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows,
-                                                    drafts, num_drafts, pos, samp, poison)
-        return to_host((tok, count, logp))
+            tok, count, logp, top, self.kv = verify_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst,
+                                                         rows, drafts, num_drafts, pos, samp, poison)
+        return to_host((tok, count, logp, top))
 
     def device_call(self, tokens_T, meta, src, dst, rows, pos, samp, poison):
         """The step's one device call (sampled tokens and their log p, on the host). With several processes
@@ -420,11 +450,11 @@ class Engine:
         if self.channel is not None and jax.process_index() == 0:
             self.channel.send(tokens_T, meta, src, dst, rows, pos, samp, poison)
         with mesh_context(self.mesh):
-            tok_S, logp_S, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst, rows,
-                                                 pos, samp, poison)
-        return to_host((tok_S, logp_S))  # one transfer per step
+            tok_S, logp_S, top, self.kv = engine_step(self.params, self.cfg, tokens_T, meta, self.kv, src, dst,
+                                                      rows, pos, samp, poison)
+        return to_host((tok_S, logp_S, top))  # one transfer per step
 
-    def _advance(self, scheduled, tokens_S, logprobs_S, now, updates) -> None:
+    def _advance(self, scheduled, tokens_S, logprobs_S, now, updates, tops_S=None) -> None:
         """Record what the step computed, fork prompts into their samples, append the sampled tokens."""
         k = 0
         got = set()
@@ -454,7 +484,7 @@ class Engine:
             else:
                 samples = [seq]
             for s in samples:
-                self._append(s, tokens_S[k], logprobs_S[k], now, updates)
+                self._append(s, tokens_S[k], logprobs_S[k], now, updates, tops_S[k] if tops_S else None)
                 k += 1
             if accepted and seq.status is Status.RUNNING:
                 seq.num_computed += accepted
@@ -476,21 +506,27 @@ class Engine:
             self.scheduler.rollback(seq)
         self.blocks.register_computed(seq.seq_id, seq.tokens, seq.num_computed)
 
-    def _append(self, seq: Sequence, tokens: List[int], logprobs: List[float], now: float, updates) -> None:
+    def _append(self, seq: Sequence, tokens: List[int], logprobs: List[float], now: float, updates,
+                tops=None) -> None:
         """Append a step's new tokens to a sample (one, or a verify run's j + 1) up to its first finish."""
         new, text, reason = append_tokens(seq, tokens, logprobs, self.max_model_len)
         if reason is not None:
             seq.finish_reason = reason
             self.scheduler.remove(seq)
+        top = None
+        if seq.request.sampling.top_logprobs and tops is not None:
+            top = list(tops[:len(new)])
+            seq.top_logprobs.extend(top)
         updates.append(RequestUpdate(seq.request.request_id, seq.index, new, text, reason is not None, reason,
-                                     [float(p) for p in logprobs[:len(new)]]))
+                                     [float(p) for p in logprobs[:len(new)]], new_top_logprobs=top))
 
     def _finish_request(self, req: Request, now: float, updates) -> None:
         req.metrics.finished = now
         self.requests.pop(req.request_id, None)
         self.finished_metrics.append(req.metrics)
         out = RequestOutput(req.request_id, list(req.prompt),
-                            [CompletionOutput(s.index, s.text, list(s.output), s.finish_reason, list(s.logprobs))
+                            [CompletionOutput(s.index, s.text, list(s.output), s.finish_reason, list(s.logprobs),
+                                              list(s.top_logprobs) if req.sampling.top_logprobs else None)
                              for s in req.sequences], req.metrics)
         for u in reversed(updates):  # the request's last update carries its whole output
             if u.request_id == req.request_id:
@@ -542,10 +578,11 @@ class Engine:
             if verify:
                 K = self.spec.k
                 self.verify_call(tokens_T, meta, *copies, np.zeros((S, K + 1), np.int32), np.zeros((S, K), np.int32),
-                                 np.zeros((S,), np.int32), np.zeros((S,), np.int32), sampling_arrays([], [], S), poison)
+                                 np.zeros((S,), np.int32), np.zeros((S,), np.int32), self._sampling([], [], S, []),
+                                 poison)
             else:
                 self.device_call(tokens_T, meta, *copies, np.zeros((S,), np.int32), np.zeros((S,), np.int32),
-                                 sampling_arrays([], [], S), poison)
+                                 self._sampling([], [], S, []), poison)
         jax.block_until_ready(self.kv)
 
     def stats(self) -> dict:

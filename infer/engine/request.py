@@ -96,6 +96,7 @@ class Sequence:
     held: str = ""  # decoded text held back: it could still turn into a stop string
     logprobs: List[float] = dataclasses.field(default_factory=list)
     draft: List[int] = dataclasses.field(default_factory=list)  # proposed tokens this step verifies (speculation)
+    top_logprobs: list = dataclasses.field(default_factory=list)  # per output token [(id, log p)] (top_logprobs)
 
     @property
     def num_prompt(self) -> int:
@@ -139,6 +140,8 @@ class RequestUpdate:
     finish_reason: Optional[str]  # "stop" (stop id or string), "length" (max tokens or context), "abort"
     new_logprobs: List[float] = dataclasses.field(default_factory=list)  # log p of each new token (raw logits)
     output: Optional["RequestOutput"] = None  # the whole request's output, on its last update
+    # per new token, its request's top_logprobs most likely [(id, log p)] under the raw logits (None: not asked)
+    new_top_logprobs: Optional[List[List[Tuple[int, float]]]] = None
 
 
 @dataclasses.dataclass
@@ -150,6 +153,7 @@ class CompletionOutput:
     token_ids: List[int]
     finish_reason: Optional[str]
     logprobs: List[float]
+    top_logprobs: Optional[List[List[Tuple[int, float]]]] = None  # per token (SamplingParams.top_logprobs > 0)
 
 
 @dataclasses.dataclass

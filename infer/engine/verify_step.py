@@ -1,7 +1,7 @@
 """The engine's device call for a step that verifies proposed tokens (speculative decoding).
 
     verify_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, rows_SK1, drafts_SK, num_drafts_S,
-                positions_S, samp, poison_P=None) -> (tokens_SK1, counts_S, logprobs_SK1, kv)
+                positions_S, samp, poison_P=None) -> (tokens_SK1, counts_S, logprobs_SK1, top, kv)
 
 Like `engine_step` (infer/engine/device_step.py: page copies, the ragged model step), then per
 sample s, whose sequence ran [last, x_0..x_{d-1}] (d = num_drafts_S[s] proposals, 0 <= d <= K)
@@ -17,8 +17,14 @@ with the logits of those d+1 tokens at rows_SK1[s, :d+1]:
          so the residual is q_d itself: the bonus token). Key: (seed, position, ACCEPT).
 
 tokens_SK1[s, :counts_S[s]] are the emitted tokens x_0..x_{j-1}, y (counts = j + 1; the rest is
-padding), with their log p under the raw logits. An all-greedy step skips the filters and draws
-(accepted prefix = the proposals that equal the target's argmax).
+padding), with their log p under the raw logits, and `top` = the top N (ids, log p) [S, K+1, N] of those
+(infer/sampling/processors.py). An all-greedy step skips the filters and draws (accepted prefix = the
+proposals that equal the target's argmax).
+
+Logits processors (penalties, logit bias, min_tokens) run on all K+1 logits rows of a sample with its one
+history: exact for logit_bias (the same at every position) and for every row of a sample without
+proposals; the engine proposes nothing for a sequence with a penalty or still under min_tokens
+(infer/engine/speculation.py), since those change from one position to the next.
 """
 import jax
 import jax.numpy as jnp
@@ -29,6 +35,7 @@ from infer.generation import speculative_accept as SP
 from infer.model.step import run_step
 from infer.sampling import ACCEPT, request_keys
 from infer.sampling.filters import filter_logits, greedy_tokens
+from infer.sampling.processors import apply_processors, split, top_logprobs
 
 
 def accept_up_to(drafts_K, draft_probs_KV, target_probs_K1V, num_drafts, key):
@@ -44,10 +51,12 @@ def accept_up_to(drafts_K, draft_probs_KV, target_probs_K1V, num_drafts, key):
 
 
 def verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S, samp):
-    """(tokens_SK1, counts_S, logprobs_SK1) from the step's logits (see the module docstring)."""
+    """(tokens_SK1, counts_S, logprobs_SK1, top) from the step's logits (see the module docstring)."""
     S, K1 = rows_SK1.shape
     K = K1 - 1
-    logits_SK1V = logits_OV[rows_SK1]
+    raw_SK1V = logits_OV[rows_SK1]
+    samp, proc = split(samp)
+    logits_SK1V = apply_processors(raw_SK1V, proc)
     V = logits_SK1V.shape[-1]
     idx_K = jnp.arange(K, dtype=jnp.int32)
     live_SK = idx_K[None, :] < num_drafts_S[:, None]
@@ -75,9 +84,9 @@ def verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S, sa
         return jnp.where(idx_K1[None, :] < j_S[:, None], drafts_SK1, y_S[:, None]), j_S
 
     tokens_SK1, j_S = jax.lax.cond(jnp.all(samp["temperature"] <= 0), greedy, sampled)
-    logz_SK1 = jax.nn.logsumexp(logits_SK1V.astype(jnp.float32), axis=-1)
-    picked_SK1 = jnp.take_along_axis(logits_SK1V, tokens_SK1[..., None], axis=-1)[..., 0].astype(jnp.float32)
-    return tokens_SK1, j_S + 1, picked_SK1 - logz_SK1
+    raw_SK1V = jax.nn.log_softmax(raw_SK1V.astype(jnp.float32), axis=-1)
+    picked_SK1 = jnp.take_along_axis(raw_SK1V, tokens_SK1[..., None], axis=-1)[..., 0]
+    return tokens_SK1, j_S + 1, picked_SK1, top_logprobs(raw_SK1V, proc)
 
 
 def run_verify_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, rows_SK1, drafts_SK, num_drafts_S,
@@ -86,9 +95,9 @@ def run_verify_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, row
     if poison_P is not None:
         kv = poison_pages(kv, poison_P)
     logits_OV, kv = run_step(params, cfg, tokens_T, meta, kv)
-    tokens_SK1, counts_S, logprobs_SK1 = verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S,
-                                                        samp)
-    return tokens_SK1, counts_S, logprobs_SK1, kv
+    tokens_SK1, counts_S, logprobs_SK1, top = verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S,
+                                                             positions_S, samp)
+    return tokens_SK1, counts_S, logprobs_SK1, top, kv
 
 
 verify_step = jax.jit(run_verify_step, static_argnames=("cfg",), donate_argnames=("kv",),

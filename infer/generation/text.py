@@ -32,6 +32,8 @@ from infer.sampling import request_keys, sample
 
 
 def _with_eos(sampling: SamplingParams, tokenizer) -> SamplingParams:
+    if sampling.ignore_eos:
+        return sampling
     stops = tuple(dict.fromkeys(tuple(sampling.stop_token_ids) + tuple(tokenizer.eos_ids)))
     return dataclasses.replace(sampling, stop_token_ids=stops)
 

@@ -2,6 +2,10 @@
 
 Filter order (documented contract, tested in tests/test_sampling.py):
 
+0. (engine steps only) the logits processors of infer/sampling/processors.py, on the raw
+   logits: repetition penalty, then frequency and presence penalties, then logit_bias, then
+   min_tokens's -inf on the stop ids; steps 1-4 below see the processed logits (tested in
+   tests/test_sampling_processors.py). Reported log-probabilities stay those of the raw logits.
 1. temperature: logits / temperature. temperature == 0 means greedy argmax
    (lowest token id on ties) and every other filter is ignored.
 2. top-k: keep the k highest-logit tokens (exactly k: ties broken by lower

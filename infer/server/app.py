@@ -2,8 +2,10 @@
 
     GET  /health                 {"status": "ok"}
     GET  /v1/models              the served model
-    POST /v1/completions         prompt (text, ids, or a list of them), n, stream, logprobs, stop, sampling
-    POST /v1/chat/completions    messages rendered with the model's chat template; stream, n, logprobs
+    POST /v1/completions         prompt (text, ids, or a list of them), n, stream, logprobs (top N), echo, stop,
+                                 sampling, penalties, logit_bias, min_tokens, ignore_eos
+    POST /v1/chat/completions    messages rendered with the model's chat template; stream, n, logprobs, top_logprobs,
+                                 the same sampling fields
     GET  /metrics                Prometheus text format (infer/server/prom.py)
 
 Handlers never touch the engine: they hand requests to the engine thread
@@ -67,6 +69,7 @@ class _Stream(StreamingResponse):
 class _Choice:
     def __init__(self):
         self.text, self.tokens, self.logprobs, self.finish_reason = "", [], [], None
+        self.top = []  # per token [(id, log p)] (top_logprobs)
 
 
 def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerMetrics,
@@ -151,6 +154,29 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             return [f"token_id:{t}" for t in ids]
         return [tokenizer.decode([t], skip_special_tokens=False) for t in ids]
 
+    def top_texts(top) -> Optional[list]:
+        """Per token its [(text, log p)] most likely (None when the request asked for none)."""
+        return None if top is None else [list(zip(token_texts([t for t, _ in alts]), [lp for _, lp in alts]))
+                                         for alts in top]
+
+    def logprobs_of(req: GenerationRequest, chat: bool, ids, lps, top, offset=0) -> dict:
+        toks, top = token_texts(ids), top_texts(top if req.sampling.top_logprobs else None)
+        return chat_logprobs(toks, lps, top) if chat else completion_logprobs(toks, lps, offset, top)
+
+    def check_bias(req: GenerationRequest) -> None:
+        bad = [t for t, _ in req.sampling.logit_bias if t >= vocab]
+        if bad:
+            raise APIError(f"'logit_bias': token id {bad[0]} is outside [0, {vocab})", param="logit_bias",
+                           code="invalid_value")
+
+    def echo_texts(req: GenerationRequest, prompts: List[List[int]]) -> List[str]:
+        """Per choice the text `echo` puts first: the prompt as sent, or its ids decoded."""
+        if not req.echo:
+            return [""] * (len(prompts) * req.n)
+        text = lambda p, ids: p if isinstance(p, str) else ("".join(token_texts(ids)) if tokenizer is None
+                                                             else tokenizer.decode(ids))
+        return [text(p, ids) for p, ids in zip(req.prompts, prompts) for _ in range(req.n)]
+
     async def collect(request: Request, q: asyncio.Queue, rids: List[str], n: int) -> List[_Choice]:
         choices = [_Choice() for _ in range(len(rids) * n)]
         slot = {rid: i for i, rid in enumerate(rids)}
@@ -171,6 +197,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                 c.text += u.new_text
                 c.tokens += u.new_token_ids
                 c.logprobs += u.new_logprobs
+                c.top += u.new_top_logprobs or []
                 if u.finished:
                     c.finish_reason = u.finish_reason
                     left -= 1
@@ -180,7 +207,8 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             raise
         return choices
 
-    async def sse(req: GenerationRequest, rids, counts, q, kind: str, rid_out: str, release: Callable[[], None]):
+    async def sse(req: GenerationRequest, rids, counts, q, kind: str, rid_out: str, release: Callable[[], None],
+                  echoes: List[str]):
         n, chat = req.n, kind == "chat.completion.chunk"
         slot = {rid: i for i, rid in enumerate(rids)}
         total, done, completion_tokens = len(rids) * n, 0, 0
@@ -191,6 +219,10 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                 yield event(envelope(kind, rid_out, req.model, [
                     {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                     for i in range(total)], created=created))
+            for i, text in enumerate(echoes if req.echo else []):
+                yield event(envelope(kind, rid_out, req.model, [
+                    {"index": i, "text": text, "logprobs": None, "finish_reason": None}], created=created))
+                offsets[i] = len(text)
             while done < total:
                 item = await q.get()
                 if isinstance(item, EngineFailure):
@@ -207,9 +239,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                     continue
                 lp = None
                 if req.logprobs and u.new_token_ids:
-                    toks = token_texts(u.new_token_ids)
-                    lp = chat_logprobs(toks, u.new_logprobs) if chat else completion_logprobs(toks, u.new_logprobs,
-                                                                                               offsets[i])
+                    lp = logprobs_of(req, chat, u.new_token_ids, u.new_logprobs, u.new_top_logprobs, offsets[i])
                 offsets[i] += len(u.new_text)
                 reason = u.finish_reason if u.finished else None
                 choice = ({"index": i, "delta": {"content": u.new_text} if u.new_text else {}, "logprobs": lp,
@@ -255,6 +285,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
     async def generate(request: Request, req: GenerationRequest, prompts: List[List[int]], kind: str,
                        release: Callable[[], None]):
         rids, counts, q = await submit(req, prompts)
+        echoes = echo_texts(req, prompts)
         rid_out = ("chatcmpl-" if kind.startswith("chat") else "cmpl-") + uuid.uuid4().hex[:24]
         if req.stream:
             finished = []
@@ -265,7 +296,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                         engine.abort(rid)
                 release()
             return _Stream(sse(req, rids, counts, q, kind + ".chunk" if kind.startswith("chat") else kind, rid_out,
-                               lambda: finished.append(release())), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                               lambda: finished.append(release()), echoes), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                            on_close=on_close)
         try:
             choices = await collect(request, q, rids, req.n)
@@ -278,14 +309,12 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
         for i, c in enumerate(choices):
             lp = None
             if req.logprobs:
-                toks = token_texts(c.tokens)
-                lp = chat_logprobs(toks, c.logprobs) if kind.startswith("chat") else completion_logprobs(toks,
-                                                                                                         c.logprobs)
+                lp = logprobs_of(req, kind.startswith("chat"), c.tokens, c.logprobs, c.top)
             if kind.startswith("chat"):
                 out.append({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": lp,
                             "finish_reason": c.finish_reason})
             else:
-                out.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+                out.append({"index": i, "text": echoes[i] + c.text, "logprobs": lp, "finish_reason": c.finish_reason})
         return JSONResponse(envelope(kind, rid_out, req.model, out, usage(sum(counts), completion_tokens),
                                      created=created))
 
@@ -307,6 +336,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
     async def completions(request: Request):
         req = parse_completion(await read_json(request), served, max_model_len, max_num_seqs,
                                limits.max_prompts_per_request)
+        check_bias(req)
         if req.stop and tokenizer is None:
             raise APIError("'stop': stop strings need a tokenizer", param="stop", code="unsupported")
         if tokenizer is None and any(isinstance(p, str) for p in req.prompts):
@@ -326,12 +356,13 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                                                                  vocab))
     async def chat_completions(request: Request):
         req, messages = parse_chat(await read_json(request), served, max_model_len, max_num_seqs)
+        check_bias(req)
         template = getattr(tokenizer, "chat_template", None)
         if template is None:
             raise APIError("this model has no chat template; use /v1/completions", param="messages",
                            code="unsupported")
 
-        eot = template.end_of_turn_ids(tokenizer)
+        eot = () if req.sampling.ignore_eos else template.end_of_turn_ids(tokenizer)
         req.sampling = dataclasses.replace(req.sampling, stop_token_ids=tuple(
             dict.fromkeys(req.sampling.stop_token_ids + eot)))
 

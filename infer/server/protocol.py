@@ -3,8 +3,11 @@
 Every refusal is an APIError carrying the OpenAI error shape
 {"error": {"message", "type", "param", "code"}} with the offending field in `param`.
 Fields the OpenAI API has but this server does not implement are refused when set to
-anything but their neutral value (a penalty of 0 is fine, 0.5 is refused by name);
-unknown fields are ignored, as OpenAI-compatible servers do. Numbers are bounded to what the
+anything but their neutral value (`best_of` other than n, `echo` together with `logprobs`);
+unknown fields are ignored, as OpenAI-compatible servers do. Honoured beyond the basic
+sampling fields: presence/frequency penalties, logit_bias, top_logprobs (completions
+`logprobs: N`, chat `logprobs: true, top_logprobs: N`, N <= 20), echo (completions, without
+logprobs), and vLLM's repetition_penalty, min_tokens, ignore_eos. Numbers are bounded to what the
 engine's per-row arrays hold (int32 top_k, uint32 seed, float32 temperature), strict JSON only
 (no NaN / Infinity), and text must be valid Unicode (a lone surrogate cannot be tokenized).
 """
@@ -17,7 +20,7 @@ import time
 from typing import Any, List, Optional, Sequence, Union
 
 from infer.config import SamplingParams
-from infer.config.sampling_params import INT32_MAX
+from infer.config.sampling_params import INT32_MAX, MAX_BIAS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 
 MAX_STOP_STRINGS = 4
 
@@ -86,6 +89,7 @@ class GenerationRequest:
     stream: bool
     logprobs: bool
     include_usage: bool = True
+    echo: bool = False  # completions: the prompt's text before each choice's text
 
 
 def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> SamplingParams:
@@ -97,13 +101,23 @@ def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> Sampling
                  f"an integer in [-1, {INT32_MAX}] (-1 or 0: off)", 0)
     min_p = _get(body, "min_p", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]", 0.0)
     seed = _get(body, "seed", lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2**32)", None)
-    for name in ("presence_penalty", "frequency_penalty"):
-        _get(body, name, lambda v: _is_num(v) and v == 0, "0 (penalties are not supported)", 0)
-    _get(body, "logit_bias", lambda v: isinstance(v, dict) and all(_is_num(b) and b == 0 for b in v.values()),
-         "an empty object (logit biases are not supported)", {})
+    presence, frequency = (_get(body, name, lambda v: _is_num(v) and -2 <= v <= 2, "a number in [-2, 2]", 0.0)
+                           for name in ("presence_penalty", "frequency_penalty"))
+    repetition = _get(body, "repetition_penalty", lambda v: _is_num(v) and 0 < v <= 100,
+                      "a number in (0, 100] (1: off)", 1.0)
+    bias = _get(body, "logit_bias", lambda v: isinstance(v, dict) and len(v) <= MAX_LOGIT_BIAS and all(
+        isinstance(k, str) and k.isascii() and k.isdigit() and int(k) <= INT32_MAX
+        and _is_num(b) and -MAX_BIAS <= b <= MAX_BIAS for k, b in v.items()),
+        f"an object of at most {MAX_LOGIT_BIAS} token ids (as strings) to biases in [-100, 100]", {})
+    min_tokens = _get(body, "min_tokens", lambda v: _is_int(v) and 0 <= v <= max_tokens,
+                      f"an integer in [0, {max_tokens}] (at most max_tokens)", 0)
+    ignore_eos = _get(body, "ignore_eos", lambda v: isinstance(v, bool), "a boolean", False)
     return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=max(0, int(top_k)),
                           min_p=float(min_p), max_new_tokens=int(max_tokens),
-                          seed=int(seed) if seed is not None else secrets.randbits(32))
+                          seed=int(seed) if seed is not None else secrets.randbits(32),
+                          presence_penalty=float(presence), frequency_penalty=float(frequency),
+                          repetition_penalty=float(repetition), logit_bias={int(k): float(b) for k, b in bias.items()},
+                          min_tokens=int(min_tokens), ignore_eos=ignore_eos)
 
 
 def _common(body: dict, served: Sequence[str], max_num_seqs: int):
@@ -146,13 +160,16 @@ def parse_completion(body: Any, served: Sequence[str], max_model_len: int, max_n
                        code="too_many_prompts")
     if any(isinstance(p, str) and not _unicode(p) for p in prompts):
         raise APIError("'prompt': not valid Unicode text (a lone surrogate?)", param="prompt", code="invalid_value")
-    if body.get("echo"):
-        raise APIError("'echo': not supported", param="echo", code="unsupported")
+    echo = _get(body, "echo", lambda v: isinstance(v, bool), "a boolean", False)
     if body.get("best_of") not in (None, 1, n):
         raise APIError("'best_of': not supported", param="best_of", code="unsupported")
-    logprobs = _get(body, "logprobs", lambda v: _is_int(v) and 0 <= v <= 5, "an integer in [0, 5] or null", None)
-    return GenerationRequest(model, prompts, _sampling(body, "max_tokens", max_model_len), n, stop, stream,
-                             logprobs is not None, include_usage)
+    logprobs = _get(body, "logprobs", lambda v: _is_int(v) and 0 <= v <= MAX_TOP_LOGPROBS,
+                    f"an integer in [0, {MAX_TOP_LOGPROBS}] or null", None)
+    if echo and logprobs is not None:  # the engine's step returns the logits of each sequence's last token only
+        raise APIError("'echo' with 'logprobs': prompt logprobs are not supported (the engine computes no "
+                       "logits for prompt positions); echo without logprobs is", param="echo", code="unsupported")
+    sampling = dataclasses.replace(_sampling(body, "max_tokens", max_model_len), top_logprobs=logprobs or 0)
+    return GenerationRequest(model, prompts, sampling, n, stop, stream, logprobs is not None, include_usage, echo)
 
 
 ROLES = ("system", "user", "assistant")
@@ -187,9 +204,12 @@ def parse_chat(body: Any, served: Sequence[str], max_model_len: int, max_num_seq
         raise APIError("'best_of': not supported in chat", param="best_of", code="unsupported")
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     logprobs = _get(body, "logprobs", lambda v: isinstance(v, bool), "a boolean", False)
-    _get(body, "top_logprobs", lambda v: _is_int(v) and v == 0, "0 (only the chosen token's logprob)", 0)
-    req = GenerationRequest(model, [], _sampling(body, field, max_model_len), n, stop, stream, logprobs,
-                            include_usage)
+    top = _get(body, "top_logprobs", lambda v: _is_int(v) and 0 <= v <= MAX_TOP_LOGPROBS,
+               f"an integer in [0, {MAX_TOP_LOGPROBS}]", 0)
+    if top and not logprobs:
+        raise APIError("'top_logprobs': needs 'logprobs': true", param="top_logprobs", code="invalid_value")
+    sampling = dataclasses.replace(_sampling(body, field, max_model_len), top_logprobs=top)
+    req = GenerationRequest(model, [], sampling, n, stop, stream, logprobs, include_usage)
     return req, clean
 
 
@@ -199,17 +219,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_logprobs(tokens: List[str], logprobs: List[float], offset: int = 0) -> dict:
+def completion_logprobs(tokens: List[str], logprobs: List[float], offset: int = 0,
+                        top: Optional[List[List[tuple]]] = None) -> dict:
+    """top: per token its [(text, log p)] most likely, descending (None: not asked)."""
     offsets, o = [], offset
     for t in tokens:
         offsets.append(o)
         o += len(t)
-    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
+    top_out = None if top is None else [{text: lp for text, lp in alts} for alts in top]
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top_out, "text_offset": offsets}
 
 
-def chat_logprobs(tokens: List[str], logprobs: List[float]) -> dict:
-    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": []}
-                        for t, lp in zip(tokens, logprobs)]}
+def chat_logprobs(tokens: List[str], logprobs: List[float], top: Optional[List[List[tuple]]] = None) -> dict:
+    """top: per token its [(text, log p)] most likely, descending (None: not asked)."""
+    alt = lambda text, lp: {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+    return {"content": [dict(alt(t, lp), top_logprobs=[alt(a, b) for a, b in top[i]] if top else [])
+                        for i, (t, lp) in enumerate(zip(tokens, logprobs))]}
 
 
 def envelope(kind: str, rid: str, model: str, choices: list, usage_: Optional[dict] = None,

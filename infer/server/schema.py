@@ -12,7 +12,7 @@ from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infer.config.sampling_params import INT32_MAX
+from infer.config.sampling_params import INT32_MAX, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 from infer.server.protocol import MAX_STOP_STRINGS
 
 Stop = Optional[Union[str, List[str]]]
@@ -32,9 +32,13 @@ class _Sampling(BaseModel):
     stream: Optional[bool] = None
     stream_options: Optional[Dict[str, bool]] = None
     stop: Stop = Field(None, description=f"a string or at most {MAX_STOP_STRINGS} non-empty strings")
-    presence_penalty: Optional[float] = Field(None, description="only 0")
-    frequency_penalty: Optional[float] = Field(None, description="only 0")
-    logit_bias: Optional[Dict[str, float]] = Field(None, description="only empty (or all 0)")
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    repetition_penalty: Optional[float] = Field(None, gt=0, le=100, description="1: off (vLLM's extension)")
+    logit_bias: Optional[Dict[str, Annotated[float, Field(ge=-100, le=100)]]] = Field(
+        None, max_length=MAX_LOGIT_BIAS, description="token id (as a string, below the vocabulary size) -> bias")
+    min_tokens: Optional[int] = Field(None, ge=0, description="at most max_tokens")
+    ignore_eos: Optional[bool] = None
     user: Optional[str] = None
 
 
@@ -44,8 +48,8 @@ Ids = Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # below
 
 class CompletionRequest(_Sampling):
     prompt: Union[Text, Ids, Annotated[List[Union[Text, Ids]], Field(min_length=1)]]
-    logprobs: Optional[int] = Field(None, ge=0, le=5)
-    echo: Optional[bool] = Field(None, description="only false")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: Optional[bool] = Field(None, description="not with logprobs")
     best_of: Optional[int] = Field(None, description="only 1 or n")
 
 
@@ -65,7 +69,7 @@ class ChatCompletionRequest(_Sampling):
     messages: List[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = Field(None, description="only 0")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="needs logprobs: true")
     echo: Optional[bool] = Field(None, description="only false")
     best_of: Optional[int] = Field(None, description="only 1")
 
@@ -127,7 +131,10 @@ def openapi_body(name: str, served: Sequence[str], max_model_len: int, max_num_s
     error = _inline(ErrorResponse.model_json_schema())
     responses = {"200": {"description": "the completion (JSON), or server-sent events when streaming",
                          "content": {"application/json": {"schema": {"type": "object"}},
-                                     "text/event-stream": {"schema": {"type": "string"}}}}}
+                                     # each server-sent event ({"data": a JSON chunk or [DONE]}), as SSE-aware
+                                     # validators (schemathesis) check them one by one
+                                     "text/event-stream": {"schema": {"type": "object", "properties": {
+                                         "data": {"type": "string"}}}}}}}
     responses.update({str(code): {"description": what, "content": {"application/json": {"schema": error}}}
                       for code, what in ERRORS.items()})
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
