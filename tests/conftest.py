@@ -43,6 +43,23 @@ def _persistent_compilation_cache():
 
 _persistent_compilation_cache()
 
+
+def _fast_xla_compiles():
+    """Tests compile many small programs and run each a few times, so XLA:CPU's LLVM optimization is most of
+    their cost: at optimization level 0 the suite's tests spend 30-40% less CPU (tests/test_generate.py +
+    test_speculative_accept.py 121 -> 74 CPU-s, tests/test_engine.py 473 -> 328, measured back to back without
+    the persistent cache; BENCHMARKS.md, "The test suite's time"). The programs' results stay within the tests'
+    tolerances (the same HLO, less optimized machine code); benchmarks and the product keep XLA's default.
+    Subprocesses inherit it. INFER_TEST_XLA_OPT=1 runs the tests with XLA's default level; a level already
+    in XLA_FLAGS is kept."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("INFER_TEST_XLA_OPT") or "xla_backend_optimization_level" in flags:
+        return
+    os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+
+
+_fast_xla_compiles()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
