@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence, Tuple, Union
+import json
+from typing import Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,58 @@ import numpy as np
 
 INT32_MAX = 2 ** 31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """A structured-output constraint: the output must match it (infer/sampling/grammar.py applies it).
+
+        Constraint.json_schema({"type": "object", "properties": {...}})   # OpenAI's response_format json_schema
+        Constraint.json_object()                                          # any JSON object (json_object)
+        Constraint.regex(r"[0-9]{3}-[0-9]{4}")                            # the whole output (vLLM's guided_regex)
+        Constraint.grammar('start: "yes" | "no"')                         # Lark, llguidance's dialect (guided_grammar)
+
+    kind and spec (text: a schema is its JSON) only, so it is hashable and compares by value. Checked when made
+    (llguidance compiles it): a bad schema, regex or grammar is a ValueError saying what is wrong."""
+
+    kind: str
+    spec: str = ""
+
+    def __post_init__(self):
+        from infer.sampling.grammar import KINDS, grammar_text
+        if self.kind not in KINDS:
+            raise ValueError(f"constraint: kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.spec, str):
+            raise ValueError(f"constraint: spec must be a string, got {type(self.spec).__name__}")
+        try:
+            grammar_text(self.kind, self.spec)
+        except ValueError as e:
+            raise ValueError(f"constraint ({self.kind}): {e}") from None
+
+    @classmethod
+    def json_schema(cls, schema: Union[dict, bool, str]) -> "Constraint":
+        """From a schema (a dict, or its JSON text)."""
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError as e:
+                raise ValueError(f"constraint (json_schema): the JSON schema is not valid JSON: {e}") from None
+        try:
+            return cls("json_schema", json.dumps(schema, sort_keys=True))
+        except TypeError as e:
+            raise ValueError(f"constraint (json_schema): the schema is not JSON data: {e}") from None
+
+    @classmethod
+    def json_object(cls) -> "Constraint":
+        return cls("json_object")
+
+    @classmethod
+    def regex(cls, pattern: str) -> "Constraint":
+        return cls("regex", pattern)
+
+    @classmethod
+    def grammar(cls, lark: str) -> "Constraint":
+        return cls("grammar", lark)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +81,7 @@ class SamplingParams:
     stop_token_ids: Tuple[int, ...] = ()
     seed: int = 0  # the request's key is derived from (seed, token position) only
     speculate: bool = True  # an engine with speculative decoding may verify proposals for it (False: opt out)
+    constraint: Optional[Constraint] = None  # structured output: JSON schema, regex or grammar (Constraint)
 
     def __post_init__(self):
         if isinstance(self.stop_token_ids, int) or self.stop_token_ids is None:
@@ -52,6 +106,9 @@ class SamplingParams:
             raise ValueError(f"speculate: must be a bool, got {self.speculate!r}")
         if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2 ** 32):
             raise ValueError(f"seed: must be an int in [0, 2**32), got {self.seed!r}")
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise ValueError(f"constraint: must be a Constraint (e.g. Constraint.json_schema(schema)) or None, "
+                             f"got {type(self.constraint).__name__}")
 
     def arrays(self, batch_size: int) -> dict:
         """Per-row device arrays for `batch_size` rows that all use these settings."""

@@ -11,6 +11,9 @@
 4. S samples: sample s draws from logits row sample_rows_S[s] with its own settings
    and the key (seed_S[s], positions_S[s]); a prompt with n samples has n entries
    pointing at one row. Also returns log p of each drawn token under the raw logits.
+   With samp["token_bitmask"] ([S, W] int32, structured outputs: infer/sampling/token_mask.py)
+   a row draws only among the tokens its bits allow (all ones: every token; a step with no
+   constrained row skips the unpacking), so a constrained request never recompiles.
 
 Shapes are fixed by the engine (T, R, M, O, S, C), so a new mix of requests reuses the
 compiled program; only the static max_q_len bucket selects among a few programs.
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.model.step import run_step
 from infer.sampling import request_keys, sample
+from infer.sampling.token_mask import apply_token_bitmask
 
 
 def copy_pages(kv: dict, src_C, dst_C) -> dict:
@@ -46,7 +50,10 @@ def run_engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sam
         kv = poison_pages(kv, poison_P)
     logits_OV, kv = run_step(params, cfg, tokens_T, meta, kv)
     logits_SV = logits_OV[sample_rows_S]
-    tokens_S = sample(logits_SV, samp, request_keys(samp["seed"], positions_S))
+    samp = dict(samp)
+    bitmask_SW = samp.pop("token_bitmask", None)
+    allowed_SV = logits_SV if bitmask_SW is None else apply_token_bitmask(logits_SV, bitmask_SW)
+    tokens_S = sample(allowed_SV, samp, request_keys(samp["seed"], positions_S))
     logprobs_S = jnp.take_along_axis(jax.nn.log_softmax(logits_SV, axis=-1), tokens_S[:, None], axis=-1)[:, 0]
     return tokens_S, logprobs_S, kv
 

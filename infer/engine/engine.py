@@ -24,6 +24,14 @@ reference attention pads only those). After `warmup()` (or a workload that has v
 the buckets) no step compiles. With speculative decoding (infer/engine/speculation.py) a step
 with verify runs runs its own program and shapes (infer/engine/verify_step.py), in the same table.
 
+Structured outputs (SamplingParams.constraint: a JSON schema, regex or grammar): each constrained sequence
+has an llguidance matcher on the host (infer/sampling/grammar.py). Every step sends a [S, W] int32 token
+bitmask (W = ceil(V / 32); all ones for unconstrained rows) in the sampling arrays, so a constrained request
+compiles nothing new; the device masks the logits (infer/sampling/token_mask.py, skipped when no row is
+constrained). The matcher consumes each sampled token; a sample finishes ("stop") when its grammar allows
+nothing more, or on a stop id, which its mask allows wherever the grammar accepts. Constrained sequences do not
+speculate (infer/engine/speculation.py): they decode one token per step in an engine with speculation on.
+
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
 of the engine's state changes, and the other requests keep running. That includes sampling
 values the step's per-row arrays cannot hold (int32 top_k, uint32 seed, float32 temperature).
@@ -57,6 +65,7 @@ from infer.kv.pool import DEFAULT_PAGE_SIZE, init_pools
 from infer.model.layout import for_engine
 from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
+from infer.sampling.grammar import mask_words
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
@@ -77,14 +86,19 @@ class StepError(RuntimeError):
         self.request_ids, self.pools_lost = list(request_ids), pools_lost
 
 
-def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int) -> dict:
-    """Per-sample numpy rows for the device sampler, padded to S with greedy rows."""
+def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int,
+                    words: Optional[int] = None) -> dict:
+    """Per-sample numpy rows for the device sampler, padded to S with greedy rows; with `words` (W) also the
+    token bitmask [S, W] int32, all ones (no row constrained yet: the engine fills the constrained rows)."""
     greedy = SamplingParams(temperature=0.0)
     rows = per_sample + [greedy] * (S - len(per_sample))
     col = lambda f, dt: np.array([getattr(p, f) for p in rows], dt)
-    return {"temperature": col("temperature", np.float32), "top_k": col("top_k", np.int32),
-            "top_p": col("top_p", np.float32), "min_p": col("min_p", np.float32),
-            "seed": np.array(seeds + [0] * (S - len(seeds)), np.uint32)}
+    out = {"temperature": col("temperature", np.float32), "top_k": col("top_k", np.int32),
+           "top_p": col("top_p", np.float32), "min_p": col("min_p", np.float32),
+           "seed": np.array(seeds + [0] * (S - len(seeds)), np.uint32)}
+    if words is not None:
+        out["token_bitmask"] = np.full((S, words), -1, np.int32)
+    return out
 
 
 class Engine:
@@ -125,7 +139,9 @@ class Engine:
         if mesh is not None:
             self.kv = shard_pools(self.kv, mesh)
         # Several processes: process 0 schedules and broadcasts each step's inputs (infer/engine/multihost.py).
-        self.channel = StepChannel(num_pages) if jax.process_count() > 1 else None
+        self.mask_words = mask_words(cfg.vocab_size)  # W of the token bitmask every step sends
+        self.grammar = None  # the llguidance tokenizer (infer/sampling/grammar.py), built at the first constraint
+        self.channel = StepChannel(num_pages, self.mask_words) if jax.process_count() > 1 else None
         self.blocks = BlockManager(num_pages, page_size, enable_prefix_caching)
         if not (isinstance(max_num_partial_prefills, int) and max_num_partial_prefills > 0):
             raise ValueError(f"max_num_partial_prefills: must be an int > 0, got {max_num_partial_prefills!r}")
@@ -197,10 +213,22 @@ class Engine:
         if self.tokenizer is not None:
             eos = tuple(getattr(self.tokenizer, "eos_ids", ()))
             sp = dataclasses.replace(sp, stop_token_ids=tuple(dict.fromkeys(sp.stop_token_ids + eos)))
+        matcher = None
+        if sp.constraint is not None:
+            if self.tokenizer is None:
+                raise err("a constraint (structured output) needs an engine with a tokenizer")
+            try:
+                if self.grammar is None:
+                    from infer.sampling.grammar import TokenGrammar
+                    self.grammar = TokenGrammar(self.tokenizer, self.cfg.vocab_size)
+                matcher = self.grammar.matcher(sp.constraint.kind, sp.constraint.spec, sp.stop_token_ids)
+            except ValueError as e:
+                raise err(f"constraint: {e}") from None
         req = Request(request_id=rid, prompt=ids, sampling=sp, n=n, stop=stop,
                       metrics=RequestMetrics(arrival=time.perf_counter() if arrival_time is None else arrival_time,
                                              num_prompt_tokens=len(ids)))
         req.sequences.append(self._new_sequence(req, 0, list(ids)))
+        req.sequences[0].matcher = matcher
         self.requests[rid] = req
         self.scheduler.add(req.sequences[0])
         return rid
@@ -368,7 +396,7 @@ class Engine:
                                       cached=c, logits=("all" if d else "last") if done else "none"))
             if done:
                 logits_row[i], num_rows = num_rows, num_rows + 1 + d
-        samples, seeds, per_sample, positions = [], [], [], []
+        samples, seeds, per_sample, positions, constrained = [], [], [], [], []
         for i, (seq, n) in enumerate(scheduled):
             if i not in logits_row:
                 continue
@@ -376,13 +404,16 @@ class Engine:
             for j in range(1 if req.forked else req.n):
                 idx = seq.index if req.forked else j
                 samples.append((i, logits_row[i]))
+                if seq.matcher is not None:
+                    constrained.append((seq.matcher, len(samples) - 1))
                 seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
                 per_sample.append(req.sampling)
                 positions.append(len(seq.tokens))
         tokens_T, meta = build_metadata(steps, page_size=Z, num_pages=P, **shapes)
         # samples: one per logits row, or n rows from one prompt (mixed steps: S = R; verify steps: their rows)
         S = shapes["num_seqs"] if verify else shapes["num_logits"]
-        samp = sampling_arrays(per_sample, seeds, S)  # before drain(): a row that fails leaves the copies pending
+        samp = sampling_arrays(per_sample, seeds, S, self.mask_words)  # before drain(): a row that fails leaves
+        self._fill_masks(constrained, samp["token_bitmask"])         # the copies pending
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
             raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
@@ -405,6 +436,23 @@ class Engine:
         rows[:ns] = [r for _, r in samples]
         tok_S, logp_S = self.device_call(tokens_T, meta, src, dst, rows, pos, samp, poison)
         return [[t] for t in tok_S[:ns].tolist()], [[p] for p in logp_S[:ns].tolist()]
+
+    def _fill_masks(self, constrained, bitmask_SW) -> None:
+        """The constrained samples' rows of the step's token bitmask (a prompt's n samples share one matcher
+        until they fork: its row is filled once and copied)."""
+        if not constrained:
+            return
+        first: Dict[int, int] = {}
+        unique, copies = [], []
+        for m, row in constrained:
+            if id(m) in first:
+                copies.append((first[id(m)], row))
+            else:
+                first[id(m)] = row
+                unique.append((m, row))
+        self.grammar.fill(unique, bitmask_SW)
+        for src, dst in copies:
+            bitmask_SW[dst] = bitmask_SW[src]
 
     def verify_call(self, tokens_T, meta, src, dst, rows, drafts, num_drafts, pos, samp, poison):
         """The device call of a step with verify runs (infer/engine/verify_step.py), its results on the host."""
@@ -446,6 +494,7 @@ class Engine:
                 children = [self._new_sequence(req, i, list(seq.tokens)) for i in range(1, req.n)]
                 for c in children:
                     c.num_computed = seq.num_computed
+                    c.matcher = None if seq.matcher is None else seq.matcher.fork()
                     self.blocks.fork(seq.seq_id, c.seq_id)
                 self.scheduler.insert_after(seq, children)
                 req.sequences.extend(children)
@@ -542,10 +591,11 @@ class Engine:
             if verify:
                 K = self.spec.k
                 self.verify_call(tokens_T, meta, *copies, np.zeros((S, K + 1), np.int32), np.zeros((S, K), np.int32),
-                                 np.zeros((S,), np.int32), np.zeros((S,), np.int32), sampling_arrays([], [], S), poison)
+                                 np.zeros((S,), np.int32), np.zeros((S,), np.int32),
+                                 sampling_arrays([], [], S, self.mask_words), poison)
             else:
                 self.device_call(tokens_T, meta, *copies, np.zeros((S,), np.int32), np.zeros((S,), np.int32),
-                                 sampling_arrays([], [], S), poison)
+                                 sampling_arrays([], [], S, self.mask_words), poison)
         jax.block_until_ready(self.kv)
 
     def stats(self) -> dict:

@@ -96,6 +96,7 @@ class Sequence:
     held: str = ""  # decoded text held back: it could still turn into a stop string
     logprobs: List[float] = dataclasses.field(default_factory=list)
     draft: List[int] = dataclasses.field(default_factory=list)  # proposed tokens this step verifies (speculation)
+    matcher: object = None  # structured output: its grammar matcher (infer/sampling/grammar.py's Matcher)
 
     @property
     def num_prompt(self) -> int:

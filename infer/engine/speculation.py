@@ -26,7 +26,9 @@ Off-switches (turning speculation on should never make a workload slower):
     `min_accepted` it stops proposing for `cooldown` steps, then tries again (starting at the threshold, so
     one more poor run pauses it again), the pause doubling each time in a row (an open chat answer that
     copies little pays for a few probes only);
-  - per request: SamplingParams(speculate=False) opts out.
+  - per request: SamplingParams(speculate=False) opts out;
+  - structured outputs: a constrained request (SamplingParams.constraint) never proposes, so its grammar
+    matcher only ever consumes accepted tokens (no rollback) and each of its steps needs one token mask.
 
 Step shapes (no compile after warm-up): an engine with speculation adds one family, the
 verify steps (every sequence <= k + 1 tokens: r = bucketed rows of k + 1 tokens each, pages
@@ -140,7 +142,7 @@ class Speculator:
         for s in decoding:
             sp = s.request.sampling
             room = min(self.k, sp.max_new_tokens - len(s.output) - 1, max_model_len - len(s.tokens))
-            if not sp.speculate or room < 1 or self.paused_until.get(s.seq_id, 0) > self.steps:
+            if not sp.speculate or sp.constraint is not None or room < 1 or self.paused_until.get(s.seq_id, 0) > self.steps:
                 continue
             cand.append(s)
             ks.append(room)

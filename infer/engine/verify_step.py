@@ -17,7 +17,9 @@ with the logits of those d+1 tokens at rows_SK1[s, :d+1]:
          so the residual is q_d itself: the bonus token). Key: (seed, position, ACCEPT).
 
 tokens_SK1[s, :counts_S[s]] are the emitted tokens x_0..x_{j-1}, y (counts = j + 1; the rest is
-padding), with their log p under the raw logits. An all-greedy step skips the filters and draws
+padding), with their log p under the raw logits. samp["token_bitmask"] ([S, W], structured outputs)
+masks every one of a sample's K + 1 logits rows alike; a constrained sequence never proposes
+(infer/engine/speculation.py), so only its first row (d = 0) is drawn from. An all-greedy step skips the filters and draws
 (accepted prefix = the proposals that equal the target's argmax).
 """
 import jax
@@ -29,6 +31,7 @@ from infer.generation import speculative_accept as SP
 from infer.model.step import run_step
 from infer.sampling import ACCEPT, request_keys
 from infer.sampling.filters import filter_logits, greedy_tokens
+from infer.sampling.token_mask import apply_token_bitmask
 
 
 def accept_up_to(drafts_K, draft_probs_KV, target_probs_K1V, num_drafts, key):
@@ -47,8 +50,12 @@ def verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S, sa
     """(tokens_SK1, counts_S, logprobs_SK1) from the step's logits (see the module docstring)."""
     S, K1 = rows_SK1.shape
     K = K1 - 1
-    logits_SK1V = logits_OV[rows_SK1]
-    V = logits_SK1V.shape[-1]
+    raw_SK1V = logits_OV[rows_SK1]
+    V = raw_SK1V.shape[-1]
+    samp = dict(samp)
+    bitmask_SW = samp.pop("token_bitmask", None)
+    logits_SK1V = raw_SK1V if bitmask_SW is None else apply_token_bitmask(
+        raw_SK1V.reshape(S * K1, V), jnp.repeat(bitmask_SW, K1, axis=0)).reshape(S, K1, V)
     idx_K = jnp.arange(K, dtype=jnp.int32)
     live_SK = idx_K[None, :] < num_drafts_S[:, None]
     argmax_SK1 = greedy_tokens(logits_SK1V.reshape(S * K1, V)).reshape(S, K1)
@@ -75,8 +82,8 @@ def verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S, sa
         return jnp.where(idx_K1[None, :] < j_S[:, None], drafts_SK1, y_S[:, None]), j_S
 
     tokens_SK1, j_S = jax.lax.cond(jnp.all(samp["temperature"] <= 0), greedy, sampled)
-    logz_SK1 = jax.nn.logsumexp(logits_SK1V.astype(jnp.float32), axis=-1)
-    picked_SK1 = jnp.take_along_axis(logits_SK1V, tokens_SK1[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    logz_SK1 = jax.nn.logsumexp(raw_SK1V.astype(jnp.float32), axis=-1)
+    picked_SK1 = jnp.take_along_axis(raw_SK1V, tokens_SK1[..., None], axis=-1)[..., 0].astype(jnp.float32)
     return tokens_SK1, j_S + 1, picked_SK1 - logz_SK1
 
 
