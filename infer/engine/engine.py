@@ -442,6 +442,7 @@ class Engine:
         until they fork: its row is filled once and copied)."""
         if not constrained:
             return
+        t = time.perf_counter()
         first: Dict[int, int] = {}
         unique, copies = [], []
         for m, row in constrained:
@@ -453,6 +454,7 @@ class Engine:
         self.grammar.fill(unique, bitmask_SW)
         for src, dst in copies:
             bitmask_SW[dst] = bitmask_SW[src]
+        self.counters["grammar_mask_s"] += time.perf_counter() - t
 
     def verify_call(self, tokens_T, meta, src, dst, rows, drafts, num_drafts, pos, samp, poison):
         """The device call of a step with verify runs (infer/engine/verify_step.py), its results on the host."""
