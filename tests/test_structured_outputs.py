@@ -284,7 +284,7 @@ def test_llm_generate_and_chat_take_a_constraint(smol_batch, smollm2):
     llm = infer.LLM.from_params(params, cfg, tok, **ENGINE)
     schema = SCHEMAS[0]
     sp = SamplingParams(temperature=0.0, max_new_tokens=48, constraint=Constraint.json_schema(schema))
-    (out,) = llm.generate(["A person as JSON: "], sp, use_tqdm=False)
+    (out,) = llm.generate([chat_ids(tok, "Describe a person.")], sp, use_tqdm=False)  # the batch's shapes
     jsonschema.validate(json.loads(out.text), schema)
     (reply,) = llm.chat([[{"role": "user", "content": "Is Paris in France?"}]],
                         SamplingParams(temperature=0.0, max_new_tokens=8,

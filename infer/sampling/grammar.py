@@ -104,15 +104,11 @@ class Matcher:
 
     def advance(self, token: int) -> bool:
         """Consume a sampled token; True when the output is complete (the grammar allows nothing but EOS now).
-        A token the grammar refuses (only possible if the mask was not applied) raises ValueError."""
+        A token the grammar refuses (only possible if the mask was not applied) ends the output too, in the step
+        that brought it, never failing the step of the others (`error` says what happened)."""
         if not self.m.consume_token(int(token)):
-            raise ValueError(f"token {token} does not fit the grammar: {self.m.get_error()}"[:500])
+            return True
         return self.m.is_stopped()
-
-    def rollback(self, n: int) -> None:
-        """Forget the last n consumed tokens."""
-        if n and not self.m.rollback(n):
-            raise ValueError(f"cannot roll the grammar back {n} tokens: {self.m.get_error()}"[:500])
 
     @property
     def accepting(self) -> bool:
