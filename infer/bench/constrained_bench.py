@@ -75,6 +75,36 @@ def main(argv=None):
         p, j = statistics.median(got["plain"]), statistics.median(got["json"])
         print(f"| {B} | {p:.1f} | {j:.1f} | {100 * (1 - j / p):+.1f}% | {statistics.median(got['fill']):.3f} |",
               flush=True)
+    print("\n| batch | mask + argmax, all ones (ms) | one row constrained (ms) |\n|---|---|---|")
+    for B in batches:
+        a, b = device_mask_cost(B, cfg.vocab_size)
+        print(f"| {B} | {a:.3f} | {b:.3f} |", flush=True)
+
+
+def device_mask_cost(B: int, V: int, repeats: int = 50) -> tuple:
+    """Median ms of the step's mask + greedy draw on [B, V] logits: every row all ones (the lax.cond skips the
+    unpacking) vs one row constrained (the unpacking and the where run), interleaved."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from infer.sampling.filters import greedy_tokens
+    from infer.sampling.token_mask import apply_token_bitmask
+    fn = jax.jit(lambda l, m: greedy_tokens(apply_token_bitmask(l, m)))
+    logits = jax.random.normal(jax.random.PRNGKey(0), (B, V))
+    ones = np.full((B, -(-V // 32)), -1, np.int32)
+    some = ones.copy()
+    some[0, 1:] = 0
+    masks = {"ones": jnp.asarray(ones), "one_row": jnp.asarray(some)}
+    times = {k: [] for k in masks}
+    for k, m in masks.items():
+        fn(logits, m).block_until_ready()
+    for _ in range(repeats):
+        for k, m in masks.items():
+            t = time.perf_counter()
+            fn(logits, m).block_until_ready()
+            times[k].append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times["ones"]), statistics.median(times["one_row"])
 
 
 if __name__ == "__main__":
