@@ -5,6 +5,7 @@ request served alone; pages in use are read from the engine and from /metrics.
 """
 import asyncio
 import json
+import re
 import socket
 
 import httpx
@@ -178,6 +179,70 @@ def test_every_bad_input_gets_a_400_naming_the_field_and_the_server_keeps_servin
         assert h.get("/health").json() == {"status": "ok"}
     r = client(server).completions.create(model=NAME, prompt="Hello", max_tokens=3, temperature=0)
     assert r.usage.completion_tokens == 3
+    assert wait_idle(server)
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                          "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_structured_outputs_json_schema_json_object_and_regex_streamed_and_not(server):
+    import jsonschema
+    c = client(server)
+    msgs = [{"role": "user", "content": "Describe a person as JSON."}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    r = c.chat.completions.create(model=NAME, messages=msgs, max_tokens=48, temperature=0, response_format=fmt)
+    text = r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop", text
+    jsonschema.validate(json.loads(text), PERSON)
+    chunks = list(c.chat.completions.create(model=NAME, messages=msgs, max_tokens=48, temperature=0,
+                                            response_format=fmt, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    r = c.chat.completions.create(model=NAME, messages=msgs, max_tokens=48, temperature=0,
+                                  response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":  # a free-form object may run past max_tokens
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:
+        assert r.choices[0].message.content.startswith("{")
+    rx = r"\(?[0-9]{3}\)? [0-9]{3}-[0-9]{4}"
+    r = c.completions.create(model=NAME, prompt="Call me at", max_tokens=16, temperature=0.7, seed=1,
+                             extra_body={"guided_regex": rx})
+    assert r.choices[0].finish_reason == "stop" and re.fullmatch(rx, r.choices[0].text), r.choices[0].text
+    r = c.completions.create(model=NAME, prompt="Is the sky blue? Answer:", max_tokens=4, temperature=0,
+                             extra_body={"guided_choice": ["yes", "no (really)"]})
+    assert r.choices[0].text in ("yes", "no (really)")
+    assert wait_idle(server)
+
+
+BAD_FORMATS = [
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": "json"}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     "response_format"),
+    ({"guided_regex": "[a-"}, "guided_regex"),
+    ({"guided_grammar": "start: undefined_rule"}, "guided_grammar"),
+    ({"guided_json": 5}, "guided_json"),
+    ({"guided_choice": []}, "guided_choice"),
+    ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "guided_regex"),
+]
+
+
+def test_a_bad_structured_output_request_gets_a_400_naming_the_field(server):
+    with httpx.Client(base_url=server["url"], timeout=30) as h:
+        for extra, field in BAD_FORMATS:
+            for path, body in [("/v1/completions", {"model": NAME, "prompt": "hi"}),
+                               ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "hi"}]})]:
+                r = h.post(path, json=body | extra)
+                assert r.status_code == 400, (extra, r.text)
+                err = r.json()["error"]
+                assert err["param"] == field and field in err["message"], (extra, err)
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nope"}}})
+    assert e.value.body["param"] == "response_format" and "nope" in e.value.body["message"]
     assert wait_idle(server)
 
 

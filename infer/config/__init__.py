@@ -17,6 +17,7 @@ _HOMES = {  # public name -> the module that defines it
     "CONFIG_DIR": "infer.config.paths",
     "REPO_ROOT": "infer.config.paths",
     "SamplingParams": "infer.config.sampling_params",
+    "Constraint": "infer.config.sampling_params",
     "as_per_request": "infer.config.sampling_params",
     "batch_arrays": "infer.config.sampling_params",
     "KV_CACHE_DTYPES": "infer.config.dtypes",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence, Tuple, Union
+import json
+from typing import Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,58 @@ MAX_BIAS = 100.0  # |logit_bias value| (the OpenAI API's bound)
 # The logits processors' fields and their neutral values; the static generate loop refuses any other value.
 PROCESSOR_NEUTRAL = (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0),
                      ("logit_bias", ()), ("min_tokens", 0), ("top_logprobs", 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """A structured-output constraint: the output must match it (infer/sampling/grammar.py applies it).
+
+        Constraint.json_schema({"type": "object", "properties": {...}})   # OpenAI's response_format json_schema
+        Constraint.json_object()                                          # any JSON object (json_object)
+        Constraint.regex(r"[0-9]{3}-[0-9]{4}")                            # the whole output (vLLM's guided_regex)
+        Constraint.grammar('start: "yes" | "no"')                         # Lark, llguidance's dialect (guided_grammar)
+
+    kind and spec (text: a schema is its JSON) only, so it is hashable and compares by value. Checked when made
+    (llguidance compiles it): a bad schema, regex or grammar is a ValueError saying what is wrong."""
+
+    kind: str
+    spec: str = ""
+
+    def __post_init__(self):
+        from infer.sampling.grammar import KINDS, grammar_text
+        if self.kind not in KINDS:
+            raise ValueError(f"constraint: kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.spec, str):
+            raise ValueError(f"constraint: spec must be a string, got {type(self.spec).__name__}")
+        try:
+            grammar_text(self.kind, self.spec)
+        except ValueError as e:
+            raise ValueError(f"constraint ({self.kind}): {e}") from None
+
+    @classmethod
+    def json_schema(cls, schema: Union[dict, bool, str]) -> "Constraint":
+        """From a schema (a dict, or its JSON text)."""
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError as e:
+                raise ValueError(f"constraint (json_schema): the JSON schema is not valid JSON: {e}") from None
+        try:
+            return cls("json_schema", json.dumps(schema, sort_keys=True))
+        except TypeError as e:
+            raise ValueError(f"constraint (json_schema): the schema is not JSON data: {e}") from None
+
+    @classmethod
+    def json_object(cls) -> "Constraint":
+        return cls("json_object")
+
+    @classmethod
+    def regex(cls, pattern: str) -> "Constraint":
+        return cls("regex", pattern)
+
+    @classmethod
+    def grammar(cls, lark: str) -> "Constraint":
+        return cls("grammar", lark)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +97,7 @@ class SamplingParams:
     min_tokens: int = 0  # stop ids (EOS included) are masked until this many tokens are generated
     ignore_eos: bool = False  # the tokenizer's EOS ids do not stop the request (stop_token_ids still do)
     top_logprobs: int = 0  # also report the N most likely tokens and their log p per generated token (N <= 20)
+    constraint: Optional[Constraint] = None  # structured output: JSON schema, regex or grammar (Constraint)
 
     def __post_init__(self):
         if isinstance(self.logit_bias, dict):
@@ -80,6 +134,9 @@ class SamplingParams:
             raise ValueError(f"speculate: must be a bool, got {self.speculate!r}")
         if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2 ** 32):
             raise ValueError(f"seed: must be an int in [0, 2**32), got {self.seed!r}")
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise ValueError(f"constraint: must be a Constraint (e.g. Constraint.json_schema(schema)) or None, "
+                             f"got {type(self.constraint).__name__}")
         for name in ("presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and -2 <= v <= 2):

@@ -14,6 +14,9 @@
    penalties, logit bias, min_tokens) they run first, on the sampled rows. Also returns log p of each
    drawn token under the raw logits, and the top N = 20 (ids, log p) of those when a row asks (zeros
    otherwise; N = 0 when samp has no processors' arrays).
+   With samp["token_bitmask"] ([S, W] int32, structured outputs: infer/sampling/token_mask.py)
+   a row draws only among the tokens its bits allow (all ones: every token; a step with no
+   constrained row skips the unpacking), so a constrained request never recompiles.
 
 Shapes are fixed by the engine (T, R, M, O, S, C), so a new mix of requests reuses the
 compiled program; only the static max_q_len bucket selects among a few programs.
@@ -25,6 +28,7 @@ from infer.config.xla_flags import LOOP_COMPILER_OPTIONS
 from infer.model.step import run_step
 from infer.sampling import request_keys, sample
 from infer.sampling.processors import apply_processors, split, top_logprobs
+from infer.sampling.token_mask import apply_token_bitmask
 
 
 def copy_pages(kv: dict, src_C, dst_C) -> dict:
@@ -51,7 +55,11 @@ def run_engine_step(params, cfg, tokens_T, meta, kv, copy_src_C, copy_dst_C, sam
     logits_OV, kv = run_step(params, cfg, tokens_T, meta, kv)
     logits_SV = logits_OV[sample_rows_S]
     samp, proc = split(samp)
-    tokens_S = sample(apply_processors(logits_SV, proc), samp, request_keys(samp["seed"], positions_S))
+    samp = dict(samp)
+    bitmask_SW = samp.pop("token_bitmask", None)
+    processed_SV = apply_processors(logits_SV, proc)
+    allowed_SV = processed_SV if bitmask_SW is None else apply_token_bitmask(processed_SV, bitmask_SW)
+    tokens_S = sample(allowed_SV, samp, request_keys(samp["seed"], positions_S))
     raw_SV = jax.nn.log_softmax(logits_SV.astype(jnp.float32), axis=-1)
     logprobs_S = jnp.take_along_axis(raw_SV, tokens_S[:, None], axis=-1)[:, 0]
     return tokens_S, logprobs_S, top_logprobs(raw_SV, proc), kv

@@ -24,6 +24,14 @@ reference attention pads only those). After `warmup()` (or a workload that has v
 the buckets) no step compiles. With speculative decoding (infer/engine/speculation.py) a step
 with verify runs runs its own program and shapes (infer/engine/verify_step.py), in the same table.
 
+Structured outputs (SamplingParams.constraint: a JSON schema, regex or grammar): each constrained sequence
+has an llguidance matcher on the host (infer/sampling/grammar.py). Every step sends a [S, W] int32 token
+bitmask (W = ceil(V / 32); all ones for unconstrained rows) in the sampling arrays, so a constrained request
+compiles nothing new; the device masks the logits (infer/sampling/token_mask.py, skipped when no row is
+constrained). The matcher consumes each sampled token; a sample finishes ("stop") when its grammar allows
+nothing more, or on a stop id, which its mask allows wherever the grammar accepts. Constrained sequences do not
+speculate (infer/engine/speculation.py): they decode one token per step in an engine with speculation on.
+
 Bad requests are refused by `add_request` with a RequestError naming the request; nothing
 of the engine's state changes, and the other requests keep running. That includes sampling
 values the step's per-row arrays cannot hold (int32 top_k, uint32 seed, float32 temperature).
@@ -59,6 +67,7 @@ from infer.model.layout import for_engine
 from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
 from infer.sampling.processors import host_top_logprobs, processing_arrays
+from infer.sampling.grammar import mask_words
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
@@ -79,14 +88,19 @@ class StepError(RuntimeError):
         self.request_ids, self.pools_lost = list(request_ids), pools_lost
 
 
-def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int) -> dict:
-    """Per-sample numpy rows for the device sampler, padded to S with greedy rows."""
+def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int,
+                    words: Optional[int] = None) -> dict:
+    """Per-sample numpy rows for the device sampler, padded to S with greedy rows; with `words` (W) also the
+    token bitmask [S, W] int32, all ones (no row constrained yet: the engine fills the constrained rows)."""
     greedy = SamplingParams(temperature=0.0)
     rows = per_sample + [greedy] * (S - len(per_sample))
     col = lambda f, dt: np.array([getattr(p, f) for p in rows], dt)
-    return {"temperature": col("temperature", np.float32), "top_k": col("top_k", np.int32),
-            "top_p": col("top_p", np.float32), "min_p": col("min_p", np.float32),
-            "seed": np.array(seeds + [0] * (S - len(seeds)), np.uint32)}
+    out = {"temperature": col("temperature", np.float32), "top_k": col("top_k", np.int32),
+           "top_p": col("top_p", np.float32), "min_p": col("min_p", np.float32),
+           "seed": np.array(seeds + [0] * (S - len(seeds)), np.uint32)}
+    if words is not None:
+        out["token_bitmask"] = np.full((S, words), -1, np.int32)
+    return out
 
 
 class Engine:
@@ -127,7 +141,9 @@ class Engine:
         if mesh is not None:
             self.kv = shard_pools(self.kv, mesh)
         # Several processes: process 0 schedules and broadcasts each step's inputs (infer/engine/multihost.py).
-        self.channel = StepChannel(num_pages) if jax.process_count() > 1 else None
+        self.mask_words = mask_words(cfg.vocab_size)  # W of the token bitmask every step sends
+        self.grammar = None  # the llguidance tokenizer (infer/sampling/grammar.py), built at the first constraint
+        self.channel = StepChannel(num_pages, self.mask_words) if jax.process_count() > 1 else None
         self.blocks = BlockManager(num_pages, page_size, enable_prefix_caching)
         if not (isinstance(max_num_partial_prefills, int) and max_num_partial_prefills > 0):
             raise ValueError(f"max_num_partial_prefills: must be an int > 0, got {max_num_partial_prefills!r}")
@@ -207,10 +223,22 @@ class Engine:
         if sp.min_tokens and len(sp.stop_token_ids) > MAX_MIN_TOKENS_STOPS:
             raise err(f"min_tokens: holds back at most {MAX_MIN_TOKENS_STOPS} stop ids (EOS included), "
                       f"this request has {len(sp.stop_token_ids)}")
+        matcher = None
+        if sp.constraint is not None:
+            if self.tokenizer is None:
+                raise err("a constraint (structured output) needs an engine with a tokenizer")
+            try:
+                if self.grammar is None:
+                    from infer.sampling.grammar import TokenGrammar
+                    self.grammar = TokenGrammar(self.tokenizer, self.cfg.vocab_size)
+                matcher = self.grammar.matcher(sp.constraint.kind, sp.constraint.spec, sp.stop_token_ids)
+            except ValueError as e:
+                raise err(f"constraint: {e}") from None
         req = Request(request_id=rid, prompt=ids, sampling=sp, n=n, stop=stop,
                       metrics=RequestMetrics(arrival=time.perf_counter() if arrival_time is None else arrival_time,
                                              num_prompt_tokens=len(ids)))
         req.sequences.append(self._new_sequence(req, 0, list(ids)))
+        req.sequences[0].matcher = matcher
         self.requests[rid] = req
         self.scheduler.add(req.sequences[0])
         return rid
@@ -378,7 +406,7 @@ class Engine:
                                       cached=c, logits=("all" if d else "last") if done else "none"))
             if done:
                 logits_row[i], num_rows = num_rows, num_rows + 1 + d
-        samples, seeds, per_sample, positions, seqs = [], [], [], [], []
+        samples, seeds, per_sample, positions, seqs, constrained = [], [], [], [], [], []
         for i, (seq, n) in enumerate(scheduled):
             if i not in logits_row:
                 continue
@@ -386,6 +414,8 @@ class Engine:
             for j in range(1 if req.forked else req.n):
                 idx = seq.index if req.forked else j
                 samples.append((i, logits_row[i]))
+                if seq.matcher is not None:
+                    constrained.append((seq.matcher, len(samples) - 1))
                 seeds.append((req.sampling.seed + idx * SAMPLE_SEED_STRIDE) % 2 ** 32)
                 per_sample.append(req.sampling)
                 positions.append(len(seq.tokens))
@@ -394,6 +424,7 @@ class Engine:
         # samples: one per logits row, or n rows from one prompt (mixed steps: S = R; verify steps: their rows)
         S = shapes["num_seqs"] if verify else shapes["num_logits"]
         samp = self._sampling(per_sample, seeds, S, seqs)  # before drain(): a row that fails leaves the copies pending
+        self._fill_masks(constrained, samp["token_bitmask"])
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
             raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
@@ -423,7 +454,7 @@ class Engine:
     def _sampling(self, per_sample: List[SamplingParams], seeds: List[int], S: int, seqs: List[Sequence]) -> dict:
         """The step's sampling rows: the filters' settings, and the logits processors' arrays (penalties, bias,
         min_tokens, top_logprobs; infer/sampling/processors.py) unless several processes run the step."""
-        samp = sampling_arrays(per_sample, seeds, S)
+        samp = sampling_arrays(per_sample, seeds, S, self.mask_words)
         if self.channel is None:
             samp |= processing_arrays(per_sample, [s.tokens for s in seqs], [s.num_prompt for s in seqs], S,
                                       self.max_model_len, self.cfg.vocab_size)
@@ -435,6 +466,25 @@ class Engine:
         if not sp.top_logprobs:
             return None
         return host_top_logprobs(top[0][index], top[1][index], sp.top_logprobs)
+
+    def _fill_masks(self, constrained, bitmask_SW) -> None:
+        """The constrained samples' rows of the step's token bitmask (a prompt's n samples share one matcher
+        until they fork: its row is filled once and copied)."""
+        if not constrained:
+            return
+        t = time.perf_counter()
+        first: Dict[int, int] = {}
+        unique, copies = [], []
+        for m, row in constrained:
+            if id(m) in first:
+                copies.append((first[id(m)], row))
+            else:
+                first[id(m)] = row
+                unique.append((m, row))
+        self.grammar.fill(unique, bitmask_SW)
+        for src, dst in copies:
+            bitmask_SW[dst] = bitmask_SW[src]
+        self.counters["grammar_mask_s"] += time.perf_counter() - t
 
     def verify_call(self, tokens_T, meta, src, dst, rows, drafts, num_drafts, pos, samp, poison):
         """The device call of a step with verify runs (infer/engine/verify_step.py), its results on the host."""
@@ -476,6 +526,7 @@ class Engine:
                 children = [self._new_sequence(req, i, list(seq.tokens)) for i in range(1, req.n)]
                 for c in children:
                     c.num_computed = seq.num_computed
+                    c.matcher = None if seq.matcher is None else seq.matcher.fork()
                     self.blocks.fork(seq.seq_id, c.seq_id)
                 self.scheduler.insert_after(seq, children)
                 req.sequences.extend(children)

@@ -3,7 +3,7 @@
 In a multi-process JAX runtime (infer/parallel/distributed.py) every process must issue the same jitted
 calls with the same inputs. The host side of the engine (requests, block manager, scheduler) lives on
 process 0 only; each step it broadcasts the step's inputs (token ids, AttentionMetadata, page copies,
-sampling rows and settings) and all processes run `engine_step` on them together, so a model sharded
+sampling rows, settings and token bitmask) and all processes run `engine_step` on them together, so a model sharded
 over several hosts serves as one engine.
 
     engine = Engine(params, cfg, mesh=make_mesh(tp), ...)        # on every process, same arguments
@@ -39,8 +39,8 @@ def _broadcast(tree):
 class StepChannel:
     """Process 0 sends each step's inputs; the others receive them (same order of calls on every process)."""
 
-    def __init__(self, num_pages: int):
-        self.num_pages = num_pages
+    def __init__(self, num_pages: int, mask_words: int):
+        self.num_pages, self.mask_words = num_pages, mask_words  # W: the token bitmask's words per row
 
     def send(self, tokens_T, meta: AttentionMetadata, src, dst, rows, pos, samp, poison) -> None:
         T, (R, M), O, S = tokens_T.shape[0], meta.page_table_RM.shape, meta.logits_indices_O.shape[0], rows.shape[0]
@@ -61,6 +61,7 @@ class StepChannel:
                                                     meta.query_len_R, meta.kv_len_R, meta.page_table_RM,
                                                     meta.logits_indices_O, src, dst, rows, pos)]
         arrays += [np.asarray(samp[k], dt) for k, dt in _SAMP]
+        arrays.append(np.asarray(samp["token_bitmask"], np.int32))
         if poison is not None:
             arrays.append(np.asarray(poison, np.int32))
         return arrays
@@ -74,6 +75,7 @@ class StepChannel:
         i32 = lambda *shape: np.zeros(shape, np.int32)
         like = [i32(T), i32(T), i32(T), i32(R), i32(R), i32(R), i32(R, M), i32(O), i32(C), i32(C), i32(S), i32(S)]
         like += [np.zeros((S,), dt) for _, dt in _SAMP]
+        like.append(np.zeros((S, self.mask_words), np.int32))
         if has_poison:
             like.append(np.zeros((P,), np.int32))
         got = [np.asarray(a) for a in _broadcast(like)]
@@ -84,7 +86,8 @@ class StepChannel:
                                  rows_in_order=bool(in_order))
         src, dst, rows, pos = got[8:12]
         samp = {k: got[12 + i] for i, (k, _) in enumerate(_SAMP)}
-        poison = got[12 + len(_SAMP)].astype(bool) if has_poison else None
+        samp["token_bitmask"] = got[12 + len(_SAMP)]
+        poison = got[13 + len(_SAMP)].astype(bool) if has_poison else None
         return tokens_T, meta, src, dst, rows, pos, samp, poison
 
 

@@ -4,7 +4,8 @@
 
 A step brings one token per sample, or j + 1 from a speculative verify run (infer/engine/speculation.py);
 they are appended in order up to the first that finishes the sample (a stop id, max_new_tokens, the context,
-or a stop string in the text), and the rest are dropped.
+or a stop string in the text, or a constrained sample's grammar that allows nothing more: its matcher consumes
+each token), and the rest are dropped.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def append_tokens(seq: Sequence, tokens: List[int], logprobs: List[float],
         seq.request.metrics.num_output_tokens += 1
         if token in sp.stop_token_ids:
             reason = STOP
+        elif seq.matcher is not None and seq.matcher.advance(token):
+            reason = STOP  # the grammar is complete: nothing but EOS could follow
         elif len(seq.output) >= sp.max_new_tokens or len(seq.tokens) >= max_model_len:
             reason = LENGTH
         if seq.detok is not None:

@@ -97,6 +97,7 @@ class Sequence:
     logprobs: List[float] = dataclasses.field(default_factory=list)
     draft: List[int] = dataclasses.field(default_factory=list)  # proposed tokens this step verifies (speculation)
     top_logprobs: list = dataclasses.field(default_factory=list)  # per output token [(id, log p)] (top_logprobs)
+    matcher: object = None  # structured output: its grammar matcher (infer/sampling/grammar.py's Matcher)
 
     @property
     def num_prompt(self) -> int:

@@ -29,7 +29,9 @@ Off-switches (turning speculation on should never make a workload slower):
   - per request: SamplingParams(speculate=False) opts out; a request with a penalty (presence,
     frequency, repetition) never proposes, nor one still under its min_tokens: those processors change
     with every accepted token, and the verify step applies them with the sample's one history
-    (infer/engine/verify_step.py), exact only for a run without proposals. logit_bias keeps speculating.
+    (infer/engine/verify_step.py), exact only for a run without proposals. logit_bias keeps speculating;
+  - structured outputs: a constrained request (SamplingParams.constraint) never proposes, so its grammar
+    matcher only ever consumes accepted tokens (no rollback) and each of its steps needs one token mask.
 
 Step shapes (no compile after warm-up): an engine with speculation adds one family, the
 verify steps (every sequence <= k + 1 tokens: r = bucketed rows of k + 1 tokens each, pages
@@ -143,7 +145,7 @@ class Speculator:
         for s in decoding:
             sp = s.request.sampling
             room = min(self.k, sp.max_new_tokens - len(s.output) - 1, max_model_len - len(s.tokens))
-            if not sp.speculate or room < 1 or self.paused_until.get(s.seq_id, 0) > self.steps:
+            if not sp.speculate or sp.constraint is not None or room < 1 or self.paused_until.get(s.seq_id, 0) > self.steps:
                 continue
             if sp.has_penalties or len(s.output) < sp.min_tokens:  # position-dependent processors: no proposals
                 continue

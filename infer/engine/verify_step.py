@@ -25,6 +25,10 @@ Logits processors (penalties, logit bias, min_tokens) run on all K+1 logits rows
 history: exact for logit_bias (the same at every position) and for every row of a sample without
 proposals; the engine proposes nothing for a sequence with a penalty or still under min_tokens
 (infer/engine/speculation.py), since those change from one position to the next.
+
+samp["token_bitmask"] ([S, W], structured outputs) masks every one of a sample's K + 1 logits rows alike
+(after the processors); a constrained sequence never proposes (infer/engine/speculation.py), so only its
+first row (d = 0) is drawn from.
 """
 import jax
 import jax.numpy as jnp
@@ -36,6 +40,7 @@ from infer.model.step import run_step
 from infer.sampling import ACCEPT, request_keys
 from infer.sampling.filters import filter_logits, greedy_tokens
 from infer.sampling.processors import apply_processors, split, top_logprobs
+from infer.sampling.token_mask import apply_token_bitmask
 
 
 def accept_up_to(drafts_K, draft_probs_KV, target_probs_K1V, num_drafts, key):
@@ -56,8 +61,13 @@ def verify_samples(logits_OV, rows_SK1, drafts_SK, num_drafts_S, positions_S, sa
     K = K1 - 1
     raw_SK1V = logits_OV[rows_SK1]
     samp, proc = split(samp)
+    samp = dict(samp)
+    bitmask_SW = samp.pop("token_bitmask", None)
     logits_SK1V = apply_processors(raw_SK1V, proc)
     V = logits_SK1V.shape[-1]
+    if bitmask_SW is not None:
+        logits_SK1V = apply_token_bitmask(logits_SK1V.reshape(S * K1, V),
+                                          jnp.repeat(bitmask_SW, K1, axis=0)).reshape(S, K1, V)
     idx_K = jnp.arange(K, dtype=jnp.int32)
     live_SK = idx_K[None, :] < num_drafts_S[:, None]
     argmax_SK1 = greedy_tokens(logits_SK1V.reshape(S * K1, V)).reshape(S, K1)

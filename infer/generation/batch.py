@@ -169,6 +169,10 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     if mesh is not None:
         cfg, params = prepare_tensor_parallel(params, cfg, mesh)
     per = as_per_request(sampling, len(prompts))
+    bad = [i for i, p in enumerate(per) if p.constraint is not None]
+    if bad:  # the decode loop runs on the device; a grammar's matcher runs on the host between steps
+        raise ValueError(f"sampling[{bad[0]}].constraint: structured outputs need the engine (infer.LLM or "
+                         f"infer.Engine), not generate's on-device loop")
     validate_prompts(cfg, prompts, [p.max_new_tokens for p in per])
     n_real = len(prompts)
     B, T, max_out, S = bucket_shapes(n_real, max(len(p) for p in prompts), max(p.max_new_tokens for p in per),

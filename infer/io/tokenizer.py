@@ -88,6 +88,10 @@ class HFTokenizer:
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
 
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json text (what llguidance builds its token trie from)."""
+        return self._tok.to_str()
+
 
 def _special_token_id(tok: HFTokenizer, tok_cfg: dict, key: str) -> Optional[int]:
     t = tok_cfg.get(key)

@@ -124,7 +124,8 @@ def build_program(name: str, spec: ProgramSpec) -> Tuple[Callable, tuple, Tuple[
         tokens_T, meta = build_metadata(seqs, page_size=PAGE_SIZE, num_pages=P, **shapes)
         R = meta.query_start_R.shape[0]
         kv = jax.eval_shape(lambda: init_pools(cfg, P, PAGE_SIZE))
-        samp = sampling_arrays([], [], R)  # greedy padding rows, as the engine pads a step
+        samp = sampling_arrays([], [], R, -(-cfg.vocab_size // 32))  # greedy padding rows, as the engine pads a
+        # step, and its token bitmask (all ones: no constrained row)
         fn = lambda p, t, m, k, src, dst, rows, pos, sp: run_engine_step(p, cfg, t, m, k, src, dst, rows, pos, sp)
         ints = lambda n, fill=0: np.full((n,), fill, np.int32)
         return fn, (params, tokens_T, meta, kv, ints(R), ints(R, P), ints(R), ints(R, S), samp), (3,), \

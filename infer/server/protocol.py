@@ -10,6 +10,12 @@ sampling fields: presence/frequency penalties, logit_bias, top_logprobs (complet
 logprobs), and vLLM's repetition_penalty, min_tokens, ignore_eos. Numbers are bounded to what the
 engine's per-row arrays hold (int32 top_k, uint32 seed, float32 temperature), strict JSON only
 (no NaN / Infinity), and text must be valid Unicode (a lone surrogate cannot be tokenized).
+
+Structured outputs (both endpoints): `response_format` {"type": "text" | "json_object" | "json_schema",
+"json_schema": {"name", "schema", "strict", "description"}}, and vLLM's extension fields `guided_json` (a schema),
+`guided_regex`, `guided_grammar` (Lark) and `guided_choice` (a list of strings), at most one of them; each
+becomes a SamplingParams.constraint (infer/config/sampling_params.py's Constraint). A schema, regex or grammar
+llguidance refuses is a 400 naming the field.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import time
 from typing import Any, List, Optional, Sequence, Union
 
 from infer.config import SamplingParams
-from infer.config.sampling_params import INT32_MAX, MAX_BIAS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
+from infer.config.sampling_params import INT32_MAX, MAX_BIAS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, Constraint
 
 MAX_STOP_STRINGS = 4
 
@@ -92,6 +98,63 @@ class GenerationRequest:
     echo: bool = False  # completions: the prompt's text before each choice's text
 
 
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+GUIDED = ("guided_json", "guided_regex", "guided_grammar", "guided_choice")
+
+
+def _response_format(v: Any) -> Optional[Constraint]:
+    name = "response_format"
+    if not isinstance(v, dict) or v.get("type") not in RESPONSE_FORMATS:
+        raise APIError(f"'{name}': expected an object with type one of {RESPONSE_FORMATS}, got {v!r}"[:300],
+                       param=name, code="invalid_value")
+    if v["type"] == "text":
+        return None
+    if v["type"] == "json_object":
+        return Constraint.json_object()
+    spec = v.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+        raise APIError(f"'{name}': type json_schema needs json_schema: {{\"name\": ..., \"schema\": {{...}}}}, "
+                       f"got {spec!r}"[:300], param=name, code="invalid_value")
+    if not isinstance(spec.get("name", ""), str) or not isinstance(spec.get("strict", False), (bool, type(None))):
+        raise APIError(f"'{name}': json_schema.name must be a string and json_schema.strict a boolean",
+                       param=name, code="invalid_value")
+    return Constraint.json_schema(spec["schema"])
+
+
+def _constraint(body: dict) -> Optional[Constraint]:
+    """The request's structured-output constraint (response_format or one guided_* field), or None."""
+    plain = isinstance(body.get("response_format"), dict) and body["response_format"].get("type") == "text"
+    given = [f for f in ("response_format",) + GUIDED if body.get(f) is not None and not (
+        f == "response_format" and plain)]
+    if len(given) > 1:
+        raise APIError(f"'{given[1]}': give at most one of response_format and {', '.join(GUIDED)} "
+                       f"(got {', '.join(given)})", param=given[1], code="invalid_value")
+    if not given:
+        return None
+    name, v = given[0], body[given[0]]
+    try:
+        if name == "response_format":
+            return _response_format(v)
+        if name == "guided_json":
+            if not isinstance(v, (dict, bool, str)):
+                raise ValueError(f"expected a JSON schema (an object or its JSON text), got {type(v).__name__}")
+            return Constraint.json_schema(v)
+        if name == "guided_choice":
+            if not (isinstance(v, list) and v and all(isinstance(c, str) and c and _unicode(c) for c in v)):
+                raise ValueError("expected a non-empty list of non-empty strings")
+            return Constraint.regex("|".join(_regex_literal(c) for c in v))
+        if not (isinstance(v, str) and v and _unicode(v)):
+            raise ValueError(f"expected a non-empty string, got {v!r}"[:200])
+        return Constraint.regex(v) if name == "guided_regex" else Constraint.grammar(v)
+    except ValueError as e:
+        raise APIError(f"'{name}': {e}"[:1000], param=name, code="invalid_value") from None
+
+
+def _regex_literal(text: str) -> str:
+    """text as a regex matching exactly it (llguidance's syntax: Rust's regex crate)."""
+    return "(" + "".join("\\" + c if c in "\\.+*?()|[]{}^$#&-~" else c for c in text) + ")"
+
+
 def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> SamplingParams:
     max_tokens = _get(body, max_tokens_field, lambda v: _is_int(v) and 1 <= v <= max_model_len,
                       f"an integer in [1, {max_model_len}] (the context length)", 16)
@@ -117,7 +180,7 @@ def _sampling(body: dict, max_tokens_field: str, max_model_len: int) -> Sampling
                           seed=int(seed) if seed is not None else secrets.randbits(32),
                           presence_penalty=float(presence), frequency_penalty=float(frequency),
                           repetition_penalty=float(repetition), logit_bias={int(k): float(b) for k, b in bias.items()},
-                          min_tokens=int(min_tokens), ignore_eos=ignore_eos)
+                          min_tokens=int(min_tokens), ignore_eos=ignore_eos, constraint=_constraint(body))
 
 
 def _common(body: dict, served: Sequence[str], max_num_seqs: int):

@@ -8,7 +8,7 @@ names, and the error statuses every route can answer, each with the OpenAI error
 """
 from __future__ import annotations
 
-from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,23 @@ from infer.config.sampling_params import INT32_MAX, MAX_LOGIT_BIAS, MAX_TOP_LOGP
 from infer.server.protocol import MAX_STOP_STRINGS
 
 Stop = Optional[Union[str, List[str]]]
+
+
+class JsonSchemaFormat(BaseModel):
+    name: Optional[str] = None
+    schema_: Union[Dict[str, Any], bool] = Field(alias="schema")
+    strict: Optional[bool] = None
+    description: Optional[str] = None
+
+
+class ResponseFormat(BaseModel):
+    """Structured outputs; at most one of response_format and the guided_* fields (infer/server/protocol.py)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = Field(None, description="with type json_schema")
+
+
+Text = Annotated[str, Field(min_length=1)]
 
 
 class _Sampling(BaseModel):
@@ -40,9 +57,13 @@ class _Sampling(BaseModel):
     min_tokens: Optional[int] = Field(None, ge=0, description="at most max_tokens")
     ignore_eos: Optional[bool] = None
     user: Optional[str] = None
+    response_format: Optional[ResponseFormat] = None
+    guided_json: Optional[Union[Dict[str, Any], str]] = Field(None, description="a JSON schema (vLLM's extension)")
+    guided_regex: Optional[str] = Field(None, min_length=1, description="the output matches it (vLLM's extension)")
+    guided_grammar: Optional[str] = Field(None, min_length=1, description="a Lark grammar (vLLM's extension)")
+    guided_choice: Optional[List[Text]] = Field(None, min_length=1, description="the output is one of these")
 
 
-Text = Annotated[str, Field(min_length=1)]
 Ids = Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # below the vocabulary size: openapi_body
 
 
