@@ -208,7 +208,7 @@ class Engine:
         bad = [t for t, _ in sp.logit_bias if t >= self.cfg.vocab_size]
         if bad:
             raise err(f"logit_bias: token id {bad[0]} outside [0, vocab_size={self.cfg.vocab_size})")
-        if self.channel is not None and (sp.non_neutral_processors()):
+        if self.channel is not None and sp.non_neutral_processors():
             raise err(f"{sp.non_neutral_processors()[0]}: not supported with several processes yet")
         total = len(ids) + sp.max_new_tokens
         if total > self.max_model_len:
