@@ -11,7 +11,7 @@ packed path (pallas_kernels/matmul/quant_xla.py: 4-bit weights decoded half-grou
 into two dots, never unpacked into a [I, O] copy).
 Quantized parameters come from `infer.quantize` (or a GGUF file); `init` gives zeros.
 
-Decode GEMV (a GPU target, <= 16 rows, a float weight, no bias; `decode_gemv`): the matmul is one Triton kernel
+Decode GEMV (a GPU target, <= 64 rows, a float weight, no bias; `decode_gemv`): the matmul is one Triton kernel
 with no split-K (pallas_kernels/gemv/), where XLA's untuned GEMM tiles split K and reduce the partials in a second
 launch. Given a PreNorm (layers/norm.py) instead of x, the call also runs the add + RMSNorm before the matmul and
 returns (h, y): in that kernel on the GEMV path, else the norm first; `swiglu=True` reads the output columns as
@@ -37,7 +37,7 @@ DECODE_GEMV_ENV = "INFER_DECODE_GEMV"  # "0": XLA's GEMMs for decode rows too (t
 
 def decode_gemv(rows: int, I: int) -> bool:
     """Whether a float projection of `rows` rows over I inputs runs as the decode GEMV kernel here (a GPU target,
-    no device mesh, rows <= 16, I a multiple of 16, INFER_DECODE_GEMV not "0")."""
+    no device mesh, rows <= 64, I a multiple of 16, INFER_DECODE_GEMV not "0")."""
     return os.environ.get(DECODE_GEMV_ENV, "1") != "0" and gemv_applies(rows, I)
 
 

@@ -37,6 +37,16 @@ def test_edge_lengths_and_stats(num_splits=3):  # one split per block; J = 1 run
     np.testing.assert_allclose(np.asarray(l), np.asarray(l_ref), rtol=1e-5)
 
 
+def test_one_split_writes_the_normalised_output_itself():
+    """J = 1 without stats: the kernel divides by l and stores the G real rows of each tile in q's dtype (no merge);
+    the empty row is zeros as the merge would give, and G = 5 leaves 11 padding rows that must not be written."""
+    case = make_case(len(EDGE_LENGTHS), K=2, G=5, S=S, H=64, lengths=EDGE_LENGTHS, L=2, dtype=jnp.bfloat16, seed=7)
+    out = _run(case, layer=1, block_k=BK, num_splits=1)
+    assert out.dtype == jnp.bfloat16 and not np.isnan(np.asarray(out, np.float32)).any()
+    np.testing.assert_array_equal(np.asarray(out[0], np.float32), 0.0)
+    assert rel_err(out, _ref(case, layer=1)) <= TOLERANCE[jnp.bfloat16]
+
+
 @pytest.mark.parametrize("G,H", [(1, 64), (2, 128), (4, 64), (8, 128), (5, 128)])
 def test_group_sizes_and_head_dims(G, H):
     case = make_case(2, K=2, G=G, S=S, H=H, lengths=[BK + 3, S], seed=G)
@@ -85,6 +95,9 @@ def test_split_heuristic_fills_the_gpu_at_batch_one():
     assert J * 8 >= 132  # at least one program per H100 SM
     assert 512 // J >= splits.MIN_BLOCKS_PER_SPLIT
     assert splits.choose_num_splits(batch_heads=64 * 32, num_blocks=512) == 1
+    # Llama 3 8B at batch 64 (B*K = 512, two programs per SM and more): one split, so no merge launch
+    assert splits.choose_num_splits(batch_heads=64 * 8, num_blocks=16) == 1
+    assert splits.choose_num_splits(batch_heads=32 * 8, num_blocks=16) > 1
 
 
 def _lower_for_cuda(fn, *args):

@@ -3,6 +3,7 @@ computation (masked columns, M = 1 and 3 rows, the add + RMSNorm prologue and th
 dispatcher runs, and the model on a GPU target (kernel interpreted) against the CPU model."""
 import functools
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.gemv.dispatch import gemv
-from pallas_kernels.gemv.gemv_gpu import choose_block_k, choose_block_n, gemv_gpu
+from pallas_kernels.gemv.gemv_gpu import choose_block_k, choose_block_n, gemv_gpu, row_tile
 from pallas_kernels.gemv.gemv_reference import fused_gemv_reference
 from pallas_kernels.platform import target_platform
 
@@ -38,9 +39,12 @@ def _numpy(x, r, wn, w, norm, swiglu):
 
 # (M, K, N, dtype, norm, swiglu, block_n, block_k): N = 40 and 37 leave a masked column block; SwiGLU's F = 24
 # too; block_k below K so the loop runs several chunks
+# 20 and 33 rows: the 32- and 64-row tiles of a batch (their padding rows masked)
 CASES = [(1, 64, 40, jnp.float32, False, False, 16, 32),
          (3, 64, 37, jnp.float32, True, False, 16, 16),
-         (3, 128, 48, jnp.bfloat16, True, True, 16, 32)]
+         (3, 128, 48, jnp.bfloat16, True, True, 16, 32),
+         (20, 64, 74, jnp.bfloat16, False, True, 16, 32),
+         (33, 128, 40, jnp.float32, False, False, 16, 64)]
 
 
 @pytest.mark.parametrize("M,K,N,dtype,norm,swiglu,bn,bk", CASES)
@@ -67,6 +71,9 @@ def test_block_choices_at_llama3_8b_shapes():
     assert [choose_block_n(n) for n in (6144, 4096, 14336)] == [32, 16, 64]
     assert choose_block_k(4096, 32, 1, 2) == 256 and choose_block_k(14336, 16, 1, 2) == 512
     assert choose_block_k(4096, 64, 2, 2) == 64 and choose_block_k(576, 16, 1, 2) == 64  # SmolLM2's D = 64 x 9
+    # a 64-row tile (batch 64): at most 16 KB of x per stage too, so three stages stay ~72 KB (one wave of programs)
+    assert choose_block_k(4096, 32, 1, 2, rows=64) == 128 and choose_block_k(4096, 16, 1, 2, rows=32) == 256
+    assert [row_tile(m) for m in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
     with pytest.raises(ValueError, match="dividing K"):
         choose_block_k(96, 16, 1, 2, block_k=64)
 
@@ -78,11 +85,31 @@ def test_the_dispatcher_runs_the_kernel_only_where_it_applies():
     with target_platform("gpu"):
         assert "pallas_call" in jaxpr(x[None])  # [B, T, K] rows -> the kernel
         assert "pallas_call" in jaxpr(x, norm=(r, wn, EPS), swiglu=True)
-        assert "pallas_call" not in jaxpr(jnp.zeros((17, 64)))  # 17 rows: a GEMM
+        assert "pallas_call" in jaxpr(jnp.zeros((64, 64)))  # a batch of 64 rows: the kernel too
+        assert "pallas_call" not in jaxpr(jnp.zeros((65, 64)))  # 65 rows: a GEMM
+        # past 16 rows the norm is its own kernel before a GEMV without the prologue (see gemv_gpu.NORM_MAX_ROWS)
+        x20, r20 = jnp.zeros((20, 64)), jnp.zeros((20, 64))
+        names = set(re.findall(r"name=(\w+)", jaxpr(x20, norm=(r20, wn, EPS), swiglu=True)))
+        assert any(n.startswith("add_rms_norm") for n in names) and any(
+            n.startswith("gemv_swiglu_K64") for n in names), names
         k40 = jax.make_jaxpr(lambda x, w: gemv(x, w))(jnp.zeros((1, 40)), jnp.zeros((40, 8)))
         assert "pallas_call" not in str(k40)  # K = 40 is no multiple of 16: the twin
     h, y = gemv(x[None], w, norm=(r[None], wn, EPS), swiglu=True)  # the twin, with leading dims kept
     assert h.shape == (1, 2, 64) and y.shape == (1, 2, 16)
+
+
+def test_twenty_rows_with_the_norm_run_the_norm_kernel_then_the_gemv(monkeypatch):
+    """The dispatcher's path past the prologue's 16 rows, both kernels interpreted, equals the twin."""
+    norm_gpu = importlib.import_module("pallas_kernels.norm.add_rms_norm_gpu")
+    monkeypatch.setattr(norm_gpu, "add_rms_norm_gpu", functools.partial(norm_gpu.add_rms_norm_gpu, interpret=True))
+    monkeypatch.setattr(importlib.import_module("pallas_kernels.gemv.gemv_gpu"), "gemv_gpu",
+                        functools.partial(gemv_gpu, interpret=True))
+    x, r, wn, w = _case(20, 64, 48, jnp.float32, seed=3)
+    with target_platform("gpu"):
+        h, y = gemv(x, w, norm=(r, wn, EPS), swiglu=True)
+    rh, ry = fused_gemv_reference(x, w, (r, wn, EPS), swiglu=True)
+    np.testing.assert_array_equal(np.asarray(h), np.asarray(rh))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ry), rtol=1e-5, atol=1e-5)
 
 
 def test_the_model_on_a_gpu_target_matches_the_cpu_model(monkeypatch):

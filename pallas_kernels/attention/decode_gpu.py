@@ -1,11 +1,15 @@
 """GPU decode attention: Pallas with the Triton lowering (and CPU interpret mode).
 
-Grid (B, K, J): one program per (row, KV head, split). Its tile is the Gp
-packed query heads of that KV head ([Gp, H], Gp >= 16 so tl.dot is legal).
-The program walks only the key blocks of its split that intersect the row's
-visible range [lo, hi) -- a short row does no work past its length -- and
-writes an un-normalised partial (acc, m, l) that `splits.merge_splits`
-combines.
+Grid (B, K, J): one program per (row, KV head, split). Its tile is the G
+query heads of that KV head, loaded as the rows of a [Gp, H] tile (Gp >= 16 so
+tl.dot is legal; rows past G are masked loads of zeros, so q goes in as the
+projection wrote it, with no pad launch before the kernel). The program walks
+only the key blocks of its split that intersect the row's visible range
+[lo, hi) -- a short row does no work past its length. With J = 1 (a batch that
+fills the GPU, splits.UNSPLIT_FROM) and no stats asked for, it writes the
+normalised output [B, N, H] in q's dtype itself (G rows, masked stores): no
+merge launch after it. Otherwise it writes an un-normalised partial
+(acc, m, l) that `splits.merge_splits` combines.
 
 The cache is read in place: k/v are whole-array refs ([L, B, K, S, H] or a
 paged pool [L, P, K, Z, H]) and the kernel computes the address of
@@ -25,18 +29,18 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels.attention import block_math, layout
-from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows, triton_call
+from pallas_kernels.attention.triton_glue import MIN_TILE, load_rows, load_tile_rows, store_tile_rows, triton_call
 from pallas_kernels.attention.splits import merge_splits, plan_splits
 
 DEFAULT_BLOCK_K = 64  # keys per block: [64, 128] bf16 = 16 KiB per K or V tile
 # ---------------------------------------------------------------- the kernel
 def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quantized, paged, page_size,
-                   table_len, cdt):
+                   table_len, cdt, G, Gp, num_kv_heads, direct):
     it = iter(refs)
     lo_ref, hi_ref, layer_ref, q_ref, k_ref, v_ref = (next(it) for _ in range(6))
     ks_ref, vs_ref = (next(it), next(it)) if quantized else (None, None)
     tables_ref = next(it) if paged else None
-    o_ref, m_ref, l_ref = it
+    o_ref, m_ref, l_ref = (next(it), None, None) if direct else it
 
     b, kh, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     layer = layer_ref[0]
@@ -45,8 +49,14 @@ def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quanti
     s_end = jnp.minimum(hi_ref[b], split_lo + split_len)
     first = jax.lax.div(s_begin, block_k)  # non-negative: truncating division is floor division
     n_blocks = jnp.where(s_end > s_begin, jax.lax.div(s_end + block_k - 1, block_k) - first, 0)
-    q_GH = q_ref[...].astype(cdt)
-    Gp, H = q_GH.shape
+    H = q_ref.shape[-1]
+    # q [B*K*G, H]: this program's G rows, padded to the Gp-row tile by masked loads (padding rows read row G-1's
+    # address, masked to zeros)
+    g_G = jnp.arange(Gp, dtype=jnp.int32)
+    g_ok = g_G < G
+    rows_G = (b * num_kv_heads + kh) * G + jnp.minimum(g_G, G - 1)
+    cols_H = jnp.arange(H, dtype=jnp.int32)
+    q_GH = load_tile_rows(q_ref, rows_G, g_ok, cols_H).astype(cdt)
 
     def load_contiguous(start, pos_T):
         tail_T1 = (pos_T < seq_len)[:, None] if seq_len % block_k else None
@@ -88,6 +98,12 @@ def _decode_kernel(*refs, block_k, split_len, seq_len, sm_scale, softcap, quanti
                                               sm_scale=sm_scale, softcap=softcap)
 
     m, l, acc = jax.lax.fori_loop(0, n_blocks, body, block_math.init_state(Gp, H))
+    if direct:  # the whole row in one split: normalise here (a row with no visible key gives 0, as the merge does)
+        out = (acc / jnp.where(l > 0, l, 1.0)).astype(o_ref.dtype)
+        # padding rows point past the array (never written; a clamped index would alias row G-1, and interpret
+        # mode's masked store writes every index it is given)
+        store_tile_rows(o_ref, jnp.where(g_ok, rows_G, o_ref.shape[0]), g_ok, cols_H, out)
+        return
     o_ref[...] = acc
     m_ref[...] = m
     l_ref[...] = l
@@ -107,9 +123,11 @@ def _run(q_BNH, k, v, k_scale, v_scale, tables_BM, lo_B, hi_B, layer, *, sliding
     if H & (H - 1):
         raise ValueError(f"q: Triton tiles need a power-of-two head dim, got H={H}")
     cdt = layout.compute_dtype(q_BNH.dtype)
+    if N % K:
+        raise ValueError(f"q: N={N} query heads is not a multiple of the cache's K={K} kv heads")
     G = N // K
     Gp = max(MIN_TILE, layout.next_pow2(G))
-    q_BKGH = layout.pack_q(q_BNH, K, Gp)
+    q_XH = q_BNH.reshape(B * N, H)  # rows (b, kh, g): the kernel loads its G rows itself (no pad to Gp)
     if paged:
         seq_len, table_len = tables_BM.shape[1] * Y, tables_BM.shape[1]
     else:
@@ -119,30 +137,44 @@ def _run(q_BNH, k, v, k_scale, v_scale, tables_BM, lo_B, hi_B, layer, *, sliding
     plan = plan_splits(seq_len, block_k, B * K, num_splits)
     J = plan.num_splits
     quantized = k_scale is not None
+    direct = J == 1 and not return_stats
 
     whole = pl.BlockSpec()  # the kernel indexes these itself
-    in_arrays = [lo_B, hi_B, jnp.reshape(layer, (1,)).astype(jnp.int32), q_BKGH, k, v]
-    in_specs = [whole, whole, whole, pl.BlockSpec((None, None, Gp, H), lambda b, h, j: (b, h, 0, 0)), whole, whole]
+    in_arrays = [lo_B, hi_B, jnp.reshape(layer, (1,)).astype(jnp.int32), q_XH, k, v]
+    in_specs = [whole] * 6
     if quantized:
         in_arrays += [k_scale, v_scale]
         in_specs += [whole, whole]
     if paged:
         in_arrays.append(tables_BM.astype(jnp.int32))
         in_specs.append(whole)
+    if direct:
+        out_shapes, out_specs = [jax.ShapeDtypeStruct((B * N, H), q_BNH.dtype)], [whole]
+    else:
+        out_shapes, out_specs = _partial_outputs(B, K, J, Gp, H)
+    kernel = functools.partial(
+        _decode_kernel, block_k=block_k, split_len=plan.split_len, seq_len=seq_len, sm_scale=H ** -0.5,
+        softcap=softcap, quantized=quantized, paged=paged, page_size=page_size, table_len=table_len, cdt=cdt,
+        G=G, Gp=Gp, num_kv_heads=K, direct=direct)
+    res = triton_call(kernel, (B, K, J), in_arrays, in_specs, out_shapes, out_specs, num_warps=num_warps,
+                      num_stages=num_stages, interpret=interpret,
+                      name=f"decode_attn_{'paged' if paged else 'dense'}_G{Gp}_T{block_k}_J{J}")
+    if direct:
+        return res[0].reshape(B, N, H)
+    acc, m, l = res
+    out, m, l = merge_splits(acc, m[..., 0], l[..., 0])
+    return layout.unpack_out(out, m, l, G, q_BNH.dtype, return_stats)
+
+
+def _partial_outputs(B, K, J, Gp, H):
+    """(shapes, specs) of the split partials acc [B, K, J, Gp, H], m and l [B, K, J, Gp, 1], float32."""
     out_shapes = [jax.ShapeDtypeStruct((B, K, J, Gp, H), jnp.float32),
                   jax.ShapeDtypeStruct((B, K, J, Gp, 1), jnp.float32),
                   jax.ShapeDtypeStruct((B, K, J, Gp, 1), jnp.float32)]
     out_specs = [pl.BlockSpec((None, None, None, Gp, H), lambda b, h, j: (b, h, j, 0, 0)),
                  pl.BlockSpec((None, None, None, Gp, 1), lambda b, h, j: (b, h, j, 0, 0)),
                  pl.BlockSpec((None, None, None, Gp, 1), lambda b, h, j: (b, h, j, 0, 0))]
-    kernel = functools.partial(
-        _decode_kernel, block_k=block_k, split_len=plan.split_len, seq_len=seq_len, sm_scale=H ** -0.5,
-        softcap=softcap, quantized=quantized, paged=paged, page_size=page_size, table_len=table_len, cdt=cdt)
-    acc, m, l = triton_call(kernel, (B, K, J), in_arrays, in_specs, out_shapes, out_specs, num_warps=num_warps,
-                             num_stages=num_stages, interpret=interpret,
-                             name=f"decode_attn_{'paged' if paged else 'dense'}_G{Gp}_T{block_k}_J{J}")
-    out, m, l = merge_splits(acc, m[..., 0], l[..., 0])
-    return layout.unpack_out(out, m, l, G, q_BNH.dtype, return_stats)
+    return out_shapes, out_specs
 
 
 def _block_k(seq_len: int, block_k: Optional[int]) -> int:

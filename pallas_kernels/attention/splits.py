@@ -13,6 +13,10 @@ import jax.numpy as jnp
 GPU_TARGET_PROGRAMS = 4 * 132
 # Fewest key blocks per split: below this the merge and launch overhead dominate.
 MIN_BLOCKS_PER_SPLIT = 4
+# A grid of this many (row, head) programs (two per H100 SM) is not split at all: every SM already has two programs
+# to overlap, and J = 1 lets the decode kernel write its normalised output itself, where J > 1 writes float32
+# partials and launches the merge (Llama 3 8B at batch 64: B*K = 512 programs, one launch per layer fewer).
+UNSPLIT_FROM = 2 * 132
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +33,12 @@ class SplitPlan:
 
 def choose_num_splits(batch_heads: int, num_blocks: int, target_programs: int = GPU_TARGET_PROGRAMS,
                       min_blocks_per_split: int = MIN_BLOCKS_PER_SPLIT) -> int:
-    """J from B*K and the number of key blocks: enough programs to fill the device, none too short."""
+    """J from B*K and the number of key blocks: enough programs to fill the device, none too short; 1 from
+    UNSPLIT_FROM programs on."""
     if batch_heads <= 0 or num_blocks <= 0:
         raise ValueError(f"choose_num_splits: need batch_heads > 0 and num_blocks > 0, got {batch_heads}, {num_blocks}")
+    if batch_heads >= UNSPLIT_FROM:
+        return 1
     want = -(-target_programs // batch_heads)
     most = max(1, num_blocks // min_blocks_per_split)
     return max(1, min(want, most))

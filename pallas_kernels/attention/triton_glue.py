@@ -16,6 +16,17 @@ def load_rows(ref_view, row_valid_T1):
     return plgpu.load(ref_view, mask=row_valid_T1, other=0)
 
 
+def load_tile_rows(ref_2d, rows_R, valid_R, cols_C):
+    """ref_2d[rows_R, cols_C] as an [R, C] tile; rows with valid_R False read as 0 (and must hold an in-bounds
+    index: callers clamp them)."""
+    return plgpu.load(ref_2d.at[rows_R[:, None], cols_C[None, :]], mask=valid_R[:, None], other=0)
+
+
+def store_tile_rows(ref_2d, rows_R, valid_R, cols_C, value_RC):
+    """ref_2d[rows_R, cols_C] = value_RC for the rows with valid_R True (the others are never written)."""
+    plgpu.store(ref_2d.at[rows_R[:, None], cols_C[None, :]], value_RC, mask=valid_R[:, None])
+
+
 def triton_call(kernel, grid, in_arrays, in_specs, out_shapes, out_specs, *, num_warps, num_stages, interpret,
                 name):
     """pallas_call with Triton's compiler parameters (every GPU attention kernel's launch)."""

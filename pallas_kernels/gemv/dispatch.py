@@ -5,11 +5,12 @@ from typing import Optional, Tuple
 import jax
 
 from pallas_kernels.gemv.gemv_reference import fused_gemv_reference
+from pallas_kernels.norm.dispatch import add_rms_norm
 from pallas_kernels.platform import family
 
 
 def gemv_applies(M: int, K: int, platform: Optional[str] = None) -> bool:
-    """Whether x [M, K] @ W runs as the kernel: a GPU target, no device mesh, M <= 16 rows, K a multiple of 16."""
+    """Whether x [M, K] @ W runs as the kernel: a GPU target, no device mesh, M <= 64 rows, K a multiple of 16."""
     from pallas_kernels.gemv.gemv_gpu import supported
     return family(platform) == "gpu" and supported(M, K) and jax.sharding.get_abstract_mesh().empty
 
@@ -17,7 +18,8 @@ def gemv_applies(M: int, K: int, platform: Optional[str] = None) -> bool:
 def gemv(x, w_KN, norm: Optional[Tuple] = None, swiglu: bool = False, out_dtype=None,
          platform: Optional[str] = None):
     """x [..., K] @ W [K, N] (contract: gemv_reference.fused_gemv_reference); norm = (r [..., K], w [K], eps)
-    adds the add + RMSNorm prologue and returns (h, y); swiglu reads W's columns as [gate | up]."""
+    adds the add + RMSNorm prologue and returns (h, y) (in the kernel up to its NORM_MAX_ROWS rows, else the norm
+    kernel runs first); swiglu reads W's columns as [gate | up]."""
     K = x.shape[-1]
     lead = x.shape[:-1]
     x_MK = x.reshape(-1, K)
@@ -25,10 +27,14 @@ def gemv(x, w_KN, norm: Optional[Tuple] = None, swiglu: bool = False, out_dtype=
         flat = None if norm is None else (norm[0].reshape(-1, K),) + tuple(norm[1:])
         out = fused_gemv_reference(x_MK, w_KN, flat, swiglu, out_dtype)
     else:
-        from pallas_kernels.gemv.gemv_gpu import gemv_gpu
-        r, wn, eps = norm if norm is not None else (None, None, 1e-6)
-        out = gemv_gpu(x_MK, w_KN, None if r is None else r.reshape(-1, K), wn, eps=eps, swiglu=swiglu,
-                       out_dtype=out_dtype)
+        from pallas_kernels.gemv.gemv_gpu import NORM_MAX_ROWS, gemv_gpu
+        if norm is not None and x_MK.shape[0] > NORM_MAX_ROWS:  # the norm kernel first, then the plain GEMV
+            h_MK, xn_MK = add_rms_norm(x_MK, norm[0].reshape(-1, K), norm[1], norm[2], platform)
+            out = (h_MK, gemv_gpu(xn_MK, w_KN, swiglu=swiglu, out_dtype=out_dtype))
+        else:
+            r, wn, eps = norm if norm is not None else (None, None, 1e-6)
+            out = gemv_gpu(x_MK, w_KN, None if r is None else r.reshape(-1, K), wn, eps=eps, swiglu=swiglu,
+                           out_dtype=out_dtype)
     if norm is None:
         return out.reshape(lead + out.shape[-1:])
     h, y = out
