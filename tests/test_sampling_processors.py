@@ -168,3 +168,15 @@ def test_the_static_generate_loop_refuses_processors_by_name():
         with pytest.raises(ValueError, match=f"{field}: not supported by the static generate loop"):
             batch_arrays([SamplingParams(**kw)])
     batch_arrays([SamplingParams(ignore_eos=True, presence_penalty=0.0)])  # neutral values pass
+
+
+def test_which_samples_may_take_speculative_proposals():
+    """One rule (SamplingParams.may_speculate) for every speculation opt-out: the request's own switch, a grammar
+    (its matcher never rolls back), a penalty, and min_tokens until it is met; logit_bias keeps speculating."""
+    from infer.config.sampling_params import Constraint
+    assert SamplingParams().may_speculate(0) and SamplingParams(logit_bias={3: 1.0}).may_speculate(0)
+    assert not SamplingParams(speculate=False).may_speculate(5)
+    assert not SamplingParams(constraint=Constraint.regex("[0-9]+")).may_speculate(5)
+    for penalty in (dict(presence_penalty=0.5), dict(frequency_penalty=-0.5), dict(repetition_penalty=1.2)):
+        assert not SamplingParams(**penalty).may_speculate(5)
+    assert [SamplingParams(min_tokens=3).may_speculate(n) for n in (0, 2, 3, 9)] == [False, False, True, True]

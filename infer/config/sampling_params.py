@@ -165,6 +165,14 @@ class SamplingParams:
         """Whether a penalty needs the token history (presence, frequency or repetition not neutral)."""
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
 
+    def may_speculate(self, num_generated: int) -> bool:
+        """Whether a sample that has generated `num_generated` tokens may take proposals (the engine's speculation,
+        infer/engine/speculation.py): not when opted out (speculate=False), constrained (its grammar matcher only
+        ever consumes accepted tokens), penalized or still under min_tokens (those processors change with every
+        accepted token, and a verify run applies them with one history)."""
+        return (self.speculate and self.constraint is None and not self.has_penalties
+                and num_generated >= self.min_tokens)
+
     def non_neutral_processors(self) -> Tuple[str, ...]:
         """The logits-processor fields set to anything but their neutral value (PROCESSOR_NEUTRAL)."""
         return tuple(name for name, neutral in PROCESSOR_NEUTRAL if getattr(self, name) != neutral)

@@ -48,6 +48,7 @@ import time
 from typing import Dict, Iterator, List, Optional, Sequence as Seq, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from infer.config import ModelConfig, SamplingParams
@@ -68,6 +69,7 @@ from infer.parallel.distributed import to_host
 from infer.parallel.tensor_parallel import mesh_context, prepare_tensor_parallel, shard_pools
 from infer.sampling.processors import host_top_logprobs, processing_arrays
 from infer.sampling.grammar import mask_words
+from infer.sampling.token_mask import all_allowed
 
 # How much of a sampled request's seed the i-th parallel sample shifts by (sample 0 keeps the seed itself).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
@@ -91,7 +93,8 @@ class StepError(RuntimeError):
 def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int,
                     words: Optional[int] = None) -> dict:
     """Per-sample numpy rows for the device sampler, padded to S with greedy rows; with `words` (W) also the
-    token bitmask [S, W] int32, all ones (no row constrained yet: the engine fills the constrained rows)."""
+    token bitmask [S, W] int32, all ones (token_mask.all_allowed: the engine replaces it where a row is
+    constrained)."""
     greedy = SamplingParams(temperature=0.0)
     rows = per_sample + [greedy] * (S - len(per_sample))
     col = lambda f, dt: np.array([getattr(p, f) for p in rows], dt)
@@ -99,7 +102,7 @@ def sampling_arrays(per_sample: List[SamplingParams], seeds: List[int], S: int,
            "top_p": col("top_p", np.float32), "min_p": col("min_p", np.float32),
            "seed": np.array(seeds + [0] * (S - len(seeds)), np.uint32)}
     if words is not None:
-        out["token_bitmask"] = np.full((S, words), -1, np.int32)
+        out["token_bitmask"] = all_allowed(S, words)
     return out
 
 
@@ -424,7 +427,8 @@ class Engine:
         # samples: one per logits row, or n rows from one prompt (mixed steps: S = R; verify steps: their rows)
         S = shapes["num_seqs"] if verify else shapes["num_logits"]
         samp = self._sampling(per_sample, seeds, S, seqs)  # before drain(): a row that fails leaves the copies pending
-        self._fill_masks(constrained, samp["token_bitmask"])
+        if constrained:
+            samp["token_bitmask"] = self._filled_masks(constrained, S)
         copies, fresh = self.blocks.drain()
         if len(copies) > R:
             raise AssertionError(f"{len(copies)} page copies in one step, more than the {R} the step holds")
@@ -467,12 +471,11 @@ class Engine:
             return None
         return host_top_logprobs(top[0][index], top[1][index], sp.top_logprobs)
 
-    def _fill_masks(self, constrained, bitmask_SW) -> None:
-        """The constrained samples' rows of the step's token bitmask (a prompt's n samples share one matcher
-        until they fork: its row is filled once and copied)."""
-        if not constrained:
-            return
+    def _filled_masks(self, constrained, S: int) -> jax.Array:
+        """The step's token bitmask [S, W] with the constrained samples' rows filled, all ones elsewhere (a
+        prompt's n samples share one matcher until they fork: its row is filled once and copied)."""
         t = time.perf_counter()
+        bitmask_SW = np.full((S, self.mask_words), -1, np.int32)
         first: Dict[int, int] = {}
         unique, copies = [], []
         for m, row in constrained:
@@ -485,6 +488,7 @@ class Engine:
         for src, dst in copies:
             bitmask_SW[dst] = bitmask_SW[src]
         self.counters["grammar_mask_s"] += time.perf_counter() - t
+        return jnp.asarray(bitmask_SW)
 
     def verify_call(self, tokens_T, meta, src, dst, rows, drafts, num_drafts, pos, samp, poison):
         """The device call of a step with verify runs (infer/engine/verify_step.py), its results on the host."""

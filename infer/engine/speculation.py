@@ -145,9 +145,7 @@ class Speculator:
         for s in decoding:
             sp = s.request.sampling
             room = min(self.k, sp.max_new_tokens - len(s.output) - 1, max_model_len - len(s.tokens))
-            if not sp.speculate or sp.constraint is not None or room < 1 or self.paused_until.get(s.seq_id, 0) > self.steps:
-                continue
-            if sp.has_penalties or len(s.output) < sp.min_tokens:  # position-dependent processors: no proposals
+            if not sp.may_speculate(len(s.output)) or room < 1 or self.paused_until.get(s.seq_id, 0) > self.steps:
                 continue
             cand.append(s)
             ks.append(room)

@@ -6,9 +6,24 @@ bitmask_SW: [S, W] int32, W = ceil(V / 32); bit t % 32 (least significant first)
 (llguidance's layout, filled on the host by infer/sampling/grammar.py). An unconstrained row is all ones (-1), and
 a step with no constrained row skips the unpacking with a lax.cond. A row whose bits allow no token of [0, V) is
 left as it is (a guard: the host never sends one), so no row is ever all -inf.
+
+A step with no constrained row sends `all_allowed(S, W)`, one device array kept per shape (no host allocation or
+transfer per step); a step with some sends its filled numpy mask as a jax.Array too (one argument type, one
+compiled program).
 """
+from typing import Dict, Tuple
+
 import jax
 import jax.numpy as jnp
+
+_ALL_ALLOWED: Dict[Tuple[int, int], jax.Array] = {}
+
+
+def all_allowed(S: int, W: int) -> jax.Array:
+    """The [S, W] all-ones bitmask on the device (every token allowed in every row), made once per shape."""
+    if (S, W) not in _ALL_ALLOWED:
+        _ALL_ALLOWED[(S, W)] = jnp.full((S, W), -1, jnp.int32)
+    return _ALL_ALLOWED[(S, W)]
 
 
 def unpack_token_bitmask(bitmask_SW, vocab_size: int):
