@@ -39,6 +39,29 @@ def test_kernel_matches_the_twin(pool_dtype, rotate):
         np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
 
 
+@pytest.mark.parametrize("pool_dtype", [jnp.bfloat16, jnp.float32])
+def test_the_queries_rotate_in_the_same_kernel_as_the_model_rotates_them(pool_dtype):
+    """q = (source, head, N): the kernel also returns the N query heads rotated (G = 2 per kv head), equal to the
+    twin's and, bit for bit, to the model's apply_rope of the same angles; the pools as without q."""
+    (k, v), qkv, rope, slot = _case(pool_dtype, seed=2)
+    args = (k, v, jnp.int32(1), qkv, N, qkv, N + K, slot, rope)
+    got = write_pages_gpu(*args, q=(qkv, 0, N), interpret=True)
+    want = write_pages_reference(*args, q=(qkv, 0, N))
+    assert len(got) == 3 and got[2].shape == (len(SLOTS), N, H) and got[2].dtype == qkv.dtype
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+    for g, w in zip(got[:2], write_pages_reference(*args)):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+    # the model's RoPE: apply_rope over [1, T, N, H] at positions whose angles rope_cos_sin gives
+    pos = jnp.arange(len(SLOTS), dtype=jnp.int32) * 37 + 5
+    inv = inv_frequencies(H, 10000.0, None)
+    model = apply_rope(qkv[None, :, :N], pos[None], inv)[0]
+    fused = write_pages_gpu(*args[:8], rope_cos_sin(pos, inv), q=(qkv, 0, N), interpret=True)[2]
+    np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(model, np.float32))
+    with pytest.raises(ValueError, match="needs the rotation"):
+        write_pages_reference(*args[:8], None, q=(qkv, 0, N))
+
+
 def test_the_twin_is_a_loop_over_tokens():
     (k, v), qkv, rope, slot = _case(jnp.float32, seed=1)
     got_k, got_v = write_pages_reference(k, v, 2, qkv, N, qkv, N + K, slot, rope)

@@ -53,7 +53,9 @@ class Attention(nn.Module):
             q_BTNH = proj(N, axes.Q_HEADS, "q")(x_BTD)
         if cfg.qk_norm:
             q_BTNH = RMSNorm(cfg.norm_eps, dt, axes.HEAD_DIM, name="q_norm")(q_BTNH)
-        q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, factor)
+        # the queries' source before their rotation (the KV write rotates them with the keys, one kernel on a GPU)
+        xq_BTXH = qkv_BTXH if fused and not cfg.qk_norm else q_BTNH
+        rotate_q = lambda: apply_rope(q_BTNH, positions_BT, inv_freq, factor)
         if self.shares_kv:
             k_BTKH, v_BTKH = shared_kv if shared_kv is not None else (None, None)
         else:
@@ -69,14 +71,16 @@ class Attention(nn.Module):
         if kv is None:
             B, T = positions_BT.shape
             out_BTNH = dense.attend(
-                q_BTNH, jnp.swapaxes(k_BTKH, 1, 2), jnp.swapaxes(v_BTKH, 1, 2), positions_BT,
+                rotate_q(), jnp.swapaxes(k_BTKH, 1, 2), jnp.swapaxes(v_BTKH, 1, 2), positions_BT,
                 jnp.full((B,), T, jnp.int32), sliding_window=cfg.sliding_window, softcap=cfg.attn_logit_softcap)
         else:  # one flat batch [1, T] over the page pools
-            if not self.shares_kv:  # rotates the keys as it writes them (one kernel on a GPU)
-                kv = write_kv(kv, layer, xk_BTXH[0], k_head, xv_BTXH[0], v_head, meta.slot_T,
-                              rope_cos_sin(positions_BT[0], inv_freq, factor))
+            if not self.shares_kv:  # rotates the keys as it writes them, and the queries (one kernel on a GPU)
+                kv, q_TNH = write_kv(kv, layer, xk_BTXH[0], k_head, xv_BTXH[0], v_head, meta.slot_T,
+                                     rope_cos_sin(positions_BT[0], inv_freq, factor), q=(xq_BTXH[0], 0, N))
+            else:
+                q_TNH = rotate_q()[0]
             impl = registry.get(cfg.attention_impl)
-            out_BTNH = impl(q_BTNH[0], kv, layer, meta, sliding_window=cfg.sliding_window,
+            out_BTNH = impl(q_TNH, kv, layer, meta, sliding_window=cfg.sliding_window,
                             softcap=cfg.attn_logit_softcap)[None]
         o = Linear((N, H), (D,), (axes.Q_HEADS, axes.HEAD_DIM), (axes.EMBED,), dt, weight_format=cfg.weight_format,
                    name="o")(out_BTNH)

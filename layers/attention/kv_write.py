@@ -2,10 +2,10 @@
 import jax.numpy as jnp
 
 from pallas_kernels.kv_write.dispatch import write_pages
-from pallas_kernels.kv_write.write_reference import pages_and_offsets, rotate_half
+from pallas_kernels.kv_write.write_reference import pages_and_offsets, rotate_half, rotated_queries
 
 
-def write_kv(kv, layer, xk_TXH, k_head: int, xv_TXH, v_head: int, slot_T, rope=None):
+def write_kv(kv, layer, xk_TXH, k_head: int, xv_TXH, v_head: int, slot_T, rope=None, q=None):
     """Scatter this step's keys xk[:, k_head:k_head+K] (RoPE-rotated as they are written, with rope = (cos, sin)
     [T, H/2] from layers/rope.rope_cos_sin) and values xv[:, v_head:v_head+K] into
     kv["k"/"v"][layer, slot // Z, :, slot % Z, :].
@@ -15,10 +15,16 @@ def write_kv(kv, layer, xk_TXH, k_head: int, xv_TXH, v_head: int, slot_T, rope=N
     sequence's page. Only the written entries change: under jit with the pools
     donated this is an in-place update (pallas_kernels/kv_write/: one kernel
     on a GPU). int8 pools store symmetric per-token, per-head scales.
+
+    With q = (x_q, q_head, N) it returns (kv, q_TNH): the queries x_q[:, q_head:q_head+N] rotated by the same
+    rope (on a GPU in the same kernel launch).
     """
     if "k_scale" not in kv:
-        k, v = write_pages(kv["k"], kv["v"], layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope)
-        return {**kv, "k": k, "v": v}
+        out = write_pages(kv["k"], kv["v"], layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, q)
+        kv = {**kv, "k": out[0], "v": out[1]}
+        return kv if q is None else (kv, out[2])
+    if q is not None:
+        return write_kv(kv, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope), rotated_queries(q, rope)
     K = kv["k"].shape[2]
     k_TKH, v_TKH = xk_TXH[:, k_head:k_head + K], xv_TXH[:, v_head:v_head + K]
     if rope is not None:
