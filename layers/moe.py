@@ -3,9 +3,12 @@
 Dimension letters beyond the repo's (README): E experts, k the experts each token picks (top-k; a lower-case k,
 not K the KV heads), A = T·k the token-expert assignments, F the experts' MLP width (moe_intermediate_size).
 
-    router   softmax(x W_r) in float32 over E, the top k kept, optionally renormalised to sum to 1
-             (Qwen3-MoE's norm_topk_prob; Mixtral always), then cast to the model dtype: transformers' op order,
-             so a tie between two experts' probabilities is broken the same way (the lower expert index first)
+    router   logits x W_r rounded to the model dtype, softmax in float32 over E, the top k kept, optionally
+             renormalised to sum to 1 (Qwen3-MoE's norm_topk_prob; Mixtral always), then cast to the model dtype:
+             transformers' op order, so the same probabilities tie and each token uses exactly k experts. Between
+             experts whose probabilities tie exactly at the k-th place, lax.top_k keeps the lower index; torch.topk
+             on a CPU leaves that choice to std::partial_sort / nth_element (unspecified), so no implementation can
+             promise its pick, only that it is k experts with their renormalised weights
     experts  y = sum_j w_j * down_e(silu(gate_e(x)) * up_e(x)) over the k picked experts e = e_j
 
 The experts run as `jax.lax.ragged_dot` over the A assignments sorted by expert: the rows of expert e are one
@@ -27,8 +30,7 @@ EXPERT = "expert"  # E: the logical axis of the stacked expert weights
 
 def route(logits_TE, k: int, norm_topk_prob: bool, dtype):
     """(weights [T, k] in dtype, expert ids [T, k] int32): softmax in float32, top k, optional renormalisation,
-    cast last (transformers' Qwen3MoeTopKRouter / MixtralTopKRouter). lax.top_k keeps the lower index first on
-    ties, as torch.topk does."""
+    cast last (transformers' Qwen3MoeTopKRouter / MixtralTopKRouter); exact ties keep the lower expert index."""
     probs_TE = jax.nn.softmax(logits_TE.astype(jnp.float32), axis=-1)
     w_Tk, ids_Tk = jax.lax.top_k(probs_TE, k)
     if norm_topk_prob:

@@ -1,0 +1,191 @@
+"""Mixture-of-experts MLPs (layers/moe.py) and Hugging Face Qwen3-MoE / Mixtral checkpoints, end to end.
+
+The references are independent of our code: a numpy loop over experts for the grouped (ragged_dot) layer, and
+transformers itself for every model (tiny random-weight checkpoints written here with save_pretrained, float32,
+eager attention): a full forward over 300 tokens, prefill + decode through the page cache past position 256,
+greedy generation, and a routing tie. The engine serving a mix of requests equals each request alone.
+"""
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import make_cfg, serve_requests
+
+import hf_fixtures as hf
+import infer
+from infer.config.model_config import ConfigError
+from infer.engine import Engine
+from infer.generation.batch import generate
+from infer.io.hf_config import HFConfigError, hf_to_model_config
+from layers.moe import MoE
+
+ATOL = 1e-4
+PROMPT_LEN, PREFILL_LEN, DECODE_STEPS = 300, 250, 10
+
+
+def _tokens(n, seed):
+    return np.random.RandomState(seed).randint(0, hf.V, size=(1, n)).astype(np.int64)
+
+
+# The layer against a loop over experts -----------------------------------------------------------------------
+
+def _numpy_moe(x_TD, p, k, norm):
+    """Each token: softmax over E in float64, its k largest, optionally renormalised, sum of weight * SwiGLU."""
+    logits = x_TD.astype(np.float64) @ p["router"]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(x_TD, dtype=np.float64)
+    for t in range(x_TD.shape[0]):
+        top = np.argsort(-probs[t], kind="stable")[:k]
+        w = probs[t, top] / (probs[t, top].sum() if norm else 1.0)
+        for e, we in zip(top, w):
+            g, u = x_TD[t] @ p["gate"][e], x_TD[t] @ p["up"][e]
+            out[t] += we * ((g / (1 + np.exp(-g))) * u) @ p["down"][e]
+    return out
+
+
+@pytest.mark.parametrize("T,E,k,norm", [(37, 5, 2, True), (3, 8, 2, False), (16, 4, 4, True)])
+def test_ragged_dot_moe_equals_a_loop_over_experts(T, E, k, norm):
+    """Random inputs, including experts no token picks (T = 3 tokens, 8 experts: empty groups) and k = E."""
+    D, F = 16, 24
+    layer = MoE(D, F, E, k, norm, np.float32)
+    x = np.random.RandomState(T).randn(2, T, D).astype(np.float32)  # [B, T, D]: the layer flattens B·T
+    params = nn.meta.unbox(layer.init(jax.random.PRNGKey(E), x)["params"])
+    params = jax.tree_util.tree_map(lambda a: a * 3.0, params)  # router logits of order 1: routing varies
+    ours = np.asarray(layer.apply({"params": params}, x)).reshape(-1, D)
+    ref = _numpy_moe(x.reshape(-1, D), {n: np.asarray(v, np.float64) for n, v in params.items()}, k, norm)
+    np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=1e-5)
+    assert np.abs(ref).max() > 0.5
+
+
+# Hugging Face checkpoints ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=sorted(hf.MOE_ARCHS))
+def ckpt(request, tmp_path_factory):
+    model = hf.build_model(request.param, seed=len(request.param))
+    path = hf.save(model, str(tmp_path_factory.mktemp(request.param)))
+    cfg, params = infer.load_hf_checkpoint(path, dtype="float32")
+    return request.param, model, cfg, params
+
+
+def test_config_reaches_model_config(ckpt):
+    name, model, cfg, _ = ckpt
+    c = model.config
+    E = c.num_local_experts
+    assert (cfg.num_experts, cfg.num_experts_per_tok) == (E, c.num_experts_per_tok)
+    if name.startswith("mixtral"):
+        assert cfg.norm_topk_prob and cfg.moe_intermediate_size == c.intermediate_size and cfg.moe_layers is None
+        assert cfg.sliding_window == c.sliding_window
+    else:
+        assert cfg.norm_topk_prob == c.norm_topk_prob and cfg.moe_intermediate_size == c.moe_intermediate_size
+        assert cfg.qk_norm
+    moe_hf = [i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts")]
+    assert [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)] == moe_hf
+    assert cfg.scan_layers == (len(moe_hf) == cfg.n_layers)  # a dense/MoE mix loads unrolled
+
+
+def test_full_forward_logits_match(ckpt):
+    _, model, cfg, params = ckpt
+    ids = _tokens(PROMPT_LEN, 1)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)).logits.numpy()
+    ours = np.asarray(infer.forward(params, cfg, ids.astype(np.int32)))
+    err = np.abs(ours - ref)
+    assert err.max() <= ATOL, f"max |diff| {err.max():.3g} at position {np.unravel_index(err.argmax(), err.shape)[1]}"
+    assert np.abs(ref).max() > 1.0
+
+
+def test_prefill_then_decode_past_256_matches_cached_transformers(ckpt):
+    _, model, cfg, params = ckpt
+    ids = _tokens(PREFILL_LEN + DECODE_STEPS, 2)
+    ref, ours = hf.prefill_then_decode_logits(model, params, cfg, ids, PREFILL_LEN)
+    for step, (o, r) in enumerate(zip(ours, ref)):
+        err = np.abs(o - r).max()
+        assert err <= ATOL, f"position {PREFILL_LEN - 1 + step}: max |diff| {err:.3g}"
+
+
+def test_greedy_generate_matches_transformers(ckpt):
+    _, model, cfg, params = ckpt
+    prompt = _tokens(24, 3)
+    model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        ref = model.generate(torch.from_numpy(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                             do_sample=False, max_new_tokens=16, pad_token_id=0)
+    ours = generate(params, cfg, [prompt[0].tolist()], infer.SamplingParams(temperature=0.0, max_new_tokens=16))
+    assert ours.tokens[0] == ref[0, prompt.shape[1]:].tolist()
+
+
+def test_routing_ties_at_the_kth_place_use_exactly_k_experts(tmp_path):
+    """Experts 0 and 1 made identical (router rows and weights): their probabilities tie exactly on every token,
+    and where they tie at the k-th place only one of them may be used (torch.topk's pick among the tied is
+    unspecified; the two are the same function, so either pick gives the same logits). An implementation that
+    kept every expert at or above the k-th probability would use k + 1 experts there and differ."""
+    model = hf.build_model("qwen3_moe_norm", seed=11, num_experts=4)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate.weight[1] = layer.mlp.gate.weight[0]
+            layer.mlp.experts.gate_up_proj[1] = layer.mlp.experts.gate_up_proj[0]
+            layer.mlp.experts.down_proj[1] = layer.mlp.experts.down_proj[0]
+    cfg, params = infer.load_hf_checkpoint(hf.save(model, str(tmp_path / "tie")), dtype="float32")
+    ids = _tokens(64, 4)
+    with torch.no_grad():
+        out = model(torch.from_numpy(ids), output_router_logits=True)
+    probs = torch.softmax(torch.stack(out.router_logits).float(), -1).numpy()  # [L, T, E]
+    assert (probs[..., 0] == probs[..., 1]).all()
+    better = (probs[..., 2:] > probs[..., :1]).sum(-1)  # experts ranked above the tied pair
+    assert (better == cfg.num_experts_per_tok - 1).sum() >= 5  # the pair straddles the k-th place on these tokens
+    ours = np.asarray(infer.forward(params, cfg, ids.astype(np.int32)))
+    assert np.abs(ours - out.logits.numpy()).max() <= ATOL
+
+
+# Refusals ----------------------------------------------------------------------------------------------------
+
+def test_bad_moe_configs_are_refused_by_name():
+    base = dict(vocab_size=64, d_model=16, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=8, d_ff=32)
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8)
+    for bad, field in ((dict(num_experts_per_tok=5), "num_experts_per_tok"),
+                       (dict(num_experts_per_tok=0), "num_experts_per_tok"),
+                       (dict(moe_intermediate_size=None), "moe_intermediate_size"),
+                       (dict(moe_layers=(0, 2), scan_layers=False), "moe_layers"),
+                       (dict(moe_layers=(1,)), "scan_layers"),  # a dense/MoE mix has no stacked layout
+                       (dict(weight_format="int8"), "weight_format")):
+        with pytest.raises(ConfigError, match=f"^{field}:"):
+            infer.ModelConfig(**base, **dict(moe, **bad))
+    with pytest.raises(ConfigError, match="^num_experts_per_tok:"):  # an MoE field without experts
+        infer.ModelConfig(**base, num_experts_per_tok=2)
+    assert infer.ModelConfig(**base, **moe, moe_layers=[0, 1]).moe_layers is None  # every layer: canonical None
+    assert hash(infer.ModelConfig(**base, **moe, moe_layers=[1], scan_layers=False))
+
+
+def test_bad_hf_moe_config_is_refused_naming_the_field(tmp_path):
+    model = hf.build_model("mixtral_window", seed=1)
+    d = json.loads(model.config.to_json_string())
+    with pytest.raises(HFConfigError, match="num_experts_per_tok"):
+        hf_to_model_config(dict(d, num_experts_per_tok=d["num_local_experts"] + 1))
+    d = json.loads(hf.build_model("qwen3_moe_norm", seed=1).config.to_json_string())
+    with pytest.raises(HFConfigError, match="decoder_sparse_step"):
+        hf_to_model_config(dict(d, decoder_sparse_step=0))
+    with pytest.raises(HFConfigError, match="num_experts"):
+        hf_to_model_config(dict(d, num_experts=3, num_local_experts=8))
+    assert not hf_to_model_config(dict(d, mlp_only_layers=[0, 1])).is_moe  # no MoE layer left: a dense model
+
+
+# Serving -----------------------------------------------------------------------------------------------------
+
+def test_engine_mix_equals_each_request_alone():
+    """A token's routing reads that token only, so a request's greedy tokens do not depend on its batch
+    neighbours: random arrivals through the engine equal each prompt alone through generate."""
+    cfg = make_cfg(vocab_size=97, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24)
+    params = infer.init_params(cfg, jax.random.PRNGKey(3))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, cfg.vocab_size, size=int(rng.integers(1, 20))).tolist() for _ in range(5)]
+    arrivals = sorted(int(a) for a in rng.integers(0, 6, size=len(prompts)))
+    greedy = infer.SamplingParams(temperature=0.0, max_new_tokens=8)
+    engine = Engine(params, cfg, num_pages=64, page_size=4, max_num_seqs=4, max_num_batched_tokens=16)
+    outs = serve_requests(engine, prompts, greedy, arrivals)
+    for p, o in zip(prompts, outs):
+        assert o.token_ids == generate(params, cfg, [p], greedy).tokens[0]
+    assert len({tuple(o.token_ids) for o in outs}) > 1
