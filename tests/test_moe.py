@@ -3,27 +3,30 @@
 The references are independent of our code: a numpy loop over experts for the grouped (ragged_dot) layer, and
 transformers itself for every model (tiny random-weight checkpoints written here with save_pretrained, float32,
 eager attention): a full forward over 300 tokens, prefill + decode through the page cache past position 256,
-greedy generation, and a routing tie. The engine serving a mix of requests equals each request alone.
+greedy generation, and a routing tie. The roofline's MoE terms (total vs active parameters, the experts a step
+reads). The engine serving MoE models: tests/test_moe_engine.py.
 """
+import functools
 import json
+import shutil
+import tempfile
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg, serve_requests
+from conftest import make_cfg
 
 import hf_fixtures as hf
 import infer
 from infer.config.model_config import ConfigError
-from infer.engine import Engine
 from infer.generation.batch import generate
 from infer.io.hf_config import HFConfigError, hf_to_model_config
 from layers.moe import MoE
 
 ATOL = 1e-4
-PROMPT_LEN, PREFILL_LEN, DECODE_STEPS = 300, 250, 10
+PROMPT_LEN, PREFILL_LEN, DECODE_STEPS = 300, 250, 5
 
 
 def _tokens(n, seed):
@@ -47,15 +50,15 @@ def _numpy_moe(x_TD, p, k, norm):
     return out
 
 
-@pytest.mark.parametrize("T,E,k,norm", [(37, 5, 2, True), (3, 8, 2, False), (16, 4, 4, True)])
+@pytest.mark.parametrize("T,E,k,norm", [(37, 5, 2, True), (3, 8, 3, False)])
 def test_ragged_dot_moe_equals_a_loop_over_experts(T, E, k, norm):
-    """Random inputs, including experts no token picks (T = 3 tokens, 8 experts: empty groups) and k = E."""
+    """Random inputs, including experts no token picks (2 x 3 tokens, 8 experts: empty groups)."""
     D, F = 16, 24
     layer = MoE(D, F, E, k, norm, np.float32)
     x = np.random.RandomState(T).randn(2, T, D).astype(np.float32)  # [B, T, D]: the layer flattens B·T
-    params = nn.meta.unbox(layer.init(jax.random.PRNGKey(E), x)["params"])
+    params = nn.meta.unbox(jax.jit(layer.init)(jax.random.PRNGKey(E), x)["params"])
     params = jax.tree_util.tree_map(lambda a: a * 3.0, params)  # router logits of order 1: routing varies
-    ours = np.asarray(layer.apply({"params": params}, x)).reshape(-1, D)
+    ours = np.asarray(jax.jit(layer.apply)({"params": params}, x)).reshape(-1, D)
     ref = _numpy_moe(x.reshape(-1, D), {n: np.asarray(v, np.float64) for n, v in params.items()}, k, norm)
     np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=1e-5)
     assert np.abs(ref).max() > 0.5
@@ -63,12 +66,22 @@ def test_ragged_dot_moe_equals_a_loop_over_experts(T, E, k, norm):
 
 # Hugging Face checkpoints ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=sorted(hf.MOE_ARCHS))
-def ckpt(request, tmp_path_factory):
-    model = hf.build_model(request.param, seed=len(request.param))
-    path = hf.save(model, str(tmp_path_factory.mktemp(request.param)))
-    cfg, params = infer.load_hf_checkpoint(path, dtype="float32")
-    return request.param, model, cfg, params
+@functools.lru_cache(maxsize=None)
+def _checkpoint(name):
+    """(name, transformers model, cfg, params): the model saved with save_pretrained and loaded by our loader."""
+    model = hf.build_model(name, seed=len(name))
+    path = hf.save(model, tempfile.mkdtemp(prefix=f"moe-{name}-"))
+    try:
+        cfg, params = infer.load_hf_checkpoint(path, dtype="float32")
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    return name, model, cfg, params
+
+
+# qwen3_moe_norm (every layer MoE, the stacked layout, renormalised) is the routing-tie test's model.
+@pytest.fixture(scope="module", params=["qwen3_moe_mixed", "mixtral_window"])
+def ckpt(request):
+    return _checkpoint(request.param)
 
 
 def test_config_reaches_model_config(ckpt):
@@ -107,8 +120,10 @@ def test_prefill_then_decode_past_256_matches_cached_transformers(ckpt):
         assert err <= ATOL, f"position {PREFILL_LEN - 1 + step}: max |diff| {err:.3g}"
 
 
-def test_greedy_generate_matches_transformers(ckpt):
-    _, model, cfg, params = ckpt
+def test_greedy_generate_matches_transformers():
+    """One architecture: the generation loop around the model is the same program for every model (the dense/MoE
+    mix, unrolled, here; Mixtral's stacked layout has its cached steps checked above)."""
+    _, model, cfg, params = _checkpoint("qwen3_moe_mixed")
     prompt = _tokens(24, 3)
     model.generation_config.eos_token_id = None
     with torch.no_grad():
@@ -173,19 +188,31 @@ def test_bad_hf_moe_config_is_refused_naming_the_field(tmp_path):
     assert not hf_to_model_config(dict(d, mlp_only_layers=[0, 1])).is_moe  # no MoE layer left: a dense model
 
 
-# Serving -----------------------------------------------------------------------------------------------------
+# Roofline ----------------------------------------------------------------------------------------------------
 
-def test_engine_mix_equals_each_request_alone():
-    """A token's routing reads that token only, so a request's greedy tokens do not depend on its batch
-    neighbours: random arrivals through the engine equal each prompt alone through generate."""
-    cfg = make_cfg(vocab_size=97, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24)
-    params = infer.init_params(cfg, jax.random.PRNGKey(3))
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, cfg.vocab_size, size=int(rng.integers(1, 20))).tolist() for _ in range(5)]
-    arrivals = sorted(int(a) for a in rng.integers(0, 6, size=len(prompts)))
-    greedy = infer.SamplingParams(temperature=0.0, max_new_tokens=8)
-    engine = Engine(params, cfg, num_pages=64, page_size=4, max_num_seqs=4, max_num_batched_tokens=16)
-    outs = serve_requests(engine, prompts, greedy, arrivals)
-    for p, o in zip(prompts, outs):
-        assert o.token_ids == generate(params, cfg, [p], greedy).tokens[0]
-    assert len({tuple(o.token_ids) for o in outs}) > 1
+def test_roofline_counts_moe_params_and_the_experts_a_step_reads():
+    from infer.perf import roofline as rl
+    for cfg in (make_cfg(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24),
+                make_cfg(n_layers=3, num_experts=5, num_experts_per_tok=1, moe_intermediate_size=8, moe_layers=[0, 2],
+                         scan_layers=False)):
+        shapes = jax.eval_shape(lambda: infer.init_params(cfg, jax.random.PRNGKey(0)))
+        assert rl.num_params(cfg) == sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+    # The model cards: Qwen3-30B-A3B 30.5B total / 3.3B active, Mixtral 8x7B 46.7B / 12.9B.
+    for name, total, active in (("qwen3-30b-a3b", 30.5e9, 3.3e9), ("mixtral-8x7b", 46.7e9, 12.9e9)):
+        cfg = infer.load_config(name)
+        assert abs(rl.num_params(cfg) / total - 1) < 0.01 and abs(rl.active_params(cfg) / active - 1) < 0.02
+    cfg = infer.load_config("qwen3-30b-a3b")
+    E, k = cfg.num_experts, cfg.num_experts_per_tok
+    assert rl.experts_touched(cfg, 1) == k and E - 1e-6 < rl.experts_touched(cfg, 4096) <= E
+    expert_bytes = sum(p.bytes(rl.WeightFormat.get("bfloat16")) for p in rl.param_groups(cfg)
+                       if p.name.startswith("expert_"))
+    by_batch = [rl.decode_cost(cfg, b, 1024).weight_bytes for b in (1, 4, 16, 64, 256)]
+    assert all(a < b for a, b in zip(by_batch, by_batch[1:]))  # more tokens, more distinct experts read
+    assert np.isclose(by_batch[-1] - by_batch[0], expert_bytes * (rl.experts_touched(cfg, 256) - k) / E
+                      + (256 - 1) * cfg.d_model * 2)  # the rest: gathered embedding rows
+    hot = np.zeros(E)
+    hot[:k] = 1.0  # a measured routing that always picks the same k experts reads only them at any batch
+    assert rl.experts_touched(cfg, 256, routing=hot) == k
+    flops = rl.decode_cost(cfg, 1, 0).flops  # each token multiplies its k experts only
+    assert flops < 2 * rl.active_params(cfg) * 1.01 and flops > 2 * (rl.active_params(cfg) - cfg.vocab_size
+                                                                     * cfg.d_model) * 0.99
