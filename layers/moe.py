@@ -2,6 +2,7 @@
 
 Dimension letters beyond the repo's (README): E experts, k the experts each token picks (top-k; a lower-case k,
 not K the KV heads), A = T·k the token-expert assignments, F the experts' MLP width (moe_intermediate_size).
+(MLA's E, its RoPE key width, does not occur here.)
 
     router   logits x W_r rounded to the model dtype, softmax in float32 over E, the top k kept, optionally
              renormalised to sum to 1 (Qwen3-MoE's norm_topk_prob; Mixtral always), then cast to the model dtype:

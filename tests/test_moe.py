@@ -156,6 +156,21 @@ def test_routing_ties_at_the_kth_place_use_exactly_k_experts(tmp_path):
     assert np.abs(ours - out.logits.numpy()).max() <= ATOL
 
 
+def test_decode_layouts_keep_the_moe_logits():
+    """The decode layouts (one subtree per layer; q|k|v fused: the MoE blocks keep their experts as they are) give
+    the stacked model's logits; a dense/MoE mix has no stacked layout to convert to."""
+    from infer.model.layout import for_decode, fuse_projections
+    _, _, cfg, params = _checkpoint("mixtral_window")
+    ids = _tokens(PROMPT_LEN, 1).astype(np.int32)
+    ref = np.asarray(infer.forward(params, cfg, ids))  # compiled by test_full_forward_logits_match already
+    cfg_u, params_u = fuse_projections(*for_decode(cfg, params, "unrolled"))
+    assert not cfg_u.scan_layers and cfg_u.fused_projections and "qkv" in params_u["layers_0"]["attn"]
+    np.testing.assert_allclose(np.asarray(infer.forward(params_u, cfg_u, ids)), ref, atol=1e-5)
+    _, _, mixed, mixed_params = _checkpoint("qwen3_moe_mixed")
+    with pytest.raises(ConfigError, match="^scan_layers:"):
+        for_decode(mixed, mixed_params, "stacked")
+
+
 # Refusals ----------------------------------------------------------------------------------------------------
 
 def test_bad_moe_configs_are_refused_by_name():
