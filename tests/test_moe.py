@@ -122,8 +122,8 @@ def test_prefill_then_decode_past_256_matches_cached_transformers(ckpt):
 
 def test_greedy_generate_matches_transformers():
     """One architecture: the generation loop around the model is the same program for every model (the dense/MoE
-    mix, unrolled, here; Mixtral's stacked layout has its cached steps checked above)."""
-    _, model, cfg, params = _checkpoint("qwen3_moe_mixed")
+    mix's unrolled layout has its cached steps checked above)."""
+    _, model, cfg, params = _checkpoint("mixtral_window")
     prompt = _tokens(24, 3)
     model.generation_config.eos_token_id = None
     with torch.no_grad():
