@@ -187,7 +187,9 @@ def test_bad_moe_configs_are_refused_by_name():
     with pytest.raises(ConfigError, match="^num_experts_per_tok:"):  # an MoE field without experts
         infer.ModelConfig(**base, num_experts_per_tok=2)
     assert infer.ModelConfig(**base, **moe, moe_layers=[0, 1]).moe_layers is None  # every layer: canonical None
-    assert hash(infer.ModelConfig(**base, **moe, moe_layers=[1], scan_layers=False))
+    mixed = infer.ModelConfig(**base, **moe, moe_layers=[1], scan_layers=False)
+    assert hash(mixed) and mixed.moe_layers == (1,)
+    assert infer.ModelConfig.from_dict(json.loads(json.dumps(mixed.to_dict()))) == mixed  # checkpoints' JSON
 
 
 def test_bad_hf_moe_config_is_refused_naming_the_field(tmp_path):
