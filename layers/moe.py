@@ -12,7 +12,11 @@ not K the KV heads), A = T·k the token-expert assignments, F the experts' MLP w
              promise its pick, only that it is k experts with their renormalised weights
     experts  y = sum_j w_j * down_e(silu(gate_e(x)) * up_e(x)) over the k picked experts e = e_j
 
-The experts run as `jax.lax.ragged_dot` over the A assignments sorted by expert: the rows of expert e are one
+Two paths to the same sum, chosen by the step's static shape:
+- A < E (decode: a few tokens): each assignment gathers its expert's weights and multiplies them, so the step
+  reads only the experts its tokens picked (k/E of the weights at one token). XLA:CPU lowers ragged_dot to a dense
+  computation over every expert (at E = 64, one token: 64x the FLOPs and 3x every expert's bytes, compiled cost).
+- otherwise `jax.lax.ragged_dot` over the A assignments sorted by expert: the rows of expert e are one
 contiguous group, its size the count of e among the picks (`bincount`, length E), so each group is one GEMM
 against its expert's [D, F] / [F, D] weights and no token is dropped (no capacity factor). The outputs are put back
 in assignment order and summed with their router weights. Every token's result depends on that token alone:
@@ -37,6 +41,22 @@ def route(logits_TE, k: int, norm_topk_prob: bool, dtype):
     if norm_topk_prob:
         w_Tk = w_Tk / jnp.sum(w_Tk, axis=-1, keepdims=True)
     return w_Tk.astype(dtype), ids_Tk.astype(jnp.int32)
+
+
+def gathered_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):
+    """The same sum as grouped_swiglu, each assignment reading its own expert's weights (gathered): bytes and FLOPs
+    follow the A = T·k assignments, not E. For steps with fewer assignments than experts."""
+    mm = lambda spec, a, w: jnp.einsum(spec, a, w[ids_Tk].astype(dtype), preferred_element_type=jnp.float32
+                                       ).astype(dtype)
+    act_TkF = jax.nn.silu(mm("td,tkdf->tkf", x_TD, gate_EDF)) * mm("td,tkdf->tkf", x_TD, up_EDF)
+    y_TkD = mm("tkf,tkfd->tkd", act_TkF, down_EFD)
+    return jnp.einsum("tkd,tk->td", y_TkD, w_Tk.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+
+
+def experts_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):
+    """gathered_swiglu when the step has fewer assignments than experts (T·k < E, static), else grouped_swiglu."""
+    path = gathered_swiglu if ids_Tk.size < gate_EDF.shape[0] else grouped_swiglu
+    return path(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype)
 
 
 def grouped_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):
@@ -79,5 +99,5 @@ class MoE(nn.Module):
         logits_TE = jnp.einsum("td,de->te", x_TD, router_DE.astype(dt),
                                preferred_element_type=jnp.float32).astype(dt)  # rounded like F.linear's output
         w_Tk, ids_Tk = route(logits_TE, self.top_k, self.norm_topk_prob, dt)
-        out_TD = grouped_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dt)
+        out_TD = experts_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dt)
         return out_TD.reshape(*lead, D)

@@ -50,9 +50,10 @@ def _numpy_moe(x_TD, p, k, norm):
     return out
 
 
-@pytest.mark.parametrize("T,E,k,norm", [(37, 5, 2, True), (3, 8, 3, False)])
-def test_ragged_dot_moe_equals_a_loop_over_experts(T, E, k, norm):
-    """Random inputs, including experts no token picks (2 x 3 tokens, 8 experts: empty groups)."""
+@pytest.mark.parametrize("T,E,k,norm", [(37, 5, 2, True), (3, 8, 3, False), (1, 8, 2, True)])
+def test_moe_equals_a_loop_over_experts(T, E, k, norm):
+    """Random inputs, including experts no token picks (2 x 3 tokens, 8 experts: empty groups). 2 x 37 and 2 x 3
+    tokens run the ragged_dot path, 2 x 1 tokens (4 assignments < 8 experts) the gathered decode path."""
     D, F = 16, 24
     layer = MoE(D, F, E, k, norm, np.float32)
     x = np.random.RandomState(T).randn(2, T, D).astype(np.float32)  # [B, T, D]: the layer flattens B·T
@@ -62,6 +63,23 @@ def test_ragged_dot_moe_equals_a_loop_over_experts(T, E, k, norm):
     ref = _numpy_moe(x.reshape(-1, D), {n: np.asarray(v, np.float64) for n, v in params.items()}, k, norm)
     np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=1e-5)
     assert np.abs(ref).max() > 0.5
+
+
+def test_decode_path_flops_follow_the_picked_experts():
+    """Compiled cost on this CPU, one token, 64 experts, top-2: the MoE layer's FLOPs are the 2 picked experts'
+    (the gathered path), where XLA:CPU's ragged_dot computes every expert (why decode does not use it)."""
+    from layers.moe import experts_swiglu, grouped_swiglu
+    E, D, F, k = 64, 32, 16, 2
+    args = (jax.ShapeDtypeStruct((1, D), np.float32), jax.ShapeDtypeStruct((1, k), np.float32),
+            jax.ShapeDtypeStruct((1, k), np.int32), jax.ShapeDtypeStruct((E, D, F), np.float32),
+            jax.ShapeDtypeStruct((E, D, F), np.float32), jax.ShapeDtypeStruct((E, F, D), np.float32))
+
+    def flops(fn):
+        cost = jax.jit(lambda *a: fn(*a, np.float32)).lower(*args).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+    picked = 2 * 3 * k * D * F  # gate, up, down of k experts
+    assert picked <= flops(experts_swiglu) < 1.2 * picked
+    assert flops(grouped_swiglu) > E / k / 2 * picked
 
 
 # Hugging Face checkpoints ------------------------------------------------------------------------------------
