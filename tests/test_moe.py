@@ -26,7 +26,7 @@ from infer.io.hf_config import HFConfigError, hf_to_model_config
 from layers.moe import MoE
 
 ATOL = 1e-4
-PROMPT_LEN, PREFILL_LEN, DECODE_STEPS = 300, 250, 5
+PROMPT_LEN, PREFILL_LEN, DECODE_STEPS = 300, 254, 5  # decode reaches position 258
 
 
 def _tokens(n, seed):
@@ -133,6 +133,7 @@ def test_prefill_then_decode_past_256_matches_cached_transformers(ckpt):
     _, model, cfg, params = ckpt
     ids = _tokens(PREFILL_LEN + DECODE_STEPS, 2)
     ref, ours = hf.prefill_then_decode_logits(model, params, cfg, ids, PREFILL_LEN)
+    assert PREFILL_LEN + DECODE_STEPS - 1 > 256
     for step, (o, r) in enumerate(zip(ours, ref)):
         err = np.abs(o - r).max()
         assert err <= ATOL, f"position {PREFILL_LEN - 1 + step}: max |diff| {err:.3g}"
