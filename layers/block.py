@@ -14,6 +14,7 @@ from layers.attention.gqa import Attention
 from layers.attention.mla import MLAttention
 from layers.linear import decode_gemv
 from layers.mlp import SwiGLU
+from layers.moe import MoE
 from layers.norm import RMSNorm
 
 
@@ -22,12 +23,14 @@ def folds_norms(cfg, x_BTD) -> bool:
     fused projections, no q|k|v bias, and rows the decode GEMV takes)."""
     D = x_BTD.shape[-1]
     return cfg.weight_format is None and cfg.fused_projections and not cfg.is_mla and not cfg.qkv_bias and \
-        decode_gemv(x_BTD.size // D, D)
+        not cfg.is_moe and decode_gemv(x_BTD.size // D, D)
 
 
 class DecoderBlock(nn.Module):
     """Scanned over layers: carry = (x_BTD, r_BTD, kv or None) (hidden state x + r), xs = layer index (the pools'
     layer).
+
+    moe: this block's MLP is the mixture of experts (layers/moe.py, params "moe") instead of the dense SwiGLU.
 
     CLA (layers/decoder.py's CLAGroup): the group's first block is built with emit_kv and returns this
     pass's (k, v) as its second output; the others are built with shares_kv and take it as `shared_kv`."""
@@ -35,6 +38,7 @@ class DecoderBlock(nn.Module):
     cfg: object
     shares_kv: bool = False
     emit_kv: bool = False
+    moe: bool = False
 
     @nn.compact
     def __call__(self, carry, layer, positions_BT, meta, shared_kv=None):
@@ -48,8 +52,12 @@ class DecoderBlock(nn.Module):
         else:
             a, kv, kv_BT = Attention(cfg, self.shares_kv, name="attn")(h, positions_BT, kv, layer, meta, shared_kv)
         x_BTD, h = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x_BTD, residual=a)  # x + a, its norm
-        r_BTD = SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, cfg.weight_format, cfg.fused_projections,
-                       name="mlp")(h)  # added by the next block's norm (or the final norm)
+        if self.moe:
+            r_BTD = MoE(cfg.d_model, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok,
+                        cfg.norm_topk_prob, cfg.jnp_dtype, name="moe")(h)
+        else:
+            r_BTD = SwiGLU(cfg.d_model, cfg.d_ff, cfg.jnp_dtype, cfg.weight_format, cfg.fused_projections,
+                           name="mlp")(h)  # added by the next block's norm (or the final norm)
         return (x_BTD, r_BTD, kv), (kv_BT if self.emit_kv else None)
 
     def _folded(self, x_BTD, r_BTD, kv, layer, positions_BT, meta):

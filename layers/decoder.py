@@ -68,12 +68,14 @@ class Decoder(nn.Module):
             blocks = nn.scan(unit, variable_axes={"params": 0}, split_rngs={"params": True},
                              in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.kv_layers,
                              metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-            (x_BTD, r_BTD, kv), _ = blocks(cfg, name="layers")((x_BTD, r_BTD, kv),
+            moe = {"moe": cfg.is_moe_layer(0)} if unit is DecoderBlock else {}  # stacked: every block alike
+            (x_BTD, r_BTD, kv), _ = blocks(cfg, **moe, name="layers")((x_BTD, r_BTD, kv),
                                                                 jnp.arange(cfg.kv_layers, dtype=jnp.int32),
                                                                 positions_BT, meta)
         else:  # one subtree per block: each dot reads its own weight buffer (no per-layer slice copy on CPU)
             for i in range(cfg.kv_layers):
-                (x_BTD, r_BTD, kv), _ = unit(cfg, name=f"layers_{i}")((x_BTD, r_BTD, kv), jnp.int32(i),
+                moe = {"moe": cfg.is_moe_layer(i)} if unit is DecoderBlock else {}
+                (x_BTD, r_BTD, kv), _ = unit(cfg, **moe, name=f"layers_{i}")((x_BTD, r_BTD, kv), jnp.int32(i),
                                                                      positions_BT, meta)
         _, x_BTD = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_BTD, residual=r_BTD)
         hidden = x_BTD

@@ -39,6 +39,23 @@ ARCHS = {
 }
 
 
+# Mixture-of-experts architectures (tests/test_moe.py): every routing choice matters at these scales (router
+# logits of order 1, experts' outputs of the same order as the dense MLP's).
+MOE_ARCHS = {
+    # Qwen3-MoE as released: every layer MoE, top-k renormalised, q/k norms, explicit head_dim.
+    "qwen3_moe_norm": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", _common(
+        head_dim=32, rope_theta=1e6, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48,
+        norm_topk_prob=True)),
+    # Dense and MoE layers mixed (layer 1 in mlp_only_layers), top-3 of 6 without renormalisation.
+    "qwen3_moe_mixed": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", _common(
+        num_hidden_layers=3, num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[1])),
+    # Mixtral: every layer MoE (top-2 of 4, always renormalised), a window smaller than the prompt.
+    "mixtral_window": ("MixtralConfig", "MixtralForCausalLM", _common(
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=48, rope_theta=1e6)),
+}
+
+
 def randomize_(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -56,7 +73,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
 
 def build_model(arch: str, seed: int = 0, **overrides):
     import transformers
-    cfg_cls, model_cls, kw = ARCHS[arch]
+    cfg_cls, model_cls, kw = ARCHS[arch] if arch in ARCHS else MOE_ARCHS[arch]
     kw = dict(kw, **overrides)
     cfg = getattr(transformers, cfg_cls)(**kw)
     model = getattr(transformers, model_cls)._from_config(cfg, attn_implementation="eager", dtype=torch.float32)

@@ -137,6 +137,16 @@ class ModelConfig:
     # [D, 2F], one GEMM each instead of three and two (infer.model.layout.fuse_projections; the decode layouts use
     # it). Not for MLA; a CLA follower block keeps its lone "q".
     fused_projections: bool = False
+    # Mixture of experts (layers/moe.py), on when num_experts > 0: the MLP of each MoE layer is num_experts SwiGLU
+    # experts of width moe_intermediate_size, each token summing the num_experts_per_tok its router picks (softmax
+    # top-k, renormalised over the k when norm_topk_prob). moe_layers: the MoE layers' indices, None = every layer;
+    # the others keep the dense d_ff MLP (Qwen3-MoE's decoder_sparse_step / mlp_only_layers). A mix of dense and MoE
+    # layers has no stacked layout (the blocks differ), so it needs scan_layers=False.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: Optional[int] = None
+    norm_topk_prob: bool = True
+    moe_layers: Optional[tuple] = None
     name: str = ""
 
     def __post_init__(self):
@@ -181,6 +191,40 @@ class ModelConfig:
                  "cross-layer sharing is not supported together with quantized weights (weight_format)")
         _require(isinstance(self.feature_input, bool), "feature_input",
                  f"must be true or false, got {self.feature_input!r}")
+        self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+        _require(is_int(self.num_experts) and self.num_experts >= 0, "num_experts",
+                 f"must be an int >= 0 (0: dense MLPs), got {self.num_experts!r}")
+        _require(isinstance(self.norm_topk_prob, bool), "norm_topk_prob",
+                 f"must be true or false, got {self.norm_topk_prob!r}")
+        if self.num_experts == 0:
+            for f, unset in (("num_experts_per_tok", self.num_experts_per_tok == 0),
+                             ("moe_intermediate_size", self.moe_intermediate_size is None),
+                             ("moe_layers", self.moe_layers is None)):
+                _require(unset, f, "is a mixture-of-experts field: set num_experts too (or leave it unset)")
+            return
+        _require(is_int(self.num_experts_per_tok) and 1 <= self.num_experts_per_tok <= self.num_experts,
+                 "num_experts_per_tok", f"must be an int in [1, num_experts={self.num_experts}], "
+                                        f"got {self.num_experts_per_tok!r}")
+        _require(is_int(self.moe_intermediate_size) and self.moe_intermediate_size > 0, "moe_intermediate_size",
+                 f"must be an int > 0 with num_experts set, got {self.moe_intermediate_size!r}")
+        if self.moe_layers is not None:
+            layers = self.moe_layers
+            _require(isinstance(layers, (list, tuple)) and all(is_int(i) for i in layers), "moe_layers",
+                     f"must be a list of layer indices or None (every layer), got {layers!r}")
+            _require(list(layers) == sorted(set(layers)) and all(0 <= i < self.n_layers for i in layers),
+                     "moe_layers", f"must be increasing indices in [0, n_layers={self.n_layers}), got {list(layers)}")
+            # canonical: a tuple (hashable), None when every layer is MoE, so equal models compare equal
+            object.__setattr__(self, "moe_layers", None if len(layers) == self.n_layers else tuple(layers))
+        _require(not self.scan_layers or self.moe_layers is None, "scan_layers",
+                 f"a mix of dense and MoE layers (moe_layers={list(self.moe_layers or ())} of {self.n_layers}) "
+                 f"has no stacked layout: set scan_layers=False")
+        for f, bad in (("weight_format", self.weight_format is not None),
+                       ("kv_share_every", self.kv_share_every != 1),
+                       ("feature_input", self.feature_input)):
+            _require(not bad, f, "is not supported together with mixture-of-experts layers (num_experts > 0)")
 
     def _validate_mla(self) -> None:
         mla_fields = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
@@ -217,6 +261,15 @@ class ModelConfig:
     def is_mla(self) -> bool:
         """Multi-head latent attention (kv_lora_rank set)."""
         return self.kv_lora_rank is not None
+
+    @property
+    def is_moe(self) -> bool:
+        """Some layers' MLPs are mixtures of experts (num_experts > 0)."""
+        return self.num_experts > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether block i's MLP is the mixture of experts (else the dense d_ff SwiGLU)."""
+        return self.is_moe and (self.moe_layers is None or i in self.moe_layers)
 
     @property
     def kv_layers(self) -> int:

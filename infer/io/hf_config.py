@@ -1,7 +1,9 @@
 """Hugging Face `config.json` -> ModelConfig, refusing what the model cannot represent.
 
 Supported architectures (model_type): llama, mistral, qwen2 (q/k/v biases), qwen3
-(q/k RMSNorm, explicit head_dim), deepseek_v2 / deepseek_v3 (MLA attention, YaRN rope;
+(q/k RMSNorm, explicit head_dim), qwen3_moe (qwen3's attention, mixture-of-experts MLPs on the layers
+decoder_sparse_step and mlp_only_layers name), mixtral (mistral's attention, every MLP a mixture of experts,
+renormalised top-k), deepseek_v2 / deepseek_v3 (MLA attention, YaRN rope;
 only checkpoints whose layers are all dense MLPs -- mixture-of-experts layers are refused). A key missing from config.json takes the
 default `transformers` uses for that architecture, so the loaded model means what
 `from_pretrained` would mean. Both rope layouts are read: transformers < 5
@@ -31,6 +33,11 @@ _ARCH_DEFAULTS = {
                   sliding_window=4096),
     "qwen3": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768, head_dim=128,
                   sliding_window=4096),
+    "qwen3_moe": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768, head_dim=None,
+                      sliding_window=4096, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+                      norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=()),
+    "mixtral": dict(rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=131072, head_dim=None,
+                    sliding_window=None, num_local_experts=8, num_experts_per_tok=2),
     "deepseek_v2": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=2048, head_dim=None,
                         sliding_window=None, kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128,
                         qk_rope_head_dim=64, v_head_dim=128, first_k_dense_replace=0, n_routed_experts=64,
@@ -41,9 +48,11 @@ _ARCH_DEFAULTS = {
                         rope_interleave=True),
 }
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+MOE_MODEL_TYPES = ("qwen3_moe", "mixtral")
 _ARCHITECTURES = {
     "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe", "MixtralForCausalLM": "mixtral",
     "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 SUPPORTED_MODEL_TYPES = tuple(_ARCH_DEFAULTS)
@@ -145,8 +154,10 @@ def _sliding_window(d: dict, mt: str, n_layers: int, defaults: dict) -> Optional
         if w is not None:
             _fail("sliding_window", f"{w} is not part of the llama architecture")
         return None
-    if mt == "mistral":
+    if mt in ("mistral", "mixtral"):
         return None if w is None else int(w)
+    if mt == "qwen3_moe":  # transformers: the window on every layer with use_sliding_window, else none
+        return int(w) if d.get("use_sliding_window", False) and w is not None else None
     # qwen2 / qwen3: the window is on only with use_sliding_window, and only for layers >= max_window_layers.
     if not d.get("use_sliding_window", False) or w is None:
         return None
@@ -183,6 +194,34 @@ def _mla_fields(d: dict, defaults: dict, n_heads: int, n_kv: int) -> dict:
                 v_head_dim=int(get("v_head_dim")))
 
 
+def _moe_fields(d: dict, mt: str, defaults: dict, n_layers: int, d_ff: int) -> dict:
+    """Qwen3-MoE / Mixtral mixture-of-experts fields: the experts, the router's top-k rule and which layers are
+    MoE (transformers' Qwen3MoeDecoderLayer: layer i is MoE iff i is not in mlp_only_layers and
+    (i + 1) % decoder_sparse_step == 0; Mixtral: every layer)."""
+    get = lambda k: defaults[k] if d.get(k) is None else d[k]
+    if mt == "mixtral":
+        return dict(num_experts=int(get("num_local_experts")), num_experts_per_tok=int(get("num_experts_per_tok")),
+                    moe_intermediate_size=d_ff, norm_topk_prob=True)
+    # qwen3_moe: real checkpoints say num_experts, transformers 5 saves its alias num_local_experts
+    e, e_alias = d.get("num_experts"), d.get("num_local_experts")
+    if e is not None and e_alias is not None and int(e) != int(e_alias):
+        _fail("num_experts", f"{e} disagrees with num_local_experts={e_alias}")
+    E = int(get("num_experts") if e is None and e_alias is None else (e if e is not None else e_alias))
+    if E == 0:  # transformers: every layer a dense MLP
+        return {}
+    step = int(get("decoder_sparse_step"))
+    if step < 1:
+        _fail("decoder_sparse_step", f"must be >= 1, got {step}")
+    only = get("mlp_only_layers")
+    if not isinstance(only, (list, tuple)) or not all(isinstance(i, int) for i in only):
+        _fail("mlp_only_layers", f"must be a list of layer indices, got {only!r}")
+    moe = [i for i in range(n_layers) if i not in only and (i + 1) % step == 0]
+    mi = get("moe_intermediate_size")
+    return dict(num_experts=E, num_experts_per_tok=int(get("num_experts_per_tok")),
+                moe_intermediate_size=None if mi is None else int(mi), norm_topk_prob=bool(get("norm_topk_prob")),
+                moe_layers=tuple(moe), scan_layers=len(moe) in (0, n_layers))
+
+
 def rope_interleaved(d: dict) -> bool:
     """Whether the checkpoint's RoPE dimensions come in interleaved pairs (DeepSeek-V2 always; V3 unless
     rope_interleave is false): the loader then de-interleaves the RoPE rows of its projections."""
@@ -207,7 +246,7 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
         _fail("hidden_act", f"{act!r} is not supported (the MLP is SwiGLU with silu)")
     if d.get("mlp_bias"):
         _fail("mlp_bias", "MLP biases are not supported")
-    if mt in ("llama", "mistral", "qwen3") and d.get("attention_bias"):
+    if mt in ("llama", "mistral", "qwen3", "qwen3_moe") and d.get("attention_bias"):
         _fail("attention_bias", f"{mt} attention_bias adds an o_proj bias, which is not supported")
     if d.get("quantization_config"):
         _fail("quantization_config", "quantized checkpoints are not supported; load full-precision weights")
@@ -232,6 +271,9 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
         head_dim = hidden // n_heads
     n_layers = int(d["num_hidden_layers"])
     theta, scaling = _rope(d)
+    moe = _moe_fields(d, mt, defaults, n_layers, int(d["intermediate_size"])) if mt in MOE_MODEL_TYPES else {}
+    if moe.get("moe_layers") == ():  # no layer is MoE: a dense model
+        moe = {}
 
     dtype = dtype_name(dtype)
     if dtype is None:
@@ -250,8 +292,8 @@ def hf_to_model_config(d: dict, dtype: Optional[str] = None, name: str = "") -> 
             norm_eps=float(defaults["rms_norm_eps"] if eps is None else eps),
             tie_embeddings=bool(defaults["tie_word_embeddings"] if tie is None else tie),
             max_seq_len=int(defaults["max_position_embeddings"] if max_pos is None else max_pos),
-            dtype=dtype, qkv_bias=(mt == "qwen2"), qk_norm=(mt == "qwen3"),
-            sliding_window=_sliding_window(d, mt, n_layers, defaults), name=name or mt, **mla)
+            dtype=dtype, qkv_bias=(mt == "qwen2"), qk_norm=(mt in ("qwen3", "qwen3_moe")),
+            sliding_window=_sliding_window(d, mt, n_layers, defaults), name=name or mt, **mla, **moe)
     except HFConfigError:
         raise
     except ConfigError as e:

@@ -14,13 +14,18 @@ Name mapping (HF Linear weights are [out, in]; ours are [in..., out...]):
     model.layers.i.mlp.{gate,up}_proj.weight [F, D]     -> layers/mlp/{gate,up}/kernel[i] [D, F]
     model.layers.i.mlp.down_proj.weight [D, F]          -> layers/mlp/down/kernel[i] [F, D]
     model.norm.weight [D]                               -> final_norm/scale
+    MoE layers (Qwen3-MoE; Mixtral's block_sparse_moe, experts' w1 | w3 | w2 = gate | up | down):
+    model.layers.i.mlp.gate.weight [E, D]               -> layers/moe/router[i] [D, E]
+    model.layers.i.mlp.experts.j.{gate,up}_proj.weight [F, D] -> layers/moe/{gate,up}[i, j] [D, F]
+    model.layers.i.mlp.experts.j.down_proj.weight [D, F] -> layers/moe/down[i, j] [F, D]
     lm_head.weight [V, D]                               -> lm_head/kernel [D, V] (not read when tied)
 
 RoPE uses the same half-split (rotate_half) layout as HF, so q/k need no
 permutation. Streaming: one target array at a time is allocated in the target
 dtype on the host, filled tensor by tensor (each read, transposed and cast on
 its own), moved to the device and released, so host memory peaks at about one
-stacked parameter (the largest [L, D, F]) plus one HF tensor, never the model.
+stacked parameter (the largest [L, D, F], or [L, E, D, F] for experts) plus one HF tensor, never the model.
+A model mixing dense and MoE layers has no stacked layout: its plan names one subtree per layer ("layers_{i}").
 """
 import json
 import os
@@ -30,7 +35,7 @@ import jax
 import numpy as np
 
 from infer.config.model_config import ModelConfig
-from infer.io.hf_config import hf_to_model_config, read_config_json, rope_interleaved
+from infer.io.hf_config import hf_to_model_config, model_type_of, read_config_json, rope_interleaved
 from infer.model.params import init_params
 from infer.io.safetensors_io import SafetensorsFile
 
@@ -75,6 +80,12 @@ def _open_files(path: str) -> Dict[str, SafetensorsFile]:
     return files
 
 
+MOE_NAMES = {  # (the MoE module, the experts' gate | up | down) as each checkpoint family names them
+    "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+    "mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
+}
+
+
 def _mla_attention_plan(cfg: ModelConfig, per_layer, rope_interleaved: bool) -> None:
     """DeepSeek-V2/V3 attention tensors. Interleaved RoPE rows (pairs (x0, x1), (x2, x3), ...) are reordered to
     the half-split layout [x0, x2, ..., x1, x3, ...] in q and in kv_a's RoPE key: q.k is unchanged (both sides
@@ -101,13 +112,17 @@ def _mla_attention_plan(cfg: ModelConfig, per_layer, rope_interleaved: bool) -> 
     per_layer(("attn", "o", "kernel"), pre + "o_proj.weight", (D, N * u), lambda w: w.T.reshape(N, u, D))
 
 
-def param_plan(cfg: ModelConfig, rope_interleaved: bool = False
+def param_plan(cfg: ModelConfig, rope_interleaved: bool = False, moe_names=MOE_NAMES["qwen3_moe"]
                ) -> Dict[Tuple[str, ...], List[Tuple[str, tuple, Callable, Optional[int]]]]:
-    """For each parameter leaf path: [(hf_name, hf_shape, transform, layer index or None)].
+    """For each parameter leaf path: [(hf_name, hf_shape, transform, index into the leaf or None)].
+
+    The index is the layer (stacked leaves), (layer, expert) for stacked expert weights, the expert alone for an
+    unrolled layer's expert weights (cfg.scan_layers False), None for a leaf filled whole.
 
     hf_shape is the HF tensor's [out, in] shape; transform turns that tensor into the leaf's layout.
     The GGUF loader reuses this plan (GGUF tensors dequantize to the same [out, in] layout).
     rope_interleaved: the checkpoint's RoPE dims are interleaved pairs (DeepSeek); MLA models only.
+    moe_names: how the checkpoint names its MoE tensors (MOE_NAMES); MoE models only.
     """
     D, N, K, H, F, V, L = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size, \
         cfg.n_layers
@@ -118,8 +133,8 @@ def param_plan(cfg: ModelConfig, rope_interleaved: bool = False
     if not cfg.tie_embeddings:
         plan[("lm_head", "kernel")] = [("lm_head.weight", (V, D), lambda w: w.T, None)]
 
-    def per_layer(leaf, fmt, shape, fn):
-        plan[("layers",) + leaf] = [(fmt.format(i=i), shape, fn, i) for i in range(L)]
+    def per_layer(leaf, fmt, shape, fn, layers=range(L)):
+        plan[("layers",) + leaf] = [(fmt.format(i=i), shape, fn, i) for i in layers]
 
     pre = "model.layers.{i}."
     per_layer(("attn_norm", "scale"), pre + "input_layernorm.weight", (D,), ident)
@@ -139,10 +154,38 @@ def param_plan(cfg: ModelConfig, rope_interleaved: bool = False
     if not cfg.is_mla:
         per_layer(("attn", "o", "kernel"), pre + "self_attn.o_proj.weight", (D, N * H),
                   lambda w: w.T.reshape(N, H, D))
-    per_layer(("mlp", "gate", "kernel"), pre + "mlp.gate_proj.weight", (F, D), lambda w: w.T)
-    per_layer(("mlp", "up", "kernel"), pre + "mlp.up_proj.weight", (F, D), lambda w: w.T)
-    per_layer(("mlp", "down", "kernel"), pre + "mlp.down_proj.weight", (D, F), lambda w: w.T)
-    return plan
+    dense = [i for i in range(L) if not cfg.is_moe_layer(i)]
+    if dense:
+        per_layer(("mlp", "gate", "kernel"), pre + "mlp.gate_proj.weight", (F, D), lambda w: w.T, dense)
+        per_layer(("mlp", "up", "kernel"), pre + "mlp.up_proj.weight", (F, D), lambda w: w.T, dense)
+        per_layer(("mlp", "down", "kernel"), pre + "mlp.down_proj.weight", (D, F), lambda w: w.T, dense)
+    if cfg.is_moe:
+        _moe_plan(cfg, plan, per_layer, [i for i in range(L) if cfg.is_moe_layer(i)], moe_names)
+    return plan if cfg.scan_layers else _unrolled_plan(plan)
+
+
+def _moe_plan(cfg: ModelConfig, plan: dict, per_layer, layers, names) -> None:
+    """The router and the experts of the MoE layers: each expert's [out, in] matrix into its slot [i, j]."""
+    D, F, E = cfg.d_model, cfg.moe_intermediate_size, cfg.num_experts
+    mod, (gate, up, down) = names
+    pre = "model.layers.{i}." + mod
+    per_layer(("moe", "router"), pre + ".gate.weight", (E, D), lambda w: w.T, layers)
+    for leaf, hf, shape in (("gate", gate, (F, D)), ("up", up, (F, D)), ("down", down, (D, F))):
+        plan[("layers", "moe", leaf)] = [(f"{pre.format(i=i)}.experts.{j}.{hf}.weight", shape, lambda w: w.T, (i, j))
+                                         for i in layers for j in range(E)]
+
+
+def _unrolled_plan(plan: dict) -> dict:
+    """A stacked plan re-addressed to the unrolled tree: layer i's sources fill "layers_{i}" (an expert's at j)."""
+    out: dict = {}
+    for leaf, srcs in plan.items():
+        if leaf[0] != "layers":
+            out[leaf] = srcs
+            continue
+        for name, shape, fn, idx in srcs:
+            i, rest = (idx[0], idx[1]) if isinstance(idx, tuple) else (idx, None)
+            out.setdefault((f"layers_{i}",) + leaf[1:], []).append((name, shape, fn, rest))
+    return out
 
 
 def _set_path(tree: dict, path: Tuple[str, ...], value) -> None:
@@ -199,7 +242,8 @@ def load_hf_checkpoint(path: str, dtype: Optional[str] = None, device=None) -> T
     d = read_config_json(path)
     cfg = hf_to_model_config(d, dtype=dtype, name=os.path.basename(os.path.normpath(path)))
     files = _open_files(path)
-    plan = param_plan(cfg, rope_interleaved=rope_interleaved(d))
+    plan = param_plan(cfg, rope_interleaved=rope_interleaved(d),
+                      moe_names=MOE_NAMES.get(model_type_of(d), MOE_NAMES["qwen3_moe"]))
 
     wanted = {name for srcs in plan.values() for name, *_ in srcs}
     missing = sorted(wanted - set(files))

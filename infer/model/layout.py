@@ -42,13 +42,14 @@ def stack_layers(cfg: ModelConfig, params: dict) -> Tuple[ModelConfig, dict]:
     """The inverse of unstack_layers: (cfg with scan_layers=True, params with one stacked "layers")."""
     if cfg.scan_layers:
         return cfg, params
+    stacked = dataclasses.replace(cfg, scan_layers=True)  # first: a dense/MoE mix is refused by name (scan_layers)
     names = [f"layers_{i}" for i in range(cfg.kv_layers)]
     missing = [k for k in names if k not in params]
     if missing:
         raise ValueError(f"params: unrolled layout lacks {missing[:3]} (expected {names[0]}..{names[-1]})")
     out = {k: v for k, v in params.items() if k not in names}
     out["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(params[k] for k in names))
-    return dataclasses.replace(cfg, scan_layers=True), out
+    return stacked, out
 
 
 QUANT_LEAVES = ("q", "scale", "min")  # a quantized weight's arrays: [..., I', O], outputs on the last axis

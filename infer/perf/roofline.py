@@ -14,7 +14,12 @@ Two models live here.
    the default everywhere else. It differs from the lecture's in exactly these terms:
 
    - parameters: + the RMSNorm scales (2D per layer + D final), + q/k/v biases (qkv_bias),
-     + q/k norm scales (qk_norm); a tied model has one V×D table, not two.
+     + q/k norm scales (qk_norm); a tied model has one V×D table, not two. Mixture of experts: each MoE
+     layer's router [D, E] and E experts' SwiGLU replace its dense MLP (`active_params`: the experts counted
+     k/E, what one token multiplies).
+   - MoE steps read only the experts their B·T tokens touch: `experts_touched` (expected distinct experts per
+     layer, E·(1 - (1 - k/E)^(B·T)) under uniform routing, or from a measured routing) of the expert bytes; FLOPs
+     count each token's k experts.
    - bytes read per decode step: the embedding table is *gathered* (B·T rows of D), not read
      (an untied model reads its lm_head [D, V] in full; a tied model reads the shared table
      once for the logits, plus the gathered rows); + the KV of the new token is *written*
@@ -197,14 +202,19 @@ def param_groups(cfg: ModelConfig) -> list:
                 ParamGroup("k", "linear", cfg.kv_layers, D, K * H),  # CLA: one k/v projection per group
                 ParamGroup("v", "linear", cfg.kv_layers, D, K * H),
                 ParamGroup("o", "linear", L, N * H, D)]
+    Lm = sum(cfg.is_moe_layer(i) for i in range(L))  # MoE layers; the other L - Lm keep the dense MLP
     g = [ParamGroup("embed", "embedding", 1, size=V * D),
          ParamGroup("attn_norm", "vector", L, size=D),
          *attn,
          ParamGroup("mlp_norm", "vector", L, size=D),
-         ParamGroup("gate", "linear", L, D, F),
-         ParamGroup("up", "linear", L, D, F),
-         ParamGroup("down", "linear", L, F, D),
+         ParamGroup("gate", "linear", L - Lm, D, F),
+         ParamGroup("up", "linear", L - Lm, D, F),
+         ParamGroup("down", "linear", L - Lm, F, D),
          ParamGroup("final_norm", "vector", 1, size=D)]
+    if Lm:  # layers/moe.py: the router [D, E] and E experts [D, F'], [D, F'], [F', D] per MoE layer
+        E, Fm = cfg.num_experts, cfg.moe_intermediate_size
+        g += [ParamGroup("router", "linear", Lm, D, E), ParamGroup("expert_gate", "linear", Lm * E, D, Fm),
+              ParamGroup("expert_up", "linear", Lm * E, D, Fm), ParamGroup("expert_down", "linear", Lm * E, Fm, D)]
     if cfg.qkv_bias:
         g.append(ParamGroup("q_bias", "vector", L, size=N * H))
         g.append(ParamGroup("kv_bias", "vector", cfg.kv_layers, size=2 * K * H))
@@ -243,8 +253,31 @@ def param_bytes(cfg: ModelConfig, weights: Union[str, WeightFormat, None] = None
 
 
 def _block_matmul_elements(cfg: ModelConfig) -> int:
-    """Elements of the per-token matmul weights of all blocks (q, k, v, o, gate, up, down) x L."""
-    return sum(p.num_params for p in param_groups(cfg) if p.kind == "linear" and p.name != "lm_head")
+    """Elements of the matmul weights of all blocks one token multiplies (q, k, v, o, gate, up, down) x L: of an
+    MoE layer, the router and the k experts it picks (k/E of the experts)."""
+    frac = lambda p: cfg.num_experts_per_tok / cfg.num_experts if p.name.startswith("expert_") else 1
+    return round(sum(p.num_params * frac(p) for p in param_groups(cfg) if p.kind == "linear" and p.name != "lm_head"))
+
+
+def active_params(cfg: ModelConfig) -> int:
+    """Parameters one token uses: num_params with each MoE layer's experts counted k/E (the router in full);
+    equals num_params for a dense model (MoE models' "A3B", "37B active")."""
+    frac = lambda p: cfg.num_experts_per_tok / cfg.num_experts if p.name.startswith("expert_") else 1
+    return round(sum(p.num_params * frac(p) for p in param_groups(cfg)))
+
+
+def experts_touched(cfg: ModelConfig, tokens: int, routing=None) -> float:
+    """Expected distinct experts a step of `tokens` tokens reads per MoE layer. Uniform routing (routing None):
+    each token picks a uniformly random k-subset of the E, so an expert is missed by all with probability
+    (1 - k/E)^tokens: E (1 - (1 - k/E)^tokens). A measured routing: `routing` [E] the probability each expert is
+    among a token's k (summing to k), tokens independent: sum_e 1 - (1 - p_e)^tokens."""
+    if not cfg.is_moe:
+        return 0.0
+    E, k = cfg.num_experts, cfg.num_experts_per_tok
+    p = np.full(E, k / E) if routing is None else np.asarray(routing, np.float64)
+    if p.shape != (E,) or (p < 0).any() or (p > 1).any() or abs(p.sum() - k) > 1e-6 * k:
+        raise ValueError(f"routing: expected [{E}] probabilities in [0, 1] summing to k={k}, got {p}")
+    return float(np.sum(1.0 - (1.0 - p) ** tokens))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,8 +462,11 @@ def step_cost(cfg: ModelConfig, batch_size: int, tokens: int, context: int, weig
     B, T, D, V = batch_size, tokens, cfg.d_model, cfg.vocab_size
     logits_per_row = T if logits_per_row is None else logits_per_row
     groups = param_groups(cfg)
-    # Weights: every block matrix, norm and bias once; the embedding only as gathered rows.
-    weight_bytes = sum(p.bytes(w) for p in groups if p.kind != "embedding")
+    # Weights: every block matrix, norm and bias once; the embedding only as gathered rows; of the experts only those
+    # the step's B·T tokens touch (expected, uniform routing).
+    touched = experts_touched(cfg, B * T) / cfg.num_experts if cfg.is_moe else 1.0
+    weight_bytes = sum(p.bytes(w) * (touched if p.name.startswith("expert_") else 1)
+                       for p in groups if p.kind != "embedding")
     weight_bytes += B * T * D * w.base_bytes  # gathered embedding rows
     if cfg.tie_embeddings:
         weight_bytes += V * D * w.base_bytes  # the shared table, read as the lm_head
