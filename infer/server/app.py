@@ -213,7 +213,8 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
     async def sse(req: GenerationRequest, rids, counts, q, kind: str, rid_out: str, release: Callable[[], None],
                   echoes: List[str], tools: Optional[ToolRequest] = None):
         n, chat = req.n, kind == "chat.completion.chunk"
-        parsers = [ToolCallStream(tools.names) for _ in range(len(rids) * n)] if tools and tools.parses else None
+        parsers = ([ToolCallStream(tools.names, tools.forced) for _ in range(len(rids) * n)]
+                   if tools and tools.parses else None)
         slot = {rid: i for i, rid in enumerate(rids)}
         total, done, completion_tokens = len(rids) * n, 0, 0
         offsets = [0] * total
@@ -327,7 +328,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             if req.logprobs:
                 lp = logprobs_of(req, kind.startswith("chat"), c.tokens, c.logprobs, c.top)
             if kind.startswith("chat") and tools is not None and tools.parses:
-                content, calls = parse_tool_calls(c.text, tools.names)
+                content, calls = parse_tool_calls(c.text, tools.names, tools.forced)
                 message = {"role": "assistant", "content": content}
                 if calls:
                     message["tool_calls"] = [call.message() for call in calls]

@@ -20,16 +20,24 @@ Streaming emits content as soon as it cannot be the start of `<tool_call>`, hold
 emits the call as OpenAI streams one: {"index", "id", "type": "function", "function": {"name", "arguments": ""}},
 then {"index", "function": {"arguments": <the JSON text>}}. An output that opens with `{` or `<|python_tag|>`
 is held to the end (it may be a Llama 3.1 call). Concatenating a stream's content equals parse_tool_calls's.
+
+A forced reply (`forced=True`: tool_choice "required" or a named function, whose grammar fixes each block as
+`{"name":"f","arguments":{...}}`) streams each call as it is written: the name once `"arguments":` follows it,
+then the arguments in pieces as the tokens come (all but a last "}" that may close the call's object), kept as the
+model wrote them; a reply cut off by max_tokens inside a call ends with that call's arguments as far as they got
+(finish_reason "length", as OpenAI does).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 from typing import Collection, List, Optional, Tuple, Union
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+FORCED_PREFIX = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*')
 
 
 def new_call_id() -> str:
@@ -82,8 +90,9 @@ Event = Union[str, dict]
 class ToolCallStream:
     """Incremental parser of one choice's output; feed() and finish() return content strings and call deltas."""
 
-    def __init__(self, names: Optional[Collection[str]] = None):
-        self.names = names
+    def __init__(self, names: Optional[Collection[str]] = None, forced: bool = False):
+        self.names, self.forced = names, forced
+        self._open: Optional[list] = None  # forced: the call being streamed [ToolCall id, name, args start, sent]
         self.calls: List[ToolCall] = []
         self._pending = ""       # text not yet emitted (outside a block)
         self._block: Optional[str] = None  # inside an open block: its text so far
@@ -139,14 +148,47 @@ class ToolCallStream:
                 self._content(self._pending[:at], out)
                 self._block, self._pending = "", self._pending[at + len(OPEN):]
             at = self._pending.find(CLOSE)
+            if self.forced:
+                self._stream_arguments(self._pending if at < 0 else self._pending[:at], "open" if at < 0 else "closed",
+                                       out)
             if at < 0:
                 return
             body, self._pending, self._block = self._pending[:at], self._pending[at + len(CLOSE):], None
+            if self._open is not None:
+                self._open = None
+                continue
             call = parse_call(body, self.names)
             if call is None:
                 self._content(OPEN + body + CLOSE, out)
             else:
                 self._call(call, out)
+
+    def _stream_arguments(self, body: str, state: str, out: List[Event]) -> None:
+        """forced: the call's name as soon as it is written, then its arguments as they come, all but a last "}"
+        that may close the call's object (the grammar fixes the form: {"name":"f","arguments":{...}})."""
+        if self._open is None:
+            m = FORCED_PREFIX.match(body)
+            if m is None or (self.names is not None and m.group(1) not in self.names):
+                return
+            call_id = new_call_id()
+            self._open = [call_id, m.group(1), m.end(), 0]
+            self.calls.append(ToolCall(m.group(1), "", call_id))
+            out.append({"index": len(self.calls) - 1, "id": call_id, "type": "function",
+                        "function": {"name": m.group(1), "arguments": ""}})
+        call_id, name, start, sent = self._open
+        tail = body[start:]
+        if state == "closed":  # the call's object ends with the block: its last "}" is the object's own
+            tail = tail.rstrip()
+            end = len(tail) - 1 if tail.endswith("}") else len(tail)
+        elif state == "cut":  # the output ended inside the block: everything written but a partial close tag
+            end = len(tail) - _held_prefix(tail, CLOSE)
+        else:  # a last "}" followed by nothing but whitespace and the start of the close tag may be the object's
+            j = tail.rfind("}")
+            end = j if j >= 0 and CLOSE.startswith(tail[j + 1:].lstrip()) else len(tail)
+        if end > sent:
+            out.append({"index": len(self.calls) - 1, "function": {"arguments": tail[sent:end]}})
+            self._open[3] = sent = end
+        self.calls[-1] = ToolCall(name, tail[:sent], call_id)
 
     def finish(self) -> List[Event]:
         """Everything still held: an unclosed block is content; a held whole output is a Llama 3.1 call or not."""
@@ -161,7 +203,9 @@ class ToolCallStream:
                 return out
             self._whole = False
             self._scan(out)
-        if self._block is not None:
+        if self._block is not None and self._open is not None:  # forced, cut off: the call as far as it got
+            self._stream_arguments(self._pending, "cut", out)
+        elif self._block is not None:
             self._content(OPEN + self._pending, out)
         else:
             self._content(self._pending, out)
@@ -169,9 +213,11 @@ class ToolCallStream:
         return out
 
 
-def parse_tool_calls(text: str, names: Optional[Collection[str]] = None) -> Tuple[Optional[str], List[ToolCall]]:
-    """(content or None, calls) of a whole output; names: the request's tools (None: any name)."""
-    s = ToolCallStream(names)
+def parse_tool_calls(text: str, names: Optional[Collection[str]] = None,
+                     forced: bool = False) -> Tuple[Optional[str], List[ToolCall]]:
+    """(content or None, calls) of a whole output; names: the request's tools (None: any name); forced: the
+    output was constrained to calls (arguments kept as written, as ToolCallStream(forced=True) streams them)."""
+    s = ToolCallStream(names, forced)
     events = s.feed(text) + s.finish()
     content = "".join(e for e in events if isinstance(e, str))
     return content or None, s.calls

@@ -59,8 +59,13 @@ class ToolRequest:
         return self.choice != "none" and bool(self.tools)
 
     @property
+    def forced(self) -> bool:
+        """The reply is constrained to calls ("required" or a named function)."""
+        return self.choice in ("required", "function")
+
+    @property
     def constraint(self) -> Optional[Constraint]:
-        if self.choice not in ("required", "function"):
+        if not self.forced:
             return None
         try:
             return Constraint.grammar(forced_grammar(
