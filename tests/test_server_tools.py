@@ -15,7 +15,7 @@ import jsonschema
 import openai
 import pytest
 
-from infer.io.chat_template import ChatTemplate
+from infer.io.chat_template import ChatTemplate, ChatTemplateError
 from infer.io.tool_prompt import tools_prompt
 from infer.server.serve import build_app
 from infer.server.tool_calls import ToolCallStream, parse_tool_calls
@@ -153,6 +153,12 @@ def test_a_template_without_tools_gets_the_fallback_prompt_and_one_with_tools_ge
     # a system message of the conversation's own comes first, the tools after it
     text = tmpl.render([{"role": "system", "content": "Be brief."}, conv[0]], tools=TOOLS)
     assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n")
+    # one that mentions "tool" handles (here: refuses) tool results itself; it still gets the tools prompt
+    refuses = ChatTemplate("{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tool role') }}"
+                           "{% endif %}{{ m.role }}:{{ m.content }};{% endfor %}", {}, "test")
+    assert refuses.render(conv[:1], tools=TOOLS) == "system:" + tools_prompt(TOOLS) + ";user:Weather in Paris?;"
+    with pytest.raises(ChatTemplateError, match="no tool role"):
+        refuses.render(conv, tools=TOOLS)
     # a template that reads `tools` gets them and the messages untouched (as transformers hands them over)
     own = ChatTemplate("{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% for m in messages %}"
                        "{{ m.role }}:{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.arguments.city }}"

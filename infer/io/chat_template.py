@@ -17,7 +17,8 @@ Tools (`render(messages, tools=[...])`, OpenAI's function definitions): a templa
 refers to `tools` gets them, and the messages' `tool_calls` and `tool` messages, as
 transformers hands them over. One that does not (SmolLM2's) would drop them silently, so
 the conversation is rewritten first (infer/io/tool_prompt.py): a system prompt listing the
-tools and asking for Hermes-style `<tool_call>` JSON, earlier calls and results as text.
+tools and asking for Hermes-style `<tool_call>` JSON, earlier calls and results as text
+(unless the template mentions "tool" at all: then it handles, or refuses, those itself).
 
 BOS twice is a known bug class: templates write BOS themselves, so, like
 transformers, the rendered chat is encoded with `add_special_tokens=False` and
@@ -116,8 +117,8 @@ class ChatTemplate:
             msgs.append({k: v for k, v in m.items() if v is not None})
         tools = list(tools) if tools else None
         uses_tools = tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in msgs)
-        if uses_tools and not self.knows_tools:
-            msgs, tools = fallback_messages(msgs, tools), None
+        if uses_tools and not self.knows_tools:  # calls and results as text unless the template handles them
+            msgs, tools = fallback_messages(msgs, tools, calls_as_text="tool" not in self.template), None
         import jinja2
         try:
             return _compile(self.template).render(messages=msgs, tools=tools, documents=None,

@@ -14,7 +14,9 @@ What changes, and why each way:
   (Qwen2.5's rendering): a role every template renders, where a `tool` role may be refused or mis-rendered.
 
 A template that refers to `tools` gets the messages and the tools as they are, as transformers'
-apply_chat_template hands them over (infer/io/chat_template.py decides which).
+apply_chat_template hands them over; one that does not but mentions "tool" anywhere handles (or refuses) tool
+calls and results itself, so only the tools prompt is added (`calls_as_text=False`; infer/io/chat_template.py
+decides which).
 """
 from __future__ import annotations
 
@@ -52,11 +54,13 @@ def _text(content) -> str:
     return content if isinstance(content, str) else ""
 
 
-def fallback_messages(messages: Sequence[dict], tools: Optional[Sequence[dict]]) -> List[dict]:
-    """The conversation with tools, tool calls and tool results as text in system / user / assistant messages."""
+def fallback_messages(messages: Sequence[dict], tools: Optional[Sequence[dict]],
+                      calls_as_text: bool = True) -> List[dict]:
+    """The conversation with tools (and, calls_as_text, tool calls and tool results) as text in system / user /
+    assistant messages."""
     out: List[dict] = []
     tool_run = False  # the last message written is a run of tool results
-    for m in messages:
+    for m in messages if calls_as_text else ():
         if m.get("role") == "tool":
             result = "<tool_response>\n" + _text(m.get("content")) + "\n</tool_response>"
             if tool_run:
@@ -72,6 +76,8 @@ def fallback_messages(messages: Sequence[dict], tools: Optional[Sequence[dict]])
         if calls or m.get("role") == "assistant":
             plain["content"] = "\n".join(([_text(m.get("content"))] if _text(m.get("content")) else []) + calls)
         out.append(plain)
+    if not calls_as_text:
+        out = [dict(m) for m in messages]
     if tools:
         prompt = tools_prompt(tools)
         if out and out[0].get("role") == "system":
