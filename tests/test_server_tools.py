@@ -191,8 +191,8 @@ def named(fn):
                 tool_choice={"type": "function", "function": {"name": fn}})
 
 
-REQUIRED = [dict(messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=96, temperature=t, seed=seed,
-                 parallel_tool_calls=False) for t, seed in [(0, 0), (1.0, 1), (1.0, 2)]]
+REQUIRED = [dict(messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=96, temperature=t, seed=seed, n=n,
+                 parallel_tool_calls=False) for t, seed, n in [(0, 0, 1), (1.0, 1, 2)]]
 
 
 async def reassembled(c, **kw):
@@ -202,11 +202,12 @@ async def reassembled(c, **kw):
         for choice in ch.choices:
             content += choice.delta.content or ""
             for d in choice.delta.tool_calls or []:
-                call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": "", "pieces": 0})
                 call["id"] = d.id or call["id"]
                 if d.function is not None:
                     call["name"] += d.function.name or ""
                     call["arguments"] += d.function.arguments or ""
+                    call["pieces"] += bool(d.function.arguments)
             if choice.finish_reason:
                 reasons.append(choice.finish_reason)
     return content, [calls[k] for k in sorted(calls)], reasons
@@ -252,15 +253,17 @@ def test_a_named_call_validates_streamed_and_not(replies, fn):
     assert content == "" and reasons == ["tool_calls"]
     (s,) = calls
     assert s["id"].startswith("call_") and s["name"] == fn
-    assert json.loads(s["arguments"]) == json.loads(call.function.arguments)  # greedy: the same call
+    assert s["arguments"] == call.function.arguments  # greedy: the same call, as the model wrote it
+    assert s["pieces"] > 1  # forced: the arguments stream as the tokens come
 
 
 def test_required_with_two_tools_greedy_and_sampled(replies):
-    for r in replies["required"]:
-        (choice,) = r.choices
-        assert choice.finish_reason == "tool_calls", choice
-        assert len(choice.message.tool_calls) == 1  # parallel_tool_calls false: exactly one
-        check_calls(choice.message.tool_calls, {"get_weather", "add"})
+    for r, kw in zip(replies["required"], REQUIRED):
+        assert sorted(c.index for c in r.choices) == list(range(kw["n"]))  # n samples: each parsed on its own
+        for choice in r.choices:
+            assert choice.finish_reason == "tool_calls", choice
+            assert len(choice.message.tool_calls) == 1  # parallel_tool_calls false: exactly one
+            check_calls(choice.message.tool_calls, {"get_weather", "add"})
 
 
 def test_a_round_trip_with_the_tool_result(replies):
@@ -286,6 +289,9 @@ BAD = [  # (what the request adds, the field the 400 names)
     (dict(tools=[WEATHER, {"type": "function", "function": {"name": "g", "parameters": {
         "type": "object", "properties": 5}}}]), "tools[1].function.parameters"),
     (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]), "tools[0].function.parameters"),
+    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]),
+     "tools[0].function.parameters"),
+    (dict(tools=TOOLS, tool_choice={"type": "function", "function": "add"}), "tool_choice"),
     (dict(tools=[{"type": "retrieval"}]), "tools[0]"),
     (dict(tools=[{"type": "function", "function": {"name": "a b"}}]), "tools[0].function.name"),
     (dict(tools=[ADD, ADD]), "tools[1].function.name"),

@@ -15,8 +15,8 @@ the output to the Hermes format the fallback prompt asks for (infer/io/tool_prom
 calls, one per line. So the output always parses and its arguments validate against the tool's schema.
 
 Each tool is {"type": "function", "function": {"name", "description"?, "parameters"?, "strict"?}}: a name of
-1-64 letters, digits, "_" or "-" (OpenAI's rule), unique; `parameters` a JSON schema llguidance accepts
-(default: an object with no properties). A bad one is a 400 naming `tools[i].function.parameters`.
+1-64 letters, digits, "_" or "-" (OpenAI's rule), unique; `parameters` a JSON schema of an object that
+llguidance accepts (default: an object with no properties). A bad one is a 400 naming `tools[i].function.parameters`.
 """
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ def _tool(i: int, t: Any) -> dict:
     params = NO_PARAMETERS if params is None else params
     if not isinstance(params, dict):
         raise _bad(f"{field}.function.parameters", f"expected a JSON schema object, got {type(params).__name__}")
+    if params.get("type", "object") != "object":  # the arguments are an object (OpenAI's rule; the parser's too)
+        raise _bad(f"{field}.function.parameters", f"the arguments are an object: type must be \"object\", got "
+                                                   f"{params['type']!r}"[:300])
     try:
         Constraint.json_schema(params)
     except ValueError as e:
