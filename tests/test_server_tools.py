@@ -167,6 +167,37 @@ def test_a_template_without_tools_gets_the_fallback_prompt_and_one_with_tools_ge
     assert own.render(conv, tools=TOOLS) == "[get_weather][add]user:Weather in Paris?;assistant:Paris;tool:18 C;tool:sunny;"
 
 
+QWEN_LIKE = (  # Qwen2.5's way with tools, shortened: tools as JSON lines, calls from their arguments, tool results
+    "{% if tools %}<|system|>Tools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n{% endif %}"
+    "{% for m in messages %}{% if m.role == 'tool' %}<|tool|>{{ m.content }}\n"
+    "{% elif m.role == 'assistant' and m.tool_calls %}<|assistant|>{{ m.content or '' }}{% for c in m.tool_calls %}"
+    "<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>"
+    "{% endfor %}\n{% else %}<|{{ m.role }}|>{{ m.content }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_a_template_that_reads_tools_renders_as_transformers_does(tmp_path):
+    """transformers' apply_chat_template with tools= is the reference for a template that reads them."""
+    import tokenizer_fixtures as tf
+    from transformers import AutoTokenizer
+
+    from infer.io.chat_template import load_chat_template
+    d = str(tmp_path)
+    tf.byte_level_bpe(d)
+    with open(tmp_path / "tokenizer_config.json", "w") as f:
+        json.dump({"eos_token": "</s>", "chat_template": QWEN_LIKE}, f)
+    ref, ours = AutoTokenizer.from_pretrained(d), load_chat_template(d)
+    assert ours.knows_tools
+    conv = ASK + [{"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                   "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]
+    for msgs, tools in [(conv, TOOLS), (conv, None), (ASK, TOOLS)]:
+        want = ref.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, tokenize=False)
+        assert ours.render(msgs, tools=tools) == want
+        assert ("Tools:" + json.dumps(WEATHER) in want) == bool(tools)  # (trim_blocks ate the newline)
+        assert ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"' in want) == (msgs is conv)
+
+
 # ---- the server ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(smollm2):
