@@ -13,6 +13,13 @@ HTML-escape, the tokenizer's named special tokens (bos_token, eos_token,
 unk_token, pad_token) as variables, and message keys whose value is None
 dropped.
 
+Tools (`render(messages, tools=[...])`, OpenAI's function definitions): a template that
+refers to `tools` gets them, and the messages' `tool_calls` and `tool` messages, as
+transformers hands them over. One that does not (SmolLM2's) would drop them silently, so
+the conversation is rewritten first (infer/io/tool_prompt.py): a system prompt listing the
+tools and asking for Hermes-style `<tool_call>` JSON, earlier calls and results as text
+(unless the template mentions "tool" at all: then it handles, or refuses, those itself).
+
 BOS twice is a known bug class: templates write BOS themselves, so, like
 transformers, the rendered chat is encoded with `add_special_tokens=False` and
 the tokenizer adds nothing.
@@ -23,6 +30,8 @@ import json
 import os
 from datetime import datetime
 from typing import Dict, List, Optional, Sequence
+
+from infer.io.tool_prompt import fallback_messages
 
 # Tokens that end an assistant turn in common templates; used when they occur in the template's text.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
@@ -36,6 +45,19 @@ class ChatTemplateError(ValueError):
 @functools.lru_cache(maxsize=8)
 def _compile(template: str):
     """The template compiled in transformers' sandboxed environment."""
+    return _environment().from_string(template)
+
+
+@functools.lru_cache(maxsize=8)
+def _knows_tools(template: str) -> bool:
+    """Whether the template reads a `tools` variable (else it would ignore the tools it is given)."""
+    from jinja2 import meta
+    return "tools" in meta.find_undeclared_variables(_environment().parse(template))
+
+
+@functools.lru_cache(maxsize=1)
+def _environment():
+    """transformers' sandboxed environment for chat templates."""
     import jinja2
     from jinja2 import nodes
     from jinja2.ext import Extension
@@ -66,7 +88,7 @@ def _compile(template: str):
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.globals["namespace"] = jinja2.utils.Namespace
-    return env.from_string(template)
+    return env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +99,15 @@ class ChatTemplate:
     special_tokens: Dict[str, str]  # bos_token, eos_token, ... -> token text (only those the tokenizer has)
     source: str  # where the template came from (for error messages)
 
-    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        """The conversation as the model's prompt text (kwargs reach the template, overriding special tokens)."""
+    @property
+    def knows_tools(self) -> bool:
+        """The template renders `tools` itself (else `render` writes them as infer/io/tool_prompt.py says)."""
+        return _knows_tools(self.template)
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True,
+               tools: Optional[Sequence[dict]] = None, **kwargs) -> str:
+        """The conversation as the model's prompt text (kwargs reach the template, overriding special tokens).
+        tools: OpenAI's function definitions, or None."""
         if not messages:
             raise ChatTemplateError(f"{self.source}: cannot render an empty conversation")
         msgs = []
@@ -86,17 +115,22 @@ class ChatTemplate:
             if not isinstance(m, dict):
                 raise ChatTemplateError(f"{self.source}: chat messages must be dicts, got {m!r}")
             msgs.append({k: v for k, v in m.items() if v is not None})
+        tools = list(tools) if tools else None
+        uses_tools = tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in msgs)
+        if uses_tools and not self.knows_tools:  # calls and results as text unless the template handles them
+            msgs, tools = fallback_messages(msgs, tools, calls_as_text="tool" not in self.template), None
         import jinja2
         try:
-            return _compile(self.template).render(messages=msgs, tools=None, documents=None,
+            return _compile(self.template).render(messages=msgs, tools=tools, documents=None,
                                                   add_generation_prompt=add_generation_prompt,
                                                   **{**self.special_tokens, **kwargs})
         except jinja2.exceptions.TemplateError as e:
             raise ChatTemplateError(f"{self.source}: chat template: {e}") from None
 
-    def encode(self, tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> List[int]:
+    def encode(self, tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True,
+               tools: Optional[Sequence[dict]] = None) -> List[int]:
         """Token ids of the rendered conversation; the tokenizer adds no special tokens (the template has them)."""
-        return tokenizer.encode(self.render(messages, add_generation_prompt), add_special_tokens=False)
+        return tokenizer.encode(self.render(messages, add_generation_prompt, tools=tools), add_special_tokens=False)
 
     def end_of_turn_ids(self, tokenizer) -> tuple:
         """Ids that end an assistant turn: the tokenizer's EOS ids plus known end-of-turn tokens in the template."""

@@ -5,7 +5,8 @@
     POST /v1/completions         prompt (text, ids, or a list of them), n, stream, logprobs (top N), echo, stop,
                                  sampling, penalties, logit_bias, min_tokens, ignore_eos
     POST /v1/chat/completions    messages rendered with the model's chat template; stream, n, logprobs, top_logprobs,
-                                 the same sampling fields
+                                 the same sampling fields; tools, tool_choice, parallel_tool_calls (replies carry
+                                 message.tool_calls, streamed as OpenAI's tool_calls deltas)
     GET  /metrics                Prometheus text format (infer/server/prom.py)
 
 Handlers never touch the engine: they hand requests to the engine thread
@@ -45,6 +46,8 @@ from infer.server.prom import ServerMetrics
 from infer.server.protocol import (APIError, GenerationRequest, chat_logprobs, completion_logprobs, envelope,
                                    parse_body, parse_chat, parse_completion, usage)
 from infer.server.schema import openapi_body
+from infer.server.tool_calls import ToolCallStream, delta, finish_reason, parse_tool_calls
+from infer.server.tool_request import ToolRequest, parse_tools
 
 DISCONNECT_POLL_S = 0.25
 OPEN_PATHS = ("/health",)
@@ -208,8 +211,10 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
         return choices
 
     async def sse(req: GenerationRequest, rids, counts, q, kind: str, rid_out: str, release: Callable[[], None],
-                  echoes: List[str]):
+                  echoes: List[str], tools: Optional[ToolRequest] = None):
         n, chat = req.n, kind == "chat.completion.chunk"
+        parsers = ([ToolCallStream(tools.names, tools.forced) for _ in range(len(rids) * n)]
+                   if tools and tools.parses else None)
         slot = {rid: i for i, rid in enumerate(rids)}
         total, done, completion_tokens = len(rids) * n, 0, 0
         offsets = [0] * total
@@ -242,6 +247,17 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                     lp = logprobs_of(req, chat, u.new_token_ids, u.new_logprobs, u.new_top_logprobs, offsets[i])
                 offsets[i] += len(u.new_text)
                 reason = u.finish_reason if u.finished else None
+                if parsers is not None:  # content and tool-call deltas, the finish reason on the last
+                    p = parsers[i]
+                    deltas = [delta(e) for e in p.feed(u.new_text) + (p.finish() if u.finished else [])] or [{}]
+                    reason = finish_reason(reason, p.calls)
+                    for k, d in enumerate(deltas):
+                        last = k == len(deltas) - 1
+                        if d or last or (k == 0 and lp is not None):
+                            yield event(envelope(kind, rid_out, req.model, [{
+                                "index": i, "delta": d, "logprobs": lp if k == 0 else None,
+                                "finish_reason": reason if last else None}], created=created))
+                    continue
                 choice = ({"index": i, "delta": {"content": u.new_text} if u.new_text else {}, "logprobs": lp,
                            "finish_reason": reason} if chat else
                           {"index": i, "text": u.new_text, "logprobs": lp, "finish_reason": reason})
@@ -272,18 +288,19 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                 admission.release(sequences)
         return release
 
-    async def admitted(request: Request, req: GenerationRequest, prepare: Callable[[], List[List[int]]], kind: str):
+    async def admitted(request: Request, req: GenerationRequest, prepare: Callable[[], List[List[int]]], kind: str,
+                       tools: Optional[ToolRequest] = None):
         """Admit, tokenize off the event loop, generate; the sequences are released when the response ends."""
         release = admit(req)
         try:
             prompts = await anyio.to_thread.run_sync(prepare)
-            return await generate(request, req, prompts, kind, release)
+            return await generate(request, req, prompts, kind, release, tools)
         except BaseException:
             release()
             raise
 
     async def generate(request: Request, req: GenerationRequest, prompts: List[List[int]], kind: str,
-                       release: Callable[[], None]):
+                       release: Callable[[], None], tools: Optional[ToolRequest] = None):
         rids, counts, q = await submit(req, prompts)
         echoes = echo_texts(req, prompts)
         rid_out = ("chatcmpl-" if kind.startswith("chat") else "cmpl-") + uuid.uuid4().hex[:24]
@@ -296,7 +313,7 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                         engine.abort(rid)
                 release()
             return _Stream(sse(req, rids, counts, q, kind + ".chunk" if kind.startswith("chat") else kind, rid_out,
-                               lambda: finished.append(release()), echoes), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                               lambda: finished.append(release()), echoes, tools), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                            on_close=on_close)
         try:
             choices = await collect(request, q, rids, req.n)
@@ -310,7 +327,14 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
             lp = None
             if req.logprobs:
                 lp = logprobs_of(req, kind.startswith("chat"), c.tokens, c.logprobs, c.top)
-            if kind.startswith("chat"):
+            if kind.startswith("chat") and tools is not None and tools.parses:
+                content, calls = parse_tool_calls(c.text, tools.names, tools.forced)
+                message = {"role": "assistant", "content": content}
+                if calls:
+                    message["tool_calls"] = [call.message() for call in calls]
+                out.append({"index": i, "message": message, "logprobs": lp,
+                            "finish_reason": finish_reason(c.finish_reason, calls)})
+            elif kind.startswith("chat"):
                 out.append({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": lp,
                             "finish_reason": c.finish_reason})
             else:
@@ -355,7 +379,16 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
                                                                  max_num_seqs, limits.max_prompts_per_request,
                                                                  vocab))
     async def chat_completions(request: Request):
-        req, messages = parse_chat(await read_json(request), served, max_model_len, max_num_seqs)
+        body = await read_json(request)
+        req, messages = parse_chat(body, served, max_model_len, max_num_seqs)
+        tools = parse_tools(body)
+        forced = tools.constraint if tools is not None else None
+        if forced is not None:  # a forced call: the output is the call's grammar
+            if req.sampling.constraint is not None:
+                raise APIError("'tool_choice': a forced tool call ('required' or a named function) cannot be "
+                               "combined with response_format or a guided_* field", param="tool_choice",
+                               code="invalid_value")
+            req.sampling = dataclasses.replace(req.sampling, constraint=forced)
         check_bias(req)
         template = getattr(tokenizer, "chat_template", None)
         if template is None:
@@ -368,11 +401,12 @@ def create_app(engine: AsyncEngine, tokenizer, model_name: str, metrics: ServerM
 
         def render():  # the template and the tokenizer, off the event loop
             try:
-                ids = template.encode(tokenizer, messages, add_generation_prompt=True)
+                ids = template.encode(tokenizer, messages, add_generation_prompt=True,
+                                      tools=tools.prompt_tools if tools is not None else None)
             except Exception as e:
                 raise APIError(f"'messages': the chat template refused them: {e}"[:300], param="messages") from None
             check_fits(ids, req.sampling.max_new_tokens, "messages")
             return [ids]
-        return await admitted(request, req, render, "chat.completion")
+        return await admitted(request, req, render, "chat.completion", tools)
 
     return app

@@ -16,6 +16,10 @@ Structured outputs (both endpoints): `response_format` {"type": "text" | "json_o
 `guided_regex`, `guided_grammar` (Lark) and `guided_choice` (a list of strings), at most one of them; each
 becomes a SamplingParams.constraint (infer/config/sampling_params.py's Constraint). A schema, regex or grammar
 llguidance refuses is a 400 naming the field.
+
+Chat messages may be `tool` results (with `tool_call_id`) and assistant messages with `tool_calls` (content then
+optional; arguments the JSON text of an object); the request's `tools` / `tool_choice` are read by
+infer/server/tool_request.py, the reply's calls by infer/server/tool_calls.py.
 """
 from __future__ import annotations
 
@@ -235,7 +239,63 @@ def parse_completion(body: Any, served: Sequence[str], max_model_len: int, max_n
     return GenerationRequest(model, prompts, sampling, n, stop, stream, logprobs is not None, include_usage, echo)
 
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _content(i: int, m: dict, optional: bool = False) -> Optional[str]:
+    """A message's text: a string or a list of text parts (None only where optional and absent)."""
+    content = m.get("content")
+    if content is None and optional:
+        return None
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                   for c in content):
+            raise APIError(f"'messages[{i}].content': only text parts are supported",
+                           param=f"messages[{i}].content", code="invalid_value")
+        content = "".join(c["text"] for c in content)
+    if not isinstance(content, str) or not _unicode(content):
+        raise APIError(f"'messages[{i}].content': expected a string of valid Unicode text",
+                       param=f"messages[{i}].content", code="invalid_value")
+    return content
+
+
+def _tool_call(i: int, j: int, c: Any) -> dict:
+    """An assistant message's earlier call, its arguments parsed (templates read them as an object, as vLLM
+    hands them over)."""
+    field = f"messages[{i}].tool_calls[{j}]"
+    f = c.get("function") if isinstance(c, dict) else None
+    if not isinstance(f, dict) or c.get("type", "function") != "function" or not isinstance(f.get("name"), str) \
+            or not isinstance(c.get("id", ""), str):
+        raise APIError(f"'{field}': expected {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
+                       f"\"arguments\"}}}}", param=field, code="invalid_value")
+    try:
+        args = json.loads(f.get("arguments") or "{}", parse_constant=_no_constant)
+    except (TypeError, ValueError, RecursionError):
+        args = None
+    if not isinstance(args, dict):
+        raise APIError(f"'{field}.function.arguments': expected the JSON text of an object",
+                       param=f"{field}.function.arguments", code="invalid_value")
+    return {"id": c.get("id", ""), "type": "function", "function": {"name": f["name"], "arguments": args}}
+
+
+def _message(i: int, m: Any) -> dict:
+    """One chat message, checked: role and text, a tool result's tool_call_id, an assistant's tool_calls."""
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise APIError(f"'messages[{i}]': expected an object with role one of {ROLES}", param=f"messages[{i}]",
+                       code="invalid_value")
+    calls = m.get("tool_calls") if m["role"] == "assistant" else None
+    if calls is not None and not (isinstance(calls, list) and calls):
+        raise APIError(f"'messages[{i}].tool_calls': expected a non-empty list", param=f"messages[{i}].tool_calls",
+                       code="invalid_value")
+    out = {"role": m["role"], "content": _content(i, m, optional=bool(calls))}
+    if calls:
+        out["tool_calls"] = [_tool_call(i, j, c) for j, c in enumerate(calls)]
+    if m["role"] == "tool":
+        if not isinstance(m.get("tool_call_id"), str):
+            raise APIError(f"'messages[{i}].tool_call_id': a tool message needs the id of the call it answers",
+                           param=f"messages[{i}].tool_call_id", code="invalid_value")
+        out["tool_call_id"] = m["tool_call_id"]
+    return out
 
 
 def parse_chat(body: Any, served: Sequence[str], max_model_len: int, max_num_seqs: int) -> tuple:
@@ -245,22 +305,7 @@ def parse_chat(body: Any, served: Sequence[str], max_model_len: int, max_num_seq
     if not isinstance(msgs, list) or not msgs:
         raise APIError("'messages': expected a non-empty list of {role, content}", param="messages",
                        code="invalid_value")
-    clean = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise APIError(f"'messages[{i}]': expected an object with role one of {ROLES}", param=f"messages[{i}]",
-                           code="invalid_value")
-        content = m.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
-                       for c in content):
-                raise APIError(f"'messages[{i}].content': only text parts are supported",
-                               param=f"messages[{i}].content", code="invalid_value")
-            content = "".join(c["text"] for c in content)
-        if not isinstance(content, str) or not _unicode(content):
-            raise APIError(f"'messages[{i}].content': expected a string of valid Unicode text",
-                           param=f"messages[{i}].content", code="invalid_value")
-        clean.append({"role": m["role"], "content": content})
+    clean = [_message(i, m) for i, m in enumerate(msgs)]
     if body.get("echo") not in (None, False):
         raise APIError("'echo': not supported", param="echo", code="unsupported")
     if body.get("best_of") not in (None, 1):

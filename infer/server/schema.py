@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from infer.config.sampling_params import INT32_MAX, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 from infer.server.protocol import MAX_STOP_STRINGS
+from infer.server.tool_request import MAX_TOOLS
 
 Stop = Optional[Union[str, List[str]]]
 
@@ -79,15 +80,53 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="the JSON text of an object")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant"]
-    content: Union[str, List[TextPart]]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Optional[Union[str, List[TextPart]]] = Field(None, description="optional only beside tool_calls")
+    tool_calls: Optional[Annotated[List[ToolCall], Field(min_length=1)]] = Field(None, description="assistant")
+    tool_call_id: Optional[str] = Field(None, description="tool: the call it answers (required there)")
+
+
+class FunctionDefinition(BaseModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = Field(None, description="a JSON schema (default: no arguments)")
+    strict: Optional[bool] = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_Sampling):
     messages: List[ChatMessage] = Field(min_length=1)
+    tools: Optional[List[Tool]] = Field(None, max_length=MAX_TOOLS, description="function names unique")
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
+        None, description="default auto with tools; required or a named function force a call (needs tools)")
+    parallel_tool_calls: Optional[bool] = None
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="needs logprobs: true")
