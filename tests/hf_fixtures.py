@@ -112,3 +112,13 @@ def prefill_then_decode_logits(model, params, cfg, ids, prefill_len: int):
         ours.append(np.asarray(logits))
     assert int(cache["lengths"][0]) == prefill_len + steps - 1
     return theirs, ours
+
+
+def assert_cached_decode_matches(model, params, cfg, ids, prefill_len: int, atol: float):
+    """prefill_then_decode_logits past position 256, every step within atol of transformers' cached logits."""
+    import numpy as np
+    ref, ours = prefill_then_decode_logits(model, params, cfg, ids, prefill_len)
+    assert ids.shape[1] - 1 > 256
+    for step, (o, r) in enumerate(zip(ours, ref)):
+        err = np.abs(o - r).max()
+        assert err <= atol, f"position {prefill_len - 1 + step}: max |diff| {err:.3g}"

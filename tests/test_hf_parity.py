@@ -65,12 +65,7 @@ def test_full_forward_logits_match(ckpt):
 
 def test_prefill_then_decode_past_256_matches_cached_transformers(ckpt):
     _, model, _, cfg, params = ckpt
-    ids = _tokens(PREFILL_LEN + DECODE_STEPS, 2)
-    ref, ours = hf.prefill_then_decode_logits(model, params, cfg, ids, PREFILL_LEN)
-    assert PREFILL_LEN + DECODE_STEPS - 1 > 256
-    for step, (o, r) in enumerate(zip(ours, ref)):
-        err = np.abs(o - r).max()
-        assert err <= ATOL, f"position {PREFILL_LEN - 1 + step}: max |diff| {err:.3g}"
+    hf.assert_cached_decode_matches(model, params, cfg, _tokens(PREFILL_LEN + DECODE_STEPS, 2), PREFILL_LEN, ATOL)
 
 
 def test_greedy_generate_matches_transformers(ckpt):
