@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from layers import axes
+from pallas_kernels.gemv.dispatch import expert_gemv
 
 EXPERT = "expert"  # E: the logical axis of the stacked expert weights
 
@@ -44,13 +45,18 @@ def route(logits_TE, k: int, norm_topk_prob: bool, dtype):
 
 
 def gathered_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):
-    """The same sum as grouped_swiglu, each assignment reading its own expert's weights (gathered): bytes and FLOPs
-    follow the A = T·k assignments, not E. For steps with fewer assignments than experts."""
-    mm = lambda spec, a, w: jnp.einsum(spec, a, w[ids_Tk].astype(dtype), preferred_element_type=jnp.float32
-                                       ).astype(dtype)
-    act_TkF = jax.nn.silu(mm("td,tkdf->tkf", x_TD, gate_EDF)) * mm("td,tkdf->tkf", x_TD, up_EDF)
-    y_TkD = mm("tkf,tkfd->tkd", act_TkF, down_EFD)
-    return jnp.einsum("tkd,tk->td", y_TkD, w_Tk.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+    """The same sum as grouped_swiglu, each assignment reading its own expert's weights: bytes and FLOPs follow
+    the A = T·k assignments, not E. For steps with fewer assignments than experts. On a GPU target the expert GEMV
+    kernels read the picked experts' slices in place (pallas_kernels/gemv/expert_gemv_gpu.py: gate|up with SwiGLU
+    in one launch, down in another); elsewhere their twin gathers them."""
+    T, k = ids_Tk.shape
+    ids_A = ids_Tk.reshape(T * k)
+    a_A = jnp.arange(T * k, dtype=jnp.int32)
+    act_AF = expert_gemv(x_TD.astype(dtype), gate_EDF.astype(dtype), ids_A, a_A // k, up_EDF.astype(dtype),
+                         out_dtype=dtype)
+    y_AD = expert_gemv(act_AF, down_EFD.astype(dtype), ids_A, a_A, out_dtype=dtype)
+    return jnp.einsum("tkd,tk->td", y_AD.reshape(T, k, -1), w_Tk.astype(dtype),
+                      preferred_element_type=jnp.float32).astype(dtype)
 
 
 def experts_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):

@@ -137,3 +137,30 @@ def test_the_model_on_a_gpu_target_matches_the_cpu_model(monkeypatch):
         jax.clear_caches()  # the switch is read when a program is traced
         assert "pallas_call" not in jax.make_jaxpr(fwd)(params, tokens).pretty_print()
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,swiglu", [(jnp.float32, False), (jnp.float32, True), (jnp.bfloat16, True)])
+def test_the_expert_gemv_matches_its_twin_and_numpy(dtype, swiglu):
+    """An MoE decode step's expert projections (pallas_kernels/gemv/expert_gemv_gpu.py, interpreted): 3 tokens x 2
+    picked experts (one expert picked twice, one by two tokens), each assignment reading its expert's slice of the
+    stacked weight; N = 48 in three column blocks, K = 64 in two chunks."""
+    from pallas_kernels.gemv.expert_gemv_gpu import expert_gemv_gpu
+    from pallas_kernels.gemv.expert_gemv_reference import expert_gemv_reference
+    rng = np.random.default_rng(5)
+    E, K, N, T, k = 6, 64, 48, 3, 2
+    x = jnp.asarray(rng.normal(size=(T, K)), dtype)
+    w, w2 = (jnp.asarray(rng.normal(size=(E, K, N)) / 8, dtype) for _ in range(2))
+    ids = jnp.asarray([1, 4, 4, 0, 5, 5], jnp.int32)
+    rows = jnp.arange(T * k, dtype=jnp.int32) // k
+    got = expert_gemv_gpu(x, w, ids, rows, w2 if swiglu else None, block_n=16, block_k=32, interpret=True)
+    want = expert_gemv_reference(x, w, ids, rows, w2 if swiglu else None)
+    f = lambda a: np.asarray(a, np.float64)
+    y = np.einsum("ak,akn->an", f(x)[np.asarray(rows)], f(w)[np.asarray(ids)])
+    if swiglu:
+        y2 = np.einsum("ak,akn->an", f(x)[np.asarray(rows)], f(w2)[np.asarray(ids)])
+        y = y / (1 + np.exp(-y)) * y2
+    assert got.shape == (T * k, N) and got.dtype == dtype
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    g32, w32 = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    np.testing.assert_allclose(g32, w32, rtol=tol, atol=tol * np.abs(w32).max())
+    np.testing.assert_allclose(g32, y, rtol=tol, atol=tol * np.abs(y).max())

@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 
 import jax
 
+from pallas_kernels.gemv.expert_gemv_reference import expert_gemv_reference
 from pallas_kernels.gemv.gemv_reference import fused_gemv_reference
 from pallas_kernels.norm.dispatch import add_rms_norm
 from pallas_kernels.platform import family
@@ -39,3 +40,13 @@ def gemv(x, w_KN, norm: Optional[Tuple] = None, swiglu: bool = False, out_dtype=
         return out.reshape(lead + out.shape[-1:])
     h, y = out
     return h.reshape(lead + (K,)), y.reshape(lead + y.shape[-1:])
+
+
+def expert_gemv(x_MK, w_EKN, ids_A, rows_A, w2_EKN=None, out_dtype=None, platform: Optional[str] = None):
+    """y [A, N] = x[rows_A[a]] @ W[ids_A[a]] (silu(x W) * (x W2) with w2_EKN; contract: expert_gemv_reference):
+    the Triton kernel on a GPU target (no device mesh, K and N multiples of 16), the twin elsewhere."""
+    from pallas_kernels.gemv.expert_gemv_gpu import expert_gemv_gpu, supported
+    E, K, N = w_EKN.shape
+    if family(platform) != "gpu" or not supported(K, N) or not jax.sharding.get_abstract_mesh().empty:
+        return expert_gemv_reference(x_MK, w_EKN, ids_A, rows_A, w2_EKN, out_dtype)
+    return expert_gemv_gpu(x_MK, w_EKN, ids_A, rows_A, w2_EKN, out_dtype=out_dtype)
