@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from layers import axes
-from pallas_kernels.gemv.dispatch import expert_gemv
+from pallas_kernels.gemv.dispatch import expert_gemv, gemv
 
 EXPERT = "expert"  # E: the logical axis of the stacked expert weights
 
@@ -102,8 +102,9 @@ class MoE(nn.Module):
         down_EFD = self.param("down", init((EXPERT, axes.MLP, axes.EMBED)), (E, F, D), dt)
         lead = x_BTD.shape[:-1]
         x_TD = x_BTD.reshape(-1, D).astype(dt)
-        logits_TE = jnp.einsum("td,de->te", x_TD, router_DE.astype(dt),
-                               preferred_element_type=jnp.float32).astype(dt)  # rounded like F.linear's output
+        # rounded like F.linear's output; a decode step's router is the GEMV kernel on a GPU target (XLA would
+        # strength-reduce its [T, D] x [D, E] dot into a multiply and a reduction: two launches)
+        logits_TE = gemv(x_TD, router_DE.astype(dt), out_dtype=dt)
         w_Tk, ids_Tk = route(logits_TE, self.top_k, self.norm_topk_prob, dt)
         out_TD = experts_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dt)
         return out_TD.reshape(*lead, D)
