@@ -174,11 +174,13 @@ def test_parallel_samples_copy_the_shared_partial_page_on_write(tiny):
 
 def test_a_fixed_workload_compiles_nothing_after_warmup(tiny):
     cfg, _ = tiny
-    eng = make_engine(tiny, num_pages=40, max_model_len=64)  # 64 positions: 5 page buckets to compile
+    # 32 positions: 4 page buckets, 16 step shapes to compile (64 positions and 30-token prompts: 5 buckets, 19
+    # shapes, 98 steps where this workload takes 59); prompts <= 19 tokens + 16 sampled / 10 greedy fit 32.
+    eng = make_engine(tiny, num_pages=40, max_model_len=32)
     eng.warmup()
     compiled = engine_step._cache_size()
-    prompts, arrivals = workload(cfg, seed=7, n=8, shared=5)
-    serve(eng, prompts, [GREEDY, infer.SamplingParams(temperature=0.7, seed=3)] * 4, arrivals, n=2)
+    prompts, arrivals = workload(cfg, seed=7, n=8, shared=5, max_len=14)
+    serve(eng, prompts, [GREEDY, infer.SamplingParams(temperature=0.7, seed=3, max_new_tokens=16)] * 4, arrivals, n=2)
     assert engine_step._cache_size() == compiled
 
 

@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from conftest import subprocess_xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMD = [sys.executable, "-m", "infer", "generate", "--config", "tiny", "--batch", "3", "--prompt-len", "12",
        "--max-new-tokens", "10", "--seed", "3"]
@@ -29,6 +31,7 @@ def _free_port() -> int:
 
 def cpu_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = subprocess_xla_flags()  # no forced device count: one CPU device per process
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

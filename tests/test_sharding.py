@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import subprocess_xla_flags
+
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh
@@ -41,7 +43,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_prefill_and_decode_equal_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=8"),
+               JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "SHARDED_OK" in r.stdout, r.stdout + r.stderr

@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from conftest import subprocess_xla_flags
+
 COMMON = textwrap.dedent("""
     import re
     import jax, jax.numpy as jnp, numpy as np
@@ -175,7 +177,8 @@ PARTS = {
 @pytest.mark.parametrize("part", sorted(PARTS))
 def test_tensor_parallel_equals_one_device(part):
     script, tags = PARTS[part]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=8"),
+               JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", COMMON + script], env=env, cwd=root, capture_output=True, text=True,
                        timeout=540)
