@@ -338,3 +338,15 @@ def test_the_pallas_kernels_serve_the_same_tokens(tiny):
     ref = serve(make_engine((cfg, params)), prompts, sp, arrivals)
     pallas = serve(make_engine((cfg.replace(attention_impl="pallas"), params)), prompts, sp, arrivals)
     assert [o.token_ids for o in pallas] == [o.token_ids for o in ref]
+
+
+def test_a_prompts_last_one_token_chunk_draws_all_its_parallel_samples(tiny):
+    """A 9-token prompt with 8-token steps finishes its prefill with a 1-token chunk: a decode-shaped step whose one
+    sequence (not yet forked) draws n = 2 samples. The step's rows must hold both samples (the decode shape's rows
+    bucketed to the samples, not only the sequences: one row failed the step)."""
+    cfg, _ = tiny
+    prompt = np.random.default_rng(8).integers(0, cfg.vocab_size, size=9).tolist()
+    eng = make_engine(tiny, max_num_batched_tokens=8)
+    rid = eng.add_request(prompt, GREEDY, n=2)
+    out = eng.run_to_completion()[rid]
+    assert [c.token_ids for c in out.outputs] == [alone(tiny, prompt, GREEDY)] * 2

@@ -340,8 +340,8 @@ class Engine:
         return bucket(num_seqs, cap=self.max_num_seqs)
 
     def step_shapes(self, scheduled) -> dict:
-        """The step's static shapes: a decode-only step runs one row per sequence, the rows and the pages per
-        sequence bucketed to what it holds; any other step runs max_num_batched_tokens tokens, max_num_seqs
+        """The step's static shapes: a decode-only step runs one row per sequence (or per sample, where an unforked
+        prompt draws n), the rows and the pages per sequence bucketed to what it holds; any other step runs max_num_batched_tokens tokens, max_num_seqs
         sequences over every page of max_model_len, its longest chunk bucketed (max_q_len), the multi-token
         sequences in the first rows (prefill_rows)."""
         longest = max(n for _, n in scheduled)
@@ -351,8 +351,8 @@ class Engine:
                 scheduled, self._num_samples(scheduled), self.decode_rows, bucket(pages, cap=self.pages_per_seq),
                 dict(num_tokens=self.max_num_batched_tokens, pages_per_seq=self.pages_per_seq,
                      max_q_len=bucket(longest, cap=self.max_num_batched_tokens))), verify=True)
-        if longest == 1:
-            rows = self.decode_rows(len(scheduled))
+        if longest == 1:  # rows for every sample: a prompt whose last chunk is 1 token may still draw n of them
+            rows = self.decode_rows(max(len(scheduled), self._num_samples(scheduled)))
             pages = max(len(self.blocks.table(s.seq_id)) for s, _ in scheduled)
             return dict(num_tokens=rows, num_seqs=rows, num_logits=rows, max_q_len=1,
                         pages_per_seq=bucket(pages, cap=self.pages_per_seq), prefill_rows=None)
