@@ -144,7 +144,7 @@ def test_the_expert_gemv_matches_its_twin_and_numpy(dtype, swiglu):
     """An MoE decode step's expert projections (pallas_kernels/gemv/expert_gemv_gpu.py, interpreted): 3 tokens x 2
     picked experts (one expert picked twice, one by two tokens), each assignment reading its expert's slice of the
     stacked weight; N = 48 in three column blocks, K = 64 in two chunks."""
-    from pallas_kernels.gemv.expert_gemv_gpu import expert_gemv_gpu
+    from pallas_kernels.gemv.expert_gemv_gpu import choose_expert_block_n, expert_gemv_gpu
     from pallas_kernels.gemv.expert_gemv_reference import expert_gemv_reference
     rng = np.random.default_rng(5)
     E, K, N, T, k = 6, 64, 48, 3, 2
@@ -160,6 +160,8 @@ def test_the_expert_gemv_matches_its_twin_and_numpy(dtype, swiglu):
         y2 = np.einsum("ak,akn->an", f(x)[np.asarray(rows)], f(w2)[np.asarray(ids)])
         y = y / (1 + np.exp(-y)) * y2
     assert got.shape == (T * k, N) and got.dtype == dtype
+    # block_n divides N whatever the grid: 48 columns over 512 assignments would take 64 if only the grid counted
+    assert choose_expert_block_n(512, 48) == 16 and choose_expert_block_n(64, 768) == 64
     tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
     g32, w32 = np.asarray(got, np.float32), np.asarray(want, np.float32)
     np.testing.assert_allclose(g32, w32, rtol=tol, atol=tol * np.abs(w32).max())

@@ -25,17 +25,16 @@ BLOCK_N_CHOICES = (64, 32, 16)
 
 
 def choose_expert_block_n(assignments: int, n_cols: int) -> int:
-    """Output columns per program: the largest of 64, 32, 16 that still gives >= GPU_PROGRAMS programs over the
-    A x N / bn grid (else 16)."""
+    """Output columns per program: the largest of 64, 32, 16 dividing N that still gives >= GPU_PROGRAMS programs
+    over the A x N / bn grid (else 16)."""
     for bn in BLOCK_N_CHOICES:
-        if assignments * -(-n_cols // bn) >= GPU_PROGRAMS:
+        if n_cols % bn == 0 and assignments * (n_cols // bn) >= GPU_PROGRAMS:
             return bn
     return BLOCK_N_CHOICES[-1]
 
 
 def supported(K: int, N: int) -> bool:
-    """Whether the contraction K and the output width N fit the kernel (K a multiple of 16, N a power of two >= 16
-    or a multiple of 16)."""
+    """Whether the contraction K and the output width N fit the kernel (both multiples of 16)."""
     return K >= MIN_TILE and K % MIN_TILE == 0 and N >= MIN_TILE and N % MIN_TILE == 0
 
 
