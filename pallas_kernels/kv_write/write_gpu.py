@@ -68,15 +68,14 @@ def write_pages_gpu(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head: int, xv_TXH, v_head
     """(k pool, v pool) with keys xk[:, k_head:k_head+K] (rotated by rope = (cos, sin) [T, H/2] if given) and
     values xv[:, v_head:v_head+K] stored at slot_T of `layer`; the pools are updated in place. With
     q = (x_q, q_head, N) also the queries x_q[:, q_head:q_head+N] rotated, [T, N, H]."""
-    if q is None:
-        return _write(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, interpret=interpret)
-    xq_TXH, q_head, N = q
-    return _write_with_queries(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, xq_TXH,
-                               q_head=int(q_head), N=int(N), interpret=interpret)
+    xq_TXH, q_head, N = q if q is not None else (None, 0, 0)
+    return tuple(_write(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, xq_TXH,
+                        q_head=int(q_head), N=int(N), interpret=interpret))
 
 
-@functools.partial(jax.jit, static_argnames=("k_head", "v_head", "interpret"))
-def _write(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, interpret):
+@functools.partial(jax.jit, static_argnames=("k_head", "v_head", "q_head", "N", "interpret"))
+def _write(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, xq_TXH, q_head, N, interpret):
+    """write_pages_gpu, the queries' source xq_TXH None (N = 0) when they are not asked for."""
     L, P, K, Z, H = k_LPKZH.shape
     T = xk_TXH.shape[0]
     if not supported(H):
@@ -86,41 +85,22 @@ def _write(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope
         raise ValueError(f"write_pages_gpu: pools {k_LPKZH.shape} / {v_LPKZH.shape}, keys {xk_TXH.shape} from "
                          f"head {k_head}, values {xv_TXH.shape} from head {v_head}, slots {slot_T.shape} do not "
                          f"match")
-    cos_TR, sin_TR = rope if rope is not None else (jnp.zeros((T, H // 2), jnp.float32),) * 2
-    whole = pl.BlockSpec()
-    return tuple(pl.pallas_call(
-        functools.partial(_kernel, page_size=Z, k_head=k_head, v_head=v_head, rotate=rope is not None, q_head=0,
-                          group=0),
-        grid=(T, K), in_specs=[whole] * 8, out_specs=[whole, whole],
-        out_shape=[jax.ShapeDtypeStruct(k_LPKZH.shape, k_LPKZH.dtype)] * 2,
-        input_output_aliases={6: 0, 7: 1},
-        compiler_params=plgpu.CompilerParams(num_warps=1, num_stages=1), interpret=interpret,
-        name=f"kv_write_K{K}_H{H}")(jnp.reshape(layer, (1,)).astype(jnp.int32), slot_T.astype(jnp.int32),
-                                     xk_TXH, xv_TXH, cos_TR.astype(jnp.float32), sin_TR.astype(jnp.float32),
-                                     k_LPKZH, v_LPKZH))
-
-
-@functools.partial(jax.jit, static_argnames=("k_head", "v_head", "q_head", "N", "interpret"))
-def _write_with_queries(k_LPKZH, v_LPKZH, layer, xk_TXH, k_head, xv_TXH, v_head, slot_T, rope, xq_TXH, q_head, N,
-                        interpret):
-    """write_pages_gpu with q = (xq, q_head, N): (k pool, v pool, q_TNH)."""
-    L, P, K, Z, H = k_LPKZH.shape
-    T = xk_TXH.shape[0]
-    if rope is None:
+    queries = xq_TXH is not None
+    if queries and rope is None:
         raise ValueError("write_pages_gpu: rotating the queries (q=...) needs the rotation (rope=(cos, sin))")
-    if N % K or xq_TXH.shape[0] != T or xq_TXH.shape[2] != H or xq_TXH.shape[1] < q_head + N:
+    if queries and (N <= 0 or N % K or xq_TXH.shape[0::2] != (T, H) or xq_TXH.shape[1] < q_head + N):
         raise ValueError(f"write_pages_gpu: queries {xq_TXH.shape} from head {q_head}, N={N}, do not match K={K} "
                          f"kv heads of width {H} and {T} tokens")
-    cos_TR, sin_TR = rope
+    cos_TR, sin_TR = rope if rope is not None else (jnp.zeros((T, H // 2), jnp.float32),) * 2
+    ins = [jnp.reshape(layer, (1,)).astype(jnp.int32), slot_T.astype(jnp.int32), xk_TXH, xv_TXH,
+           cos_TR.astype(jnp.float32), sin_TR.astype(jnp.float32)] + ([xq_TXH] if queries else []) + [k_LPKZH, v_LPKZH]
+    outs = [jax.ShapeDtypeStruct(k_LPKZH.shape, k_LPKZH.dtype)] * 2 + (
+        [jax.ShapeDtypeStruct((T, N, H), xq_TXH.dtype)] if queries else [])
     whole = pl.BlockSpec()
-    return tuple(pl.pallas_call(
-        functools.partial(_kernel, page_size=Z, k_head=k_head, v_head=v_head, rotate=True, q_head=q_head,
-                          group=N // K),
-        grid=(T, K), in_specs=[whole] * 9, out_specs=[whole] * 3,
-        out_shape=[jax.ShapeDtypeStruct(k_LPKZH.shape, k_LPKZH.dtype)] * 2 + [
-            jax.ShapeDtypeStruct((T, N, H), xq_TXH.dtype)],
-        input_output_aliases={7: 0, 8: 1},
+    return pl.pallas_call(
+        functools.partial(_kernel, page_size=Z, k_head=k_head, v_head=v_head, rotate=rope is not None,
+                          q_head=q_head, group=N // K if queries else 0),
+        grid=(T, K), in_specs=[whole] * len(ins), out_specs=[whole] * len(outs), out_shape=outs,
+        input_output_aliases={len(ins) - 2: 0, len(ins) - 1: 1},
         compiler_params=plgpu.CompilerParams(num_warps=1, num_stages=1), interpret=interpret,
-        name=f"kv_write_q_K{K}_G{N // K}_H{H}")(jnp.reshape(layer, (1,)).astype(jnp.int32), slot_T.astype(jnp.int32),
-                                               xk_TXH, xv_TXH, cos_TR.astype(jnp.float32),
-                                               sin_TR.astype(jnp.float32), xq_TXH, k_LPKZH, v_LPKZH))
+        name=f"kv_write{'_q' if queries else ''}_K{K}{f'_G{N // K}' if queries else ''}_H{H}")(*ins)
