@@ -55,6 +55,12 @@ def gathered_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):
     act_AF = expert_gemv(x_TD.astype(dtype), gate_EDF.astype(dtype), ids_A, a_A // k, up_EDF.astype(dtype),
                          out_dtype=dtype)
     y_AD = expert_gemv(act_AF, down_EFD.astype(dtype), ids_A, a_A, out_dtype=dtype)
+    return weighted_sum(y_AD, w_Tk, dtype)
+
+
+def weighted_sum(y_AD, w_Tk, dtype):
+    """sum_j w_Tk[t, j] * y[t * k + j]: each token's expert outputs (in assignment order) under its router weights."""
+    T, k = w_Tk.shape
     return jnp.einsum("tkd,tk->td", y_AD.reshape(T, k, -1), w_Tk.astype(dtype),
                       preferred_element_type=jnp.float32).astype(dtype)
 
@@ -79,8 +85,7 @@ def grouped_swiglu(x_TD, w_Tk, ids_Tk, gate_EDF, up_EDF, down_EFD, dtype):
     act_AF = jax.nn.silu(mm(xs_AD, gate_EDF)) * mm(xs_AD, up_EDF)
     ys_AD = mm(act_AF, down_EFD)
     y_AD = jnp.zeros_like(ys_AD).at[order_A].set(ys_AD)  # back in assignment order (t, j)
-    return jnp.einsum("tkd,tk->td", y_AD.reshape(T, k, -1), w_Tk.astype(dtype),
-                      preferred_element_type=jnp.float32).astype(dtype)
+    return weighted_sum(y_AD, w_Tk, dtype)
 
 
 class MoE(nn.Module):

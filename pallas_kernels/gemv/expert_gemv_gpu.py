@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.gemv.gemv_gpu import GPU_PROGRAMS, MIN_TILE, choose_block_k
+from pallas_kernels.gemv.gemv_gpu import GPU_PROGRAMS, MIN_TILE, choose_block_k, swiglu_tile, tile_dot
 
 BLOCK_N_CHOICES = (64, 32, 16)
 
@@ -51,27 +51,18 @@ def _kernel(*refs, K, bk, bn, swiglu):
     cols = pl.ds(pl.multiple_of(j * bn, bn), bn)
     A = y_ref.shape[0]
 
-    def dot(x, w):
-        prec = jax.lax.Precision.HIGHEST if w.dtype == jnp.float32 else None
-        return jax.lax.dot_general(x.astype(w.dtype), w, (((1,), (0,)), ((), ())), precision=prec,
-                                   preferred_element_type=jnp.float32)
-
     def body(i, accs):
         k0 = pl.multiple_of(i * bk, bk)
         ks = (k0 + jnp.arange(bk, dtype=jnp.int32))[None, :]
         x = plgpu.load(x_ref.at[jnp.full((Mp, 1), row, jnp.int32), ks], mask=row_ok, other=0)  # [Mp, bk]
-        out = (accs[0] + dot(x, w_ref[e, pl.ds(k0, bk), cols]),)
+        out = (accs[0] + tile_dot(x, w_ref[e, pl.ds(k0, bk), cols]),)
         if swiglu:
-            out += (accs[1] + dot(x, w2_ref[e, pl.ds(k0, bk), cols]),)
+            out += (accs[1] + tile_dot(x, w2_ref[e, pl.ds(k0, bk), cols]),)
         return out
 
     zero = jnp.zeros((Mp, bn), jnp.float32)
     accs = jax.lax.fori_loop(0, K // bk, body, (zero, zero) if swiglu else (zero,))
-    y = accs[0].astype(y_ref.dtype)
-    if swiglu:  # gate and up rounded to the output dtype as the model's einsums return them
-        g = y.astype(jnp.float32)
-        u = accs[1].astype(y_ref.dtype).astype(jnp.float32)
-        y = (g * jax.nn.sigmoid(g) * u).astype(y_ref.dtype)
+    y = swiglu_tile(accs[0], accs[1], y_ref.dtype) if swiglu else accs[0].astype(y_ref.dtype)
     # the tile's padding rows point past the array (never written: see gemv_gpu.py)
     out_rows = jnp.where(r_M == 0, a, A)[:, None]
     plgpu.store(y_ref.at[out_rows, (j * bn + jnp.arange(bn, dtype=jnp.int32))[None, :]], y, mask=row_ok)

@@ -97,6 +97,21 @@ def choose_block_k(K: int, bn: int, streams: int, itemsize: int, block_k: Option
     return bk
 
 
+def tile_dot(x, w):
+    """x [Mp, bk] @ w [bk, bn] in float32 (x cast to w's dtype; full float32 precision for float32 weights)."""
+    prec = jax.lax.Precision.HIGHEST if w.dtype == jnp.float32 else None
+    return jax.lax.dot_general(x.astype(w.dtype), w, (((1,), (0,)), ((), ())), precision=prec,
+                               preferred_element_type=jnp.float32)
+
+
+def swiglu_tile(gate_acc, up_acc, dtype):
+    """silu(gate) * up of two float32 accumulators, each rounded to dtype first as the model's projections return
+    them, the product in dtype."""
+    g = gate_acc.astype(dtype).astype(jnp.float32)
+    u = up_acc.astype(dtype).astype(jnp.float32)
+    return (g * jax.nn.sigmoid(g) * u).astype(dtype)
+
+
 def _kernel(*refs, M, Mp, K, n_cols, bk, bn, has_norm, swiglu, up_col, eps):
     if has_norm:
         x_ref, r_ref, wn_ref, w_ref, y_ref, h_ref = refs
@@ -121,11 +136,6 @@ def _kernel(*refs, M, Mp, K, n_cols, bk, bn, has_norm, swiglu, up_col, eps):
         ks = (k0 + jnp.arange(bk, dtype=jnp.int32))[:, None]
         return w_ref[ks, col0 + jnp.minimum(cols, n_cols - 1)[None, :]]  # past-the-end columns: clamped
 
-    def dot(a, b):
-        prec = jax.lax.Precision.HIGHEST if b.dtype == jnp.float32 else None
-        return jax.lax.dot_general(a.astype(b.dtype), b, (((1,), (0,)), ((), ())), precision=prec,
-                                   preferred_element_type=jnp.float32)
-
     rstd = None
     if has_norm:  # pass 1: the sum of squares of h = x + r, per row, in float32
         def sumsq(i, acc):
@@ -143,18 +153,14 @@ def _kernel(*refs, M, Mp, K, n_cols, bk, bn, has_norm, swiglu, up_col, eps):
             h = x + row_chunk(r_ref, k0)
             plgpu.store(h_ref.at[rows[:, None], ks], h, mask=row_ok & (j == 0))  # program 0 writes the stream
             x = wn_ref[pl.ds(k0, bk)][None, :] * (h.astype(jnp.float32) * rstd).astype(h.dtype)
-        out = (accs[0] + dot(x, w_tile(k0, 0)),)
+        out = (accs[0] + tile_dot(x, w_tile(k0, 0)),)
         if swiglu:
-            out += (accs[1] + dot(x, w_tile(k0, up_col)),)
+            out += (accs[1] + tile_dot(x, w_tile(k0, up_col)),)
         return out
 
     zero = jnp.zeros((Mp, bn), jnp.float32)
     accs = jax.lax.fori_loop(0, nk, body, (zero, zero) if swiglu else (zero,))
-    y = accs[0].astype(y_ref.dtype)
-    if swiglu:  # gate and up rounded to the output dtype as the model's projection returns them
-        g = y.astype(jnp.float32)
-        u = accs[1].astype(y_ref.dtype).astype(jnp.float32)
-        y = (g * jax.nn.sigmoid(g) * u).astype(y_ref.dtype)
+    y = swiglu_tile(accs[0], accs[1], y_ref.dtype) if swiglu else accs[0].astype(y_ref.dtype)
     # stores: padding rows and past-the-end columns point past the array (never written; see ragged_gpu.py)
     plgpu.store(y_ref.at[rows[:, None], cols[None, :]], y, mask=row_ok & col_ok if ragged else row_ok)
 
